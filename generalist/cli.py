@@ -35,18 +35,50 @@ def _run_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_tokenizer(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("tokenizer", help="train the SentencePiece text tokenizer")
+    actions = parser.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
+    train = actions.add_parser(
+        "train",
+        help="train a SentencePiece model (byte fallback, exact round trips)",
+        description="Train on UTF-8 text files, or on the built-in Python reference prose when none are given.",
+    )
+    train.add_argument("inputs", nargs="*", help="UTF-8 text files, one sentence or paragraph per line")
+    train.add_argument("--out", required=True, help="path of the .model file to write")
+    train.add_argument("--vocab-size", type=int, default=4096, help="text vocabulary V (ids 0..V-1)")
+    train.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="SentencePiece algorithm")
+    train.set_defaults(run=_run_tokenizer_train)
+
+
+def _run_tokenizer_train(args: argparse.Namespace) -> int:
+    from generalist.datasets.text import python_reference_lines
+    from generalist.tokenizers.text import TextTokenizerConfig, read_text_files, train_text_tokenizer
+
+    lines = read_text_files(args.inputs) if args.inputs else python_reference_lines()
+    config = TextTokenizerConfig(vocab_size=args.vocab_size, model_type=args.model_type)
+    tokenizer = train_text_tokenizer(lines, config, out=args.out)
+    print(f"wrote {args.out}: vocabulary {tokenizer.vocab_size}, trained on {len(lines)} lines")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `generalist` command."""
     parser = argparse.ArgumentParser(prog="generalist", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tokenize(subparsers)
+    _add_tokenizer(subparsers)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `generalist` console script."""
-    args = build_parser().parse_args(argv)
-    return args.run(args)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input from the user: a one-line message, not a traceback.
+        parser.exit(2, f"generalist {args.command}: error: {error}\n")
 
 
 if __name__ == "__main__":
