@@ -1,8 +1,8 @@
 """Tokenizer throughput: continuous values/s, image frames/s, whole-episode timesteps/s.
 
 Run from the repository root: `python -m bench.tokenize` (`--quick` for a smoke run). As a module, not as a
-script: a script named tokenize.py would shadow the standard library module of that name. Prints a markdown table for docs/BENCHMARKS.md.
-Each figure is the median of `--repeats` timed runs after one warm-up run.
+script: a script named tokenize.py would shadow the standard library module of that name. Prints a markdown
+table for docs/BENCHMARKS.md; each figure is the median of `--repeats` timed runs after one warm-up run.
 """
 
 from __future__ import annotations
