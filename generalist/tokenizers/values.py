@@ -64,7 +64,8 @@ def inverse_mu_law(y: npt.ArrayLike, mu: float = MU, m: float = M) -> np.ndarray
 def continuous_to_bins(x: npt.ArrayLike, mu_law: bool = True, name: str = "continuous") -> np.ndarray:
     """Continuous values to bins 0..1023 (int64), through mu-law unless `mu_law=False`; same shape as `x`."""
     array = _check_real(x, name)
-    y = _compand(array, MU, M) if mu_law else array
+    # Saturate before companding: F(+-M) is already +-1, and huge values would overflow mu * |x|.
+    y = _compand(np.clip(array, -M, M), MU, M) if mu_law else array
     bins = np.floor((np.clip(y, -1.0, 1.0) + 1.0) * (N_BINS / 2)).astype(np.int64)
     # +1.0 lands exactly on the upper edge of the last bin; it belongs to that bin, not to a 1025th.
     return np.minimum(bins, N_BINS - 1)

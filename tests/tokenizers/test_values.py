@@ -108,3 +108,9 @@ def test_bad_discrete_input_is_a_value_error(values):
 def test_bins_to_continuous_rejects_out_of_range_bins():
     with pytest.raises(ValueError, match="0..1023"):
         bins_to_continuous(np.array([N_BINS]))
+
+
+def test_integer_observations_bin_like_floats():
+    ints = np.array([-5000, -3, 0, 1, 300])
+    np.testing.assert_array_equal(continuous_to_bins(ints), continuous_to_bins(ints.astype(np.float64)))
+    np.testing.assert_array_equal(continuous_to_bins(np.array([1, 255], np.uint8)), continuous_to_bins([1.0, 255.0]))
