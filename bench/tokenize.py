@@ -24,7 +24,7 @@ from generalist.tokenizers import (
     tokenize_episode,
 )
 
-LAYOUT = TokenLayout(4096)
+LAYOUT = TokenLayout(3072)
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

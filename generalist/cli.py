@@ -41,21 +41,24 @@ def _add_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     train = actions.add_parser(
         "train",
         help="train a SentencePiece model (byte fallback, exact round trips)",
-        description="Train on UTF-8 text files, or on the built-in Python reference prose when none are given.",
+        description="Train on UTF-8 text files, or on the shipped corpus (prose, jokes, train dialogues, caption "
+        "grammar) when none are given. The chat markers are always single tokens.",
     )
     train.add_argument("inputs", nargs="*", help="UTF-8 text files, one sentence or paragraph per line")
     train.add_argument("--out", required=True, help="path of the .model file to write")
-    train.add_argument("--vocab-size", type=int, default=4096, help="text vocabulary V (ids 0..V-1)")
+    train.add_argument("--vocab-size", type=int, default=3072, help="text vocabulary V (ids 0..V-1)")
     train.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="SentencePiece algorithm")
     train.set_defaults(run=_run_tokenizer_train)
 
 
 def _run_tokenizer_train(args: argparse.Namespace) -> int:
-    from generalist.datasets.text import python_reference_lines
+    from generalist.datasets.text import CHAT_MARKERS, tokenizer_corpus
     from generalist.tokenizers.text import TextTokenizerConfig, read_text_files, train_text_tokenizer
 
-    lines = read_text_files(args.inputs) if args.inputs else python_reference_lines()
-    config = TextTokenizerConfig(vocab_size=args.vocab_size, model_type=args.model_type)
+    lines = read_text_files(args.inputs) if args.inputs else tokenizer_corpus()
+    config = TextTokenizerConfig(
+        vocab_size=args.vocab_size, model_type=args.model_type, user_defined_symbols=CHAT_MARKERS
+    )
     tokenizer = train_text_tokenizer(lines, config, out=args.out)
     print(f"wrote {args.out}: vocabulary {tokenizer.vocab_size}, trained on {len(lines)} lines")
     return 0

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from generalist.datasets.text import python_reference_lines
 from generalist.tokenizers.text import TextTokenizer
 
 
@@ -27,12 +28,14 @@ def test_tokenize_prints_the_three_tables():
 
 def test_tokenizer_train_writes_a_loadable_model(tmp_path):
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(f"line {i} of a small corpus about agents and pixels" for i in range(300)))
+    corpus.write_text("\n".join(python_reference_lines()[:2000]))
     out = tmp_path / "small.model"
-    result = run_cli("tokenizer", "train", str(corpus), "--out", str(out), "--vocab-size", "290")
+    result = run_cli("tokenizer", "train", str(corpus), "--out", str(out), "--vocab-size", "500")
     assert result.returncode == 0, result.stderr
-    assert "vocabulary 290" in result.stdout
-    assert TextTokenizer.load(out).vocab_size == 290
+    assert "vocabulary 500, trained on 2000 lines" in result.stdout
+    tokenizer = TextTokenizer.load(out)
+    assert tokenizer.vocab_size == 500
+    assert tokenizer.id_to_piece(int(tokenizer.encode("<|user|>")[0])) == "<|user|>"
 
 
 @pytest.mark.parametrize(

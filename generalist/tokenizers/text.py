@@ -29,8 +29,10 @@ DEFAULT_MODEL = "text.model"
 class TextTokenizerConfig:
     """How a SentencePiece model is trained."""
 
-    vocab_size: int = 4096
-    """Text vocabulary V: ids 0..V-1; every other token range of the layout starts after it."""
+    vocab_size: int = 3072
+    """Text vocabulary V: ids 0..V-1; every other token range of the layout starts after it. 3072 is the largest
+    size at which 90% of the learned pieces occur at least 5 times in the shipped corpus (measured in
+    docs/BENCHMARKS.md, "Text tokenizer"); larger ones learn pieces seen once or twice."""
     model_type: str = "unigram"
     """SentencePiece algorithm: "unigram" or "bpe"."""
     character_coverage: float = 0.9995
@@ -39,6 +41,8 @@ class TextTokenizerConfig:
     """Longest input line, in bytes, used for training."""
     seed_sentencepiece_size: int = 200_000
     """Unigram: number of seed pieces before pruning."""
+    user_defined_symbols: tuple[str, ...] = ()
+    """Strings that are always one token (chat markers), never split."""
 
 
 class TextTokenizer:
@@ -138,6 +142,7 @@ def train_text_tokenizer(
         raise ValueError("cannot train a text tokenizer on an empty corpus")
     model = io.BytesIO()
     options = asdict(config)
+    options["user_defined_symbols"] = list(config.user_defined_symbols)
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines),

@@ -24,8 +24,8 @@ from generalist.tokenizers import (
     tokenize_timestep,
 )
 
-LAYOUT = TokenLayout(4096)
 TEXT = TextTokenizer.default()
+LAYOUT = TokenLayout(TEXT.vocab_size)
 DISCRETE_6 = ActionSpec("discrete", n=6)
 K = TokenKind
 
@@ -192,7 +192,7 @@ def test_slice_keeps_the_patches_inside_it():
 
 
 def test_text_sequence_rejects_non_text_ids():
-    with pytest.raises(ValueError, match="0..4095"):
+    with pytest.raises(ValueError, match=f"0..{TEXT.vocab_size - 1}"):
         tokenize_text(np.array([LAYOUT.separator_id]), LAYOUT)
 
 

@@ -44,9 +44,15 @@ def test_batch_encoding_matches_single(tokenizer):
         np.testing.assert_array_equal(single, batched)
 
 
+def test_chat_markers_are_single_tokens(tokenizer):
+    ids = tokenizer.encode("<|user|> hi\n<|assistant|> hello")
+    assert tokenizer.id_to_piece(int(ids[0])) == "<|user|>"
+    assert "<|assistant|>" in [tokenizer.id_to_piece(int(i)) for i in ids]
+
+
 def test_special_ids_sit_inside_the_vocabulary(tokenizer):
     assert (tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id) == (0, 2, 3)
-    assert tokenizer.vocab_size == 4096
+    assert tokenizer.vocab_size == 3072
 
 
 def test_train_save_load(tmp_path):
@@ -71,5 +77,5 @@ def test_bad_inputs(tmp_path, tokenizer):
         TextTokenizer.load(tmp_path / "junk.model")
     with pytest.raises(ValueError, match="expected a str"):
         tokenizer.encode(b"bytes")
-    with pytest.raises(ValueError, match="0..4095"):
+    with pytest.raises(ValueError, match="0..3071"):
         tokenizer.decode(np.array([5000]))

@@ -1,0 +1,87 @@
+"""Procedural scenes: deterministic, captions match the pixels, held-out combinations never in training."""
+
+import numpy as np
+import pytest
+
+from generalist.datasets.scenes import (
+    CELL_PHRASES,
+    COLOURS,
+    HELD_OUT_PAIRS,
+    IMAGE_SIZE,
+    SHAPES,
+    SIZES,
+    caption_of,
+    generate_scene,
+    grammar_sentences,
+    parse_caption,
+)
+
+
+def test_same_seed_same_scene_and_splits_differ():
+    a, b = generate_scene(7), generate_scene(7)
+    np.testing.assert_array_equal(a.image, b.image)
+    assert a.caption == b.caption
+    assert not np.array_equal(generate_scene(7, "heldout").image, a.image)
+    assert a.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and a.image.dtype == np.uint8 and IMAGE_SIZE % 16 == 0
+
+
+@pytest.mark.parametrize("split", ["train", "heldout"])
+def test_caption_matches_what_was_drawn(split):
+    for seed in range(200):
+        scene = generate_scene(seed, split)
+        stated = parse_caption(scene.caption)
+        assert stated is not None and len(stated) == len(scene.objects)
+        for obj, said in zip(scene.objects, stated, strict=True):
+            row, col = (int(c) for c in obj.centre)
+            pixel = scene.image[row, col].astype(int)
+            # The stated colour is the nearest palette colour to the pixel at the object's centre.
+            nearest = min(COLOURS, key=lambda name: np.abs(np.array(COLOURS[name]) - pixel).sum())
+            assert nearest == said.colour == obj.colour
+            # The stated cell of the 3x3 grid holds that centre.
+            assert said.cell == (row * 3 // IMAGE_SIZE) * 3 + col * 3 // IMAGE_SIZE
+            assert (said.shape, said.size) == (obj.shape, obj.size)
+
+
+def test_sizes_differ_in_drawn_area():
+    areas = {"small": [], "large": []}
+    for seed in range(300):
+        scene = generate_scene(seed)
+        if len(scene.objects) == 1:
+            background = scene.image[0, 0].astype(int)
+            drawn = np.abs(scene.image.astype(int) - background).sum(axis=2) > 40
+            areas[scene.objects[0].size].append(drawn.sum())
+    assert max(areas["small"]) < min(areas["large"])
+
+
+def test_heldout_pairs_never_in_train_and_always_in_heldout():
+    for seed in range(500):
+        train_pairs = {(o.colour, o.shape) for o in generate_scene(seed, "train").objects}
+        heldout_pairs = {(o.colour, o.shape) for o in generate_scene(seed, "heldout").objects}
+        assert not train_pairs & HELD_OUT_PAIRS
+        assert heldout_pairs & HELD_OUT_PAIRS
+
+
+def test_every_attribute_alone_is_seen_in_training():
+    objects = [o for seed in range(500) for o in generate_scene(seed).objects]
+    assert {o.colour for o in objects} == set(COLOURS)
+    assert {o.shape for o in objects} == set(SHAPES)
+    assert {o.size for o in objects} == set(SIZES)
+    assert {o.cell for o in objects} == set(range(len(CELL_PHRASES)))
+
+
+def test_parse_rejects_text_outside_the_grammar():
+    assert parse_caption("a cat on a mat") is None
+    assert parse_caption("a large red circle at the top left and and") is None
+    scene = generate_scene(3)
+    assert caption_of(scene.objects) == scene.caption
+
+
+def test_grammar_sentences_cover_every_word():
+    words = set(" ".join(grammar_sentences()).replace(",", "").split())
+    for word in [*COLOURS, *SHAPES, *SIZES, "and", "top", "bottom", "left", "right", "centre"]:
+        assert word in words
+
+
+def test_bad_split():
+    with pytest.raises(ValueError, match="split"):
+        generate_scene(0, "test")
