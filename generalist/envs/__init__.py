@@ -1,0 +1,27 @@
+"""Environments with one observation contract, their scripted experts and their score baselines."""
+
+from generalist.envs.baselines import expert_normalized, human_normalized, load_baselines
+from generalist.envs.contract import OBSERVATION_KEYS, Observation, check_observation
+from generalist.envs.policies import Action, Policy, RandomPolicy
+from generalist.envs.registry import TASKS, Task, get_task, make, make_vector, task_list
+from generalist.envs.rollout import Episode, run_episode
+
+__all__ = [
+    "OBSERVATION_KEYS",
+    "TASKS",
+    "Action",
+    "Episode",
+    "Observation",
+    "Policy",
+    "RandomPolicy",
+    "Task",
+    "check_observation",
+    "expert_normalized",
+    "get_task",
+    "human_normalized",
+    "load_baselines",
+    "make",
+    "make_vector",
+    "run_episode",
+    "task_list",
+]

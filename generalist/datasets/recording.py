@@ -1,0 +1,348 @@
+"""Recording expert episodes to disk: what `generalist collect` runs.
+
+Design choices:
+- One dataset directory per task (`out/<task>`), in the format of `generalist.datasets.storage`.
+- Episode ``i`` plays seed ``first_seed + i`` (default 0, 1, 2, ...), far from the score-baseline seeds
+  (1,000,000 on), so that evaluations never replay a training episode.
+- Episodes are buffered and written a shard at a time (at most `shard_episodes` episodes or about
+  `shard_bytes`), each shard atomically and then the index. A killed run loses at most the episodes of the
+  shard in progress; a rerun resumes at the next unplayed seed, and a finished dataset is skipped.
+- The optional filter keeps an episode when its expert-normalized score reaches `min_return_fraction`,
+  ``return >= random + f * (expert - random)`` with the measured means of ``baselines.json``. Gato kept
+  episodes of at least 80% of the expert's return; the normalized form means the same where the random
+  policy scores about 0 and stays meaningful for tasks with negative returns (Acrobot, Pendulum), where
+  ``0.8 * expert`` (-80 for an expert at -100) would demand more than the expert's mean and reject most of
+  its episodes. The threshold is computed once, when the dataset is created, and stored in its index.
+  Seeds the filter rejects are stored too, so a rerun does not play them again.
+- The settings of a dataset (task, env and its settings, expert, first seed, filter, versions of the packages
+  that decide the environment's behaviour) are checked on resume: mixing data from different settings in
+  one directory is an error, not a silent merge.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from generalist.datasets import storage
+from generalist.datasets.storage import ArraySpec, DatasetError
+from generalist.envs.baselines import BASELINES_PATH, load_baselines, package_versions
+from generalist.envs.registry import TASKS, Task, get_task, make
+from generalist.envs.rollout import Episode, run_episode
+
+# Packages whose version changes what an env does: a dataset is never resumed under other versions.
+ENV_PACKAGES = ("gymnasium", "ale-py", "box2d")
+SETTINGS = (
+    "task",
+    "env_id",
+    "env_kwargs",
+    "max_episode_steps",
+    "action_kind",
+    "action_size",
+    "expert_name",
+    "first_seed",
+    "min_return_fraction",
+)
+
+
+@dataclass
+class CollectConfig:
+    """What `generalist collect` records."""
+
+    tasks: tuple[str, ...] = ("cartpole",)
+    """tasks to record, one dataset directory each"""
+    episodes: int = 200
+    """episodes to keep per task (a rerun with more extends the dataset)"""
+    out: Path = Path("data")
+    """parent directory of the per-task datasets"""
+    first_seed: int = 0
+    """seed of the first episode; episode i plays first_seed + i"""
+    min_return_fraction: float | None = None
+    """keep only episodes whose expert-normalized score is at least this (Gato: 0.8); None keeps all"""
+    max_episode_steps: int | None = None
+    """override the task's step cap (stored with the dataset); None keeps the task's"""
+    baselines: Path = BASELINES_PATH
+    """the score baselines the filter reads"""
+    max_attempts_factor: float = 4.0
+    """with the filter, give up after this many times `episodes` seeds played"""
+    shard_episodes: int = 50
+    """episodes per shard at most: what a killed run can lose"""
+    shard_bytes: int = 256 * 2**20
+    """bytes per shard at most (a longer episode gets a shard of its own)"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+@dataclass
+class _Writer:
+    """The open dataset of one task: its index in memory and the episodes not yet on disk."""
+
+    directory: Path
+    index: dict[str, Any]
+    pending: list[Episode] = field(default_factory=list)
+    pending_rejected: list[dict[str, Any]] = field(default_factory=list)
+    pending_bytes: int = 0
+
+    @property
+    def kept(self) -> int:
+        """Episodes kept, on disk or pending."""
+        return len(self.index["episodes"]) + len(self.pending)
+
+    @property
+    def next_seed(self) -> int:
+        """The first seed not played yet."""
+        played = self.index["seeds_played"] + len(self.pending) + len(self.pending_rejected)
+        return self.index["first_seed"] + played
+
+    def add(self, episode: Episode) -> None:
+        """Keep an episode; it is written with the next `flush`."""
+        self._check_specs(episode)
+        self.pending.append(episode)
+        self.pending_bytes += sum(a.nbytes for a in (*episode.observations.values(), episode.actions))
+
+    def reject(self, episode: Episode) -> None:
+        """Remember a seed the filter dropped, so that no rerun plays it again."""
+        self.pending_rejected.append(_episode_entry(episode))
+
+    def flush(self) -> None:
+        """Write pending episodes as one shard, then the index: both atomically, in that order.
+
+        The index in memory changes only once both writes succeeded, so a failed flush can be retried.
+        """
+        if not (self.pending or self.pending_rejected):
+            return
+        index = {**self.index, "episodes": list(self.index["episodes"]), "shards": list(self.index["shards"])}
+        if self.pending:
+            number = len(index["shards"])
+            name = f"shard-{number:05d}"
+            storage.write_shard(self.directory, name, _shard_arrays(self.pending))
+            offset = 0
+            for episode in self.pending:
+                index["episodes"].append({**_episode_entry(episode), "shard": number, "offset": offset})
+                offset += episode.length
+            index["shards"].append({"name": name, "steps": offset, "episodes": len(self.pending)})
+        index["rejected"] = self.index["rejected"] + self.pending_rejected
+        index["seeds_played"] = self.index["seeds_played"] + len(self.pending) + len(self.pending_rejected)
+        storage.write_index(self.directory, index)
+        self.index = index
+        self.pending, self.pending_rejected, self.pending_bytes = [], [], 0
+
+    def _check_specs(self, episode: Episode) -> None:
+        observations = {key: ArraySpec.of(array).to_json() for key, array in episode.observations.items()}
+        action = ArraySpec.of(episode.actions).to_json()
+        if not self.index["observations"]:
+            self.index["observations"], self.index["action"] = observations, action
+        elif (observations, action) != (self.index["observations"], self.index["action"]):
+            raise DatasetError(
+                f"{self.directory / storage.INDEX}: episode of seed {episode.seed} has arrays "
+                f"{observations} {action}, the dataset {self.index['observations']} {self.index['action']}"
+            )
+
+
+def _episode_entry(episode: Episode) -> dict[str, Any]:
+    return {
+        "seed": episode.seed,
+        "return": episode.episode_return,
+        "length": episode.length,
+        "terminated": episode.terminated,
+    }
+
+
+def _shard_arrays(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
+    lengths = [e.length for e in episodes]
+    arrays = {
+        storage.observation_file(key): np.concatenate([e.observations[key] for e in episodes])
+        for key in sorted(episodes[0].observations)
+    }
+    arrays[storage.ACTIONS] = np.concatenate([e.actions for e in episodes])
+    arrays[storage.REWARDS] = np.concatenate([e.rewards for e in episodes]).astype(np.float32)
+    arrays[storage.OFFSETS] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    return arrays
+
+
+def dataset_settings(task: Task, config: CollectConfig) -> dict[str, Any]:
+    """The settings that define a dataset; a resumed dataset must have the same."""
+    return {
+        "task": task.name,
+        "env_id": task.env_id,
+        "env_kwargs": dict(task.env_kwargs),
+        "max_episode_steps": config.max_episode_steps or task.max_episode_steps,
+        "action_kind": task.action_kind,
+        "action_size": task.action_size,
+        "expert_name": task.expert_name(),
+        "first_seed": config.first_seed,
+        "min_return_fraction": config.min_return_fraction,
+    }
+
+
+def open_writer(
+    directory: Path,
+    settings: dict[str, Any],
+    target: int,
+    threshold: float | None,
+    baseline: dict[str, Any] | None = None,
+) -> _Writer:
+    """Create a dataset directory, or reopen one recorded with the same settings to resume it.
+
+    A new dataset stores the filter's `threshold` (None: no filter) and the task's score `baseline` (random and
+    expert returns, DESIGN.md: stored with the data); a resumed one keeps its own, so that a later change of the
+    baselines cannot change what one dataset kept.
+    """
+    versions = package_versions(ENV_PACKAGES)
+    if directory.exists() and any(directory.iterdir()):
+        if not (directory / storage.INDEX).exists():
+            names = sorted(entry.name for entry in directory.iterdir())[:5]
+            raise DatasetError(
+                f"{directory}: not empty and no {storage.INDEX}, so not a dataset of ours (it holds {names}); "
+                "choose an empty or new --out directory"
+            )
+        index = storage.read_index(directory)
+        _check_same_settings(directory, index, settings, versions)
+        storage.remove_leftovers(directory, index)
+        storage.EpisodeDataset(directory, allow_incomplete=True)  # every listed shard whole, or an error
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
+        index = {
+            "format": storage.FORMAT,
+            "version": storage.VERSION,
+            **settings,
+            "packages": versions,
+            "min_return": threshold,
+            "baseline": baseline,
+            "complete": False,
+            "target_episodes": target,
+            "seeds_played": 0,
+            "observations": {},
+            "action": {},
+            "shards": [],
+            "episodes": [],
+            "rejected": [],
+        }
+    index["target_episodes"] = max(target, len(index["episodes"]))
+    index["complete"] = len(index["episodes"]) >= target
+    storage.write_index(directory, index)
+    return _Writer(directory, index)
+
+
+def _check_same_settings(
+    directory: Path, index: dict[str, Any], settings: dict[str, Any], versions: dict[str, str]
+) -> None:
+    path = directory / storage.INDEX
+    for key in SETTINGS:
+        if index.get(key) != settings[key]:
+            raise DatasetError(
+                f"{path}: recorded with {key}={index.get(key)!r}, this run asks {settings[key]!r}; "
+                "use another --out directory or the same settings"
+            )
+    recorded = index.get("packages", {})
+    for name in ENV_PACKAGES:
+        if recorded.get(name) != versions[name]:
+            raise DatasetError(
+                f"{path}: recorded with {name} {recorded.get(name)}, installed is {versions[name]}; "
+                "episodes from two versions would not be one dataset"
+            )
+
+
+def min_return(task: str, fraction: float | None, baselines: Path = BASELINES_PATH) -> float:
+    """The return an episode needs to pass the filter (-inf without one)."""
+    if fraction is None:
+        return -math.inf
+    entry = load_baselines(baselines)["tasks"].get(task)
+    if entry is None:
+        raise ValueError(f"{baselines}: no baseline of {task!r} for the filter; run `generalist baselines`")
+    random, expert = entry["random"]["mean"], entry["expert"]["mean"]
+    return random + fraction * (expert - random)
+
+
+def task_baseline(task: str, baselines: Path = BASELINES_PATH) -> dict[str, Any] | None:
+    """The random and expert return summaries of `task` (without the per-episode lists), or None if unmeasured."""
+    if not Path(baselines).exists():
+        return None
+    entry = load_baselines(baselines)["tasks"].get(task)
+    if entry is None:
+        return None
+    keep = ("mean", "std", "n")
+    return {
+        "random": {key: entry["random"].get(key) for key in keep},
+        "expert": {key: entry["expert"].get(key) for key in keep},
+        "seeds": entry.get("seeds"),
+    }
+
+
+def collect_task(
+    task_name: str, config: CollectConfig, on_episode: Callable[[Episode, bool], None] | None = None
+) -> Path:
+    """Record `config.episodes` expert episodes of one task into `config.out / task_name`; resumable."""
+    task = get_task(task_name)
+    directory = Path(config.out) / task.name
+    settings = dataset_settings(task, config)
+    if config.min_return_fraction is not None and config.max_episode_steps is not None:
+        raise ValueError("the return filter compares with full episodes: do not combine it with a step cap")
+    threshold = min_return(task.name, config.min_return_fraction, config.baselines)
+    baseline = task_baseline(task.name, config.baselines)
+    writer = open_writer(
+        directory, settings, config.episodes, None if math.isinf(threshold) else threshold, baseline
+    )
+    if writer.index["complete"]:
+        return directory
+    stored = writer.index.get("min_return")
+    threshold = -math.inf if stored is None else float(stored)
+    max_seeds = math.ceil(config.max_attempts_factor * config.episodes)
+    env, expert = make(task, max_episode_steps=settings["max_episode_steps"]), task.expert()
+    try:
+        while writer.kept < config.episodes:
+            if writer.next_seed - config.first_seed >= max_seeds:
+                writer.flush()
+                raise DatasetError(
+                    f"{directory / storage.INDEX}: the filter kept {writer.kept} of {max_seeds} episodes played, "
+                    f"fewer than {config.episodes}; lower --min-return-fraction or improve the expert"
+                )
+            episode = run_episode(env, expert, writer.next_seed, record=True)
+            kept = episode.episode_return >= threshold
+            writer.add(episode) if kept else writer.reject(episode)
+            if len(writer.pending) >= config.shard_episodes or writer.pending_bytes >= config.shard_bytes:
+                writer.flush()
+            if on_episode is not None:
+                on_episode(episode, kept)
+        writer.index["complete"] = True
+    finally:
+        # Whole episodes already played are kept even when interrupted (Ctrl-C, an error in the env).
+        writer.flush()
+        env.close()
+    storage.write_index(directory, writer.index)
+    return directory
+
+
+def collect(config: CollectConfig) -> list[Path]:
+    """Record every task of `config`, with one progress bar per task; returns the dataset directories."""
+    from tqdm import tqdm
+
+    unknown = [name for name in config.tasks if name not in TASKS]
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")
+    directories = []
+    for name in config.tasks:
+        done = _episodes_on_disk(Path(config.out) / name)
+        with tqdm(
+            total=config.episodes, initial=min(done, config.episodes), desc=name, unit="episode",
+            disable=not config.progress,
+        ) as bar:
+
+            def advance(episode: Episode, kept: bool, bar: Any = bar) -> None:
+                bar.update(int(kept))
+                bar.set_postfix(ret=f"{episode.episode_return:.1f}", steps=episode.length)
+
+            directories.append(collect_task(name, config, advance))
+    return directories
+
+
+def _episodes_on_disk(directory: Path) -> int:
+    try:
+        return len(storage.read_index(directory)["episodes"])
+    except DatasetError:
+        return 0
