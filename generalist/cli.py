@@ -1,8 +1,8 @@
 """The `generalist` command line: thin commands over the library.
 
 Each command is a `_add_<name>(subparsers)` function that declares its arguments and a `_run_<name>(args)`
-function of a few lines that calls the library. Heavy imports happen inside the `_run_` functions so that
-`generalist --help` stays fast.
+function of a few lines that calls the library. Imports happen inside these functions, so that a command
+loads only what it uses (`train` builds its flags from the training config, which imports torch).
 """
 
 from __future__ import annotations
@@ -64,12 +64,155 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_collect(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "collect",
+        help="record expert episodes, one memory-mapped dataset per task",
+        description="Run each task's scripted expert and write its episodes to OUT/<task>. Writes are atomic: "
+        "a rerun resumes an interrupted dataset at the next seed and skips a finished one.",
+    )
+    parser.add_argument("--tasks", default="cartpole", help="comma-separated task names, e.g. cartpole,pong")
+    parser.add_argument("--episodes", type=int, default=200, help="episodes to keep per task")
+    parser.add_argument("--out", default="data", help="parent directory of the per-task datasets")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode; episode i plays seed+i")
+    parser.add_argument(
+        "--min-return-fraction",
+        type=float,
+        default=None,
+        help="keep episodes whose expert-normalized score is at least this (Gato: 0.8; needs baselines.json)",
+    )
+    parser.add_argument(
+        "--max-episode-steps",
+        type=int,
+        default=None,
+        help="cut episodes at this many steps instead of the task's cap (Pong experts play ~25,000 steps a game)",
+    )
+    parser.add_argument(
+        "--shard-episodes", type=int, default=50, help="episodes per shard at most: what an interrupted run can lose"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=_run_collect)
+
+
+def _run_collect(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from generalist.datasets.recording import CollectConfig, collect
+    from generalist.envs import task_list
+
+    config = CollectConfig(
+        task_list(args.tasks), args.episodes, Path(args.out), args.seed, args.min_return_fraction,
+        max_episode_steps=args.max_episode_steps, shard_episodes=args.shard_episodes, progress=not args.no_progress,
+    )
+    for directory in collect(config):
+        print(f"wrote {directory}")
+    return 0
+
+
+def _add_baselines(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "baselines",
+        help="measure random and expert returns per task (the 0%% and 100%% of normalized scores)",
+        description="Play each task with the random policy and with the expert over the same seeds and store "
+        "mean, std and n with the seeds and package versions in generalist/envs/baselines.json.",
+    )
+    parser.add_argument("--tasks", default="all", help="comma-separated task names, or all")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per policy and task")
+    parser.add_argument("--seed", type=int, default=1_000_000, help="seed of the first episode")
+    parser.add_argument("--out", default=None, help="JSON file to update (default: the package's baselines.json)")
+    parser.add_argument("--workers", type=int, default=2, help="processes measuring in parallel")
+    parser.set_defaults(run=_run_baselines)
+
+
+def _run_baselines(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from generalist.envs import task_list
+    from generalist.envs.baselines import BASELINES_PATH, BaselineConfig, format_table, run_baselines
+
+    out = Path(args.out) if args.out else BASELINES_PATH
+    data = run_baselines(BaselineConfig(task_list(args.tasks), args.episodes, args.seed, out, args.workers))
+    print(format_table(data))
+    return 0
+
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
+    from generalist.config import add_arguments
+    from generalist.train import TrainConfig
+
+    parser = subparsers.add_parser(
+        "train",
+        help="train the generalist offline on the task mixture (one process, or many under torchrun)",
+        description="Train on recorded episodes, captions and text. Under `torchrun --nproc_per_node N -m "
+        "generalist.cli train ...` it runs DistributedDataParallel. Every field of the training config is a flag.",
+    )
+    parser.add_argument("--config", default=None, help="JSON file of training settings; flags override it")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint, exactly"
+    )
+    add_arguments(parser, TrainConfig)
+    parser.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    import os
+
+    from generalist.config import from_arguments, load_json
+    from generalist.train import TrainConfig, train
+
+    base = load_json(TrainConfig, args.config) if args.config else None
+    checkpoint = train(from_arguments(TrainConfig, args, base), resume=args.resume)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="roll out a checkpoint in its tasks' environments and print the score table",
+        description="Prompt-conditioned rollouts (a recorded expert demonstration opens each episode's context) "
+        "over a vector of environments; raw, expert-normalized and (Atari) human-normalized scores.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--tasks", default="all", help="comma-separated task names, or all")
+    parser.add_argument("--episodes", type=int, default=10, help="episodes per task")
+    parser.add_argument("--seed", type=int, default=None, help="first evaluation seed (default: 5,000,000)")
+    parser.add_argument("--prompt", choices=["demonstration", "none"], default="demonstration",
+                        help="open each episode with a recorded demonstration, or with nothing")
+    parser.add_argument("--data-dir", default="data", help="where the recorded demonstrations are")
+    parser.add_argument("--num-envs", type=int, default=8, help="environments stepped together per task")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 acts greedily; above 0 samples")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from generalist.envs import task_list
+    from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model, results_json
+
+    tasks = task_list(args.tasks)
+    model, _ = load_model(args.checkpoint)
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    results = evaluate(model, tasks, args.episodes, seed, args.prompt, args.data_dir, args.num_envs, args.temperature)
+    print(format_table(results))
+    if args.json:
+        Path(args.json).write_text(results_json(results) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `generalist` command."""
     parser = argparse.ArgumentParser(prog="generalist", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_tokenize(subparsers)
     _add_tokenizer(subparsers)
+    _add_collect(subparsers)
+    _add_baselines(subparsers)
+    _add_train(subparsers)
+    _add_evaluate(subparsers)
     return parser
 
 

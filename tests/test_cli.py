@@ -19,9 +19,9 @@ def test_tokenize_prints_the_three_tables():
     result = run_cli("tokenize", "--text", "hi there", "--max-rows", "6")
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "CartPole-v1, one timestep" in out and "ALE/Pong-v5" in out and "14x10 = 140 patches" in out
+    assert "CartPole-v1, one timestep" in out and "ALE/Pong-v5" in out and "5x5 = 25 patches" in out
     assert "pole angular velocity" in out and "| separator" in out
-    assert "(136 more tokens)" in out  # 140 patches + separator + action, 6 rows shown
+    assert "(21 more tokens)" in out  # 25 patches + separator + action, 6 rows shown
     assert "'hi there'" in out and "decodes back exactly: True" in out
     assert out.count("token  kind") == 3
 

@@ -73,14 +73,14 @@ def _cartpole_step(layout: TokenLayout, seed: int) -> tuple[str, str]:
 
 
 def _atari_frame(layout: TokenLayout, seed: int, max_rows: int) -> tuple[str, str]:
-    import ale_py
-    import gymnasium as gym
+    from generalist.envs import get_task, make
 
-    gym.register_envs(ale_py)
-    env = gym.make("ALE/Pong-v5")
-    frame, _ = env.reset(seed=seed)
+    env = make("pong", seed=seed)
+    observation, _ = env.reset()
+    raw_shape = env.unwrapped.observation_space.shape  # the emulator's frame, before the contract wrapper
     env.close()
-    seq = tokenize_timestep({"image": frame}, 0, ActionSpec("discrete", n=6), layout)
+    frame = observation["image"]
+    seq = tokenize_timestep(observation, 0, get_task("pong").action_spec(), layout)
     patch_of_token = {int(t): p for p, t in enumerate(seq.patch_token_index)}
 
     def meaning(i: int) -> str:
@@ -98,8 +98,9 @@ def _atari_frame(layout: TokenLayout, seed: int, max_rows: int) -> tuple[str, st
 
     n_rows, n_cols = -(-frame.shape[0] // 16), -(-frame.shape[1] // 16)
     title = (
-        f"ALE/Pong-v5, one raw {frame.shape[0]}x{frame.shape[1]}x3 frame (reset seed {seed}): "
-        f"{n_rows}x{n_cols} = {len(seq.patches)} patches of 16x16 (bottom row padded), separator, 1 action"
+        f"ALE/Pong-v5, one frame (reset seed {seed}): the {raw_shape[0]}x{raw_shape[1]} screen cropped to the "
+        f"playing field and averaged to {frame.shape[0]}x{frame.shape[1]}x3 by the env wrapper, "
+        f"{n_rows}x{n_cols} = {len(seq.patches)} patches of 16x16, separator, 1 action"
     )
     return title, format_table(seq, meaning, max_rows)
 

@@ -1,0 +1,97 @@
+"""Tokenized sequences to one padded batch of tensors: what the model reads.
+
+Sequences are right-padded to a common length with `layout.pad_id`, kind PAD, no local position and no loss.
+Right padding is safe under causal attention: a real token never attends to the padding after it, and no
+target lies on padding. Image patches of every sequence are flattened into one (N, C, P, P) tensor with the
+(row, token) each patch sits at, so the patch network runs once over the whole batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+
+from generalist.tokenizers import NO_POSITION, PATCH_SIZE, TokenizedSequence, TokenKind, TokenLayout
+
+
+@dataclass
+class Batch:
+    """B sequences of up to T tokens, with N image patches among them (shapes below)."""
+
+    ids: torch.Tensor  # (B, T) int64, ids of the shared table; patch placeholders at patches, pad_id at padding
+    kinds: torch.Tensor  # (B, T) uint8, TokenKind
+    local_positions: torch.Tensor  # (B, T) int64, >= 0, NO_POSITION or ACTION_POSITION
+    loss_mask: torch.Tensor  # (B, T) bool, True on targets (text and action tokens)
+    patches: torch.Tensor  # (N, C, P, P) float32 in [-0.25, 0.25]
+    patch_rows: torch.Tensor  # (N, 2) int64, row bucket range [lo, hi)
+    patch_cols: torch.Tensor  # (N, 2) int64, column bucket range [lo, hi)
+    patch_batch_index: torch.Tensor  # (N,) int64, the row of the batch each patch sits in
+    patch_token_index: torch.Tensor  # (N,) int64, the token each patch sits at
+    lengths: torch.Tensor  # (B,) int64, tokens of each sequence before padding
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(B, T)."""
+        return tuple(self.ids.shape)
+
+    @property
+    def n_tokens(self) -> int:
+        """Tokens that are not padding."""
+        return int(self.lengths.sum())
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """The same batch on `device`."""
+        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+
+    def pin_memory(self) -> Batch:
+        """The same batch in pinned memory (DataLoader calls this when `pin_memory=True`)."""
+        return Batch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+
+def collate(
+    sequences: Sequence[TokenizedSequence], layout: TokenLayout, length: int | None = None
+) -> Batch:
+    """Sequences to a right-padded `Batch` of length `length` (default: the longest sequence)."""
+    if not sequences:
+        raise ValueError("collate: no sequences")
+    lengths = np.array([len(s) for s in sequences], np.int64)
+    width = int(lengths.max()) if length is None else length
+    if lengths.max() > width:
+        raise ValueError(f"collate: a sequence of {lengths.max()} tokens does not fit the length {width}")
+    n_rows = len(sequences)
+    ids = np.full((n_rows, width), layout.pad_id, np.int64)
+    kinds = np.full((n_rows, width), TokenKind.PAD, np.uint8)
+    local_positions = np.full((n_rows, width), NO_POSITION, np.int64)
+    loss_mask = np.zeros((n_rows, width), bool)
+    for row, sequence in enumerate(sequences):
+        n = len(sequence)
+        ids[row, :n] = sequence.ids
+        kinds[row, :n] = sequence.kinds
+        local_positions[row, :n] = sequence.local_positions
+        loss_mask[row, :n] = sequence.loss_mask
+    n_patches = np.array([len(s.patches) for s in sequences], np.int64)
+    if n_patches.sum():
+        patches = np.concatenate([s.patches for s in sequences if len(s.patches)])
+        patch_rows = np.concatenate([s.patch_rows for s in sequences if len(s.patches)])
+        patch_cols = np.concatenate([s.patch_cols for s in sequences if len(s.patches)])
+        patch_token_index = np.concatenate([s.patch_token_index for s in sequences if len(s.patches)])
+    else:
+        channels = next((s.patches.shape[1] for s in sequences if s.patches.ndim == 4), 3)
+        patches = np.zeros((0, channels, PATCH_SIZE, PATCH_SIZE), np.float32)
+        patch_rows = patch_cols = np.zeros((0, 2), np.int64)
+        patch_token_index = np.zeros(0, np.int64)
+    return Batch(
+        ids=torch.from_numpy(ids),
+        kinds=torch.from_numpy(kinds),
+        local_positions=torch.from_numpy(local_positions),
+        loss_mask=torch.from_numpy(loss_mask),
+        patches=torch.from_numpy(np.ascontiguousarray(patches, np.float32)),
+        patch_rows=torch.from_numpy(patch_rows.astype(np.int64)),
+        patch_cols=torch.from_numpy(patch_cols.astype(np.int64)),
+        patch_batch_index=torch.from_numpy(np.repeat(np.arange(n_rows, dtype=np.int64), n_patches)),
+        patch_token_index=torch.from_numpy(patch_token_index.astype(np.int64)),
+        lengths=torch.from_numpy(lengths),
+    )

@@ -1,0 +1,343 @@
+"""The training mixture: an endless stream of batches of token sequences drawn from every task by weight.
+
+Each sequence holds one task's data, at most `sequence_length` tokens:
+- control: a window of a recorded episode, starting and ending on timestep boundaries. With probability
+  `prompt_probability` (Gato section 3.3: 25%) a prompt is prepended: a slice of another episode of the same
+  task, taken from that episode's end with probability `prompt_end_fraction` (half) and from a uniform point
+  otherwise. The prompt takes half of the timesteps that fit, the window the rest.
+- captions: image patches, then the caption's text and end-of-sequence.
+- dialogue and prose: the text and end-of-sequence, or a window of it when it is longer than the sequence.
+Short samples (captions, dialogues) are packed: a sequence is filled with samples of its task until the next
+one does not fit, rather than padded. bench/data.py measures why: a 64x64 caption is about 30 tokens, so
+padding it to a control window's 1,024 would waste almost all of a batch's compute.
+
+Determinism and distribution: batch `b` of shard `s` is drawn from `numpy.random.default_rng([seed, s, b])`
+alone, so the stream does not depend on the number of DataLoader workers (worker `w` of `W` makes steps
+`w, w + W, ...`), and resuming at step `b` is exact. Shards read disjoint parts of every source (episode `i`
+belongs to shard `i % n_shards`; scene seeds likewise), and ranks read disjoint shards, so two ranks never draw
+the same sequence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from generalist.datasets.batching import Batch, collate
+from generalist.tokenizers import (
+    ActionSpec,
+    TextTokenizer,
+    TokenizedSequence,
+    TokenLayout,
+    tokenize_caption,
+    tokenize_episode,
+    tokenize_text,
+)
+
+
+@dataclass(frozen=True)
+class Shard:
+    """The part of every source that one shard of the stream reads: items `index`, `index + count`, ..."""
+
+    index: int = 0
+    count: int = 1
+
+    def items(self, n: int, source: str) -> np.ndarray:
+        """Indices of this shard among `n` items; a shard with none is an error naming the source."""
+        mine = np.arange(self.index, n, self.count)
+        if len(mine) == 0:
+            raise ValueError(
+                f"{source}: {n} items cannot be shared among {self.count} data shards (ranks x accumulation "
+                "steps); record more or use fewer"
+            )
+        return mine
+
+
+class EpisodeSource(Protocol):
+    """Recorded episodes of one task, read by window without loading the rest."""
+
+    @property
+    def action_spec(self) -> ActionSpec: ...
+
+    def __len__(self) -> int: ...
+
+    def episode_length(self, episode: int) -> int: ...
+
+    def read(self, episode: int, start: int, stop: int) -> tuple[Mapping[str, Any], np.ndarray]:
+        """Observations by key, stacked over steps start..stop-1, and the actions of those steps."""
+        ...
+
+
+class SequenceSource(Protocol):
+    """One task of the mixture: draws one sample of at most `max_tokens` tokens."""
+
+    packable: bool
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence: ...
+
+
+@dataclass
+class ControlSource:
+    """Windows of recorded episodes, with prompts from other episodes of the same task."""
+
+    name: str
+    episodes: EpisodeSource
+    layout: TokenLayout
+    prompt_probability: float = 0.25
+    prompt_end_fraction: float = 0.5
+    packable: bool = False
+    _tokens_per_step: int | None = field(default=None, init=False, repr=False)
+
+    def tokens_per_step(self) -> int:
+        """Tokens of one timestep (observation, separator, action): the same for every step of a task."""
+        if self._tokens_per_step is None:
+            self._tokens_per_step = len(self._tokenize(0, 0, 1))
+        return self._tokens_per_step
+
+    def _tokenize(self, episode: int, start: int, stop: int) -> TokenizedSequence:
+        observations, actions = self.episodes.read(episode, start, stop)
+        return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout)
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """A window of one of this shard's episodes, maybe behind a prompt from another episode."""
+        max_steps = max_tokens // self.tokens_per_step()
+        if max_steps < 1:
+            raise ValueError(
+                f"{self.name}: one timestep is {self.tokens_per_step()} tokens, more than the sequence length "
+                f"{max_tokens}"
+            )
+        episode = int(rng.choice(shard.items(len(self.episodes), self.name)))
+        parts = []
+        if len(self.episodes) > 1 and max_steps > 1 and rng.random() < self.prompt_probability:
+            other = int(rng.integers(len(self.episodes) - 1))
+            other += other >= episode  # any episode but this one
+            other_length = self.episodes.episode_length(other)
+            prompt_steps = min(max_steps // 2, other_length)
+            if rng.random() < self.prompt_end_fraction:
+                prompt_start = other_length - prompt_steps
+            else:
+                prompt_start = int(rng.integers(other_length - prompt_steps + 1))
+            parts.append(self._tokenize(other, prompt_start, prompt_start + prompt_steps))
+            max_steps -= prompt_steps
+        length = self.episodes.episode_length(episode)
+        window = min(max_steps, length)
+        start = int(rng.integers(length - window + 1))
+        parts.append(self._tokenize(episode, start, start + window))
+        return TokenizedSequence.concatenate(parts)
+
+
+@dataclass
+class SceneCaptionSource:
+    """Procedural scenes of the train split with their captions; rank r draws seeds congruent to r."""
+
+    tokenizer: TextTokenizer
+    layout: TokenLayout
+    packable: bool = True
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """One scene: its patches, then its caption and end-of-sequence."""
+        from generalist.datasets.scenes import generate_scene
+
+        seed = int(rng.integers(2**40)) * shard.count + shard.index
+        scene = generate_scene(seed, "train")
+        return _caption_sequence(scene.image, scene.caption, self.tokenizer, self.layout, max_tokens)
+
+
+@dataclass
+class CaptionListSource:
+    """A fixed list of (image, caption) pairs: real sample images, digits, a COCO-layout folder."""
+
+    name: str
+    images: Sequence[np.ndarray]
+    captions: Sequence[str]
+    tokenizer: TextTokenizer
+    layout: TokenLayout
+    packable: bool = True
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """One pair of this shard."""
+        index = int(rng.choice(shard.items(len(self.captions), self.name)))
+        return _caption_sequence(self.images[index], self.captions[index], self.tokenizer, self.layout, max_tokens)
+
+
+def _caption_sequence(
+    image: np.ndarray, caption: str, tokenizer: TextTokenizer, layout: TokenLayout, max_tokens: int
+) -> TokenizedSequence:
+    ids = np.append(tokenizer.encode(caption), tokenizer.eos_id)
+    sequence = tokenize_caption(image, ids, layout)
+    if len(sequence) > max_tokens:
+        raise ValueError(f"a caption sequence of {len(sequence)} tokens does not fit the length {max_tokens}")
+    return sequence
+
+
+@dataclass
+class TextSource:
+    """Documents of text (formatted dialogues, prose): whole, or a random window of a long one."""
+
+    name: str
+    documents: Sequence[str]
+    tokenizer: TextTokenizer
+    layout: TokenLayout
+    packable: bool = True
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """One document of this shard and end-of-sequence, windowed to `max_tokens`."""
+        index = int(rng.choice(shard.items(len(self.documents), self.name)))
+        ids = np.append(self.tokenizer.encode(self.documents[index]), self.tokenizer.eos_id)
+        start = int(rng.integers(max(len(ids) - max_tokens, 0) + 1))
+        return tokenize_text(ids[start : start + max_tokens], self.layout)
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    """How batches are drawn."""
+
+    weights: Mapping[str, float]
+    """Task name -> relative frequency of its sequences; every named task needs a source."""
+    sequence_length: int = 1024
+    """Most tokens in one sequence (Gato: 1024)."""
+    batch_size: int = 8
+    """Sequences per batch."""
+    seed: int = 0
+    """Seed of the whole stream."""
+    pack: bool = True
+    """Fill a sequence of a packable task with several samples; else one sample, padded."""
+
+
+class Mixture(IterableDataset):
+    """An endless iterable of steps: each a list of `Batch`es, one per shard this process reads.
+
+    A process reads `shards` out of `n_shards`. A trainer with R ranks and A micro-batches of gradient
+    accumulation per step uses R x A shards, rank r reading shards r*A .. r*A + A-1: the data of a step is then
+    the same whether it runs on one process accumulating A micro-batches or on A processes, so the two give the
+    same weights.
+    """
+
+    def __init__(
+        self,
+        sources: Mapping[str, SequenceSource],
+        config: MixtureConfig,
+        layout: TokenLayout,
+        shards: Sequence[int] = (0,),
+        n_shards: int = 1,
+        start_batch: int = 0,
+    ) -> None:
+        super().__init__()
+        missing = sorted(set(config.weights) - set(sources))
+        if missing:
+            raise ValueError(f"task weights name tasks with no data: {missing}; tasks with data: {sorted(sources)}")
+        weights = {task: float(w) for task, w in config.weights.items() if w > 0}
+        if not weights or any(w < 0 or not np.isfinite(w) for w in config.weights.values()):
+            raise ValueError(f"task weights must be finite, non-negative and not all zero: {dict(config.weights)}")
+        if not shards or any(not 0 <= shard < n_shards for shard in shards):
+            raise ValueError(f"shards {list(shards)} must be some of 0..{n_shards - 1}")
+        self.sources = sources
+        self.config = config
+        self.layout = layout
+        self.shards = [Shard(shard, n_shards) for shard in shards]
+        self.start_batch = start_batch
+        self.tasks = sorted(weights)
+        total = sum(weights.values())
+        self.probabilities = np.array([weights[t] / total for t in self.tasks])
+
+    def sequence(self, rng: np.random.Generator, shard: Shard) -> tuple[str, TokenizedSequence]:
+        """One sequence: its task, then its samples (several, packed, for short ones)."""
+        task = self.tasks[int(rng.choice(len(self.tasks), p=self.probabilities))]
+        source = self.sources[task]
+        length = self.config.sequence_length
+        parts = [source.sample(rng, shard, length)]
+        used = len(parts[0])
+        while self.config.pack and source.packable:
+            candidate = source.sample(rng, shard, length)
+            if used + len(candidate) > length:
+                break
+            parts.append(candidate)
+            used += len(candidate)
+        return task, TokenizedSequence.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def batch(self, index: int, shard: Shard | None = None) -> tuple[list[str], Batch]:
+        """Batch `index` of a shard (this process's first by default), with the task of each of its rows."""
+        shard = shard or self.shards[0]
+        rng = np.random.default_rng([self.config.seed, shard.index, index])
+        drawn = [self.sequence(rng, shard) for _ in range(self.config.batch_size)]
+        return [task for task, _ in drawn], collate([seq for _, seq in drawn], self.layout)
+
+    def step(self, index: int) -> list[Batch]:
+        """Batch `index` of every shard of this process."""
+        return [self.batch(index, shard)[1] for shard in self.shards]
+
+    def __iter__(self) -> Iterator[list[Batch]]:
+        worker = get_worker_info()
+        worker_id, n_workers = (0, 1) if worker is None else (worker.id, worker.num_workers)
+        index = self.start_batch + worker_id
+        while True:
+            yield self.step(index)
+            index += n_workers
+
+
+def make_loader(mixture: Mixture, num_workers: int = 2, prefetch_factor: int = 4) -> DataLoader:
+    """A DataLoader over a mixture: batches are made in worker processes, so the trainer never waits on them."""
+    return DataLoader(
+        mixture,
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=prefetch_factor if num_workers else None,
+        persistent_workers=num_workers > 0,
+        worker_init_fn=_single_threaded_worker,
+    )
+
+
+def _single_threaded_worker(_: int) -> None:
+    # Workers tokenize with numpy; torch threads in each worker would only fight the trainer for the cores.
+    torch.set_num_threads(1)
+
+
+# Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
+CAPTION_AND_TEXT_TASKS = ("scenes", "digits", "sample_images", "dialogue", "prose")
+
+
+def build_sources(
+    tasks: Sequence[str],
+    data_dir: str | Path,
+    layout: TokenLayout,
+    tokenizer: TextTokenizer,
+    prompt_probability: float = 0.25,
+    prompt_end_fraction: float = 0.5,
+) -> dict[str, SequenceSource]:
+    """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus."""
+    from generalist.datasets import captions, text
+    from generalist.datasets.storage import EpisodeDataset
+
+    sources: dict[str, SequenceSource] = {}
+    for task in tasks:
+        if task == "scenes":
+            sources[task] = SceneCaptionSource(tokenizer, layout)
+        elif task in ("digits", "sample_images"):
+            examples = captions.digit_captions() if task == "digits" else captions.skimage_samples()
+            sources[task] = CaptionListSource(
+                task, [e.image for e in examples], [e.caption for e in examples], tokenizer, layout
+            )
+        elif task == "dialogue":
+            train, _ = text.split_conversations(text.chatterbot_conversations())
+            sources[task] = TextSource(task, [text.format_chat(c) for c in train], tokenizer, layout)
+        elif task == "prose":
+            from pydoc_data.topics import topics
+
+            sources[task] = TextSource(task, [*text.jokes(), *topics.values()], tokenizer, layout)
+        else:
+            directory = Path(data_dir) / task
+            if not directory.is_dir():
+                raise FileNotFoundError(
+                    f"task {task!r}: no recorded data at {directory} (record it with `generalist collect "
+                    f"--tasks {task} --out {data_dir}`); caption and text tasks: {list(CAPTION_AND_TEXT_TASKS)}"
+                )
+            sources[task] = ControlSource(
+                task, EpisodeDataset(directory), layout, prompt_probability, prompt_end_fraction
+            )
+    return sources

@@ -1,0 +1,199 @@
+"""Evaluation: prompt-conditioned rollouts in the environments, captions of held-out scenes, chat perplexity.
+
+Design choices:
+- One function per kind of evaluation, called from training and from the CLI alike (STYLE.md item 9).
+- Control (Gato section 4.1): the context of every episode opens with a demonstration of the same task, the
+  last `prompt_tokens` tokens of a recorded expert episode (whole timesteps), then the agent acts step by step
+  through the KV-cached `Policy`; `prompt="none"` measures the agent without it. Episodes run on a vector of
+  environments; environment `i` of `n` plays seeds `seed + i, seed + i + n, ...` and exactly `ceil(episodes / n)`
+  of them count, so long episodes weigh as much as short ones. The default seed is far from the seeds of
+  recording (0, 1, ...) and of the score baselines (1,000,000, ...).
+- Scores: raw return, expert-normalized `(agent - random) / (expert - random)` with the stored baselines, and
+  for Atari human-normalized with the published human scores.
+- A failing task never stops the others: its row carries the error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from generalist.model import Generalist
+from generalist.policy import Policy
+from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout, tokenize_episode
+
+DEFAULT_SEED = 5_000_000
+"""First evaluation seed: recording starts at 0 and the score baselines at 1,000,000."""
+
+
+@dataclass
+class TaskResult:
+    """The outcome of evaluating one task."""
+
+    task: str
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    normalized: float = math.nan  # expert-normalized mean return
+    human_normalized: float | None = None  # Atari only
+    prompted: bool = True
+    error: str | None = None
+
+    @property
+    def mean_return(self) -> float:
+        """Mean raw return over the episodes."""
+        return float(np.mean(self.returns)) if self.returns else math.nan
+
+    @property
+    def std_return(self) -> float:
+        """Standard deviation of the raw returns."""
+        return float(np.std(self.returns)) if self.returns else math.nan
+
+
+def demonstration_prompt(
+    task: str, data_dir: str | Path, layout: TokenLayout, rng: np.random.Generator, max_tokens: int
+) -> TokenizedSequence:
+    """The last whole timesteps, at most `max_tokens` tokens, of a random recorded expert episode of `task`."""
+    from generalist.datasets.storage import EpisodeDataset
+
+    directory = Path(data_dir) / task
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"no demonstrations of {task!r} at {directory}: record them with `generalist collect --tasks {task}`, "
+            "or evaluate with prompt='none'"
+        )
+    episodes = EpisodeDataset(directory)
+    episode = int(rng.integers(len(episodes)))
+    length = episodes.episode_length(episode)
+    observations, actions = episodes.read(episode, length - 1, length)
+    per_step = len(tokenize_episode(observations, actions, episodes.action_spec, layout))
+    steps = min(length, max_tokens // per_step)
+    if steps < 1:
+        raise ValueError(f"{task}: one timestep ({per_step} tokens) does not fit a prompt of {max_tokens} tokens")
+    observations, actions = episodes.read(episode, length - steps, length)
+    return tokenize_episode(observations, actions, episodes.action_spec, layout)
+
+
+def _split_observations(observations: dict, n: int) -> list[dict]:
+    """A vector env's stacked observation dict to one dict per environment."""
+    return [{key: value[i] for key, value in observations.items()} for i in range(n)]
+
+
+def evaluate_task(
+    model: Generalist,
+    task: str,
+    episodes: int = 10,
+    seed: int = DEFAULT_SEED,
+    prompt: str = "demonstration",
+    data_dir: str | Path = "data",
+    num_envs: int = 8,
+    temperature: float = 0.0,
+    prompt_tokens: int | None = None,
+) -> TaskResult:
+    """Roll out `episodes` prompt-conditioned episodes of `task`; a failure is returned in the result."""
+    from generalist.envs import expert_normalized, get_task, human_normalized, make_vector
+
+    result = TaskResult(task, prompted=prompt != "none")
+    try:
+        spec = get_task(task)
+        if prompt not in ("demonstration", "none"):
+            raise ValueError(f"prompt must be 'demonstration' or 'none', got {prompt!r}")
+        n = min(num_envs, episodes)
+        quota = -(-episodes // n)
+        rng = np.random.default_rng(seed)
+        layout = model.config.layout
+        budget = prompt_tokens if prompt_tokens is not None else model.config.context // 2
+
+        def new_prompt() -> TokenizedSequence | None:
+            return demonstration_prompt(task, data_dir, layout, rng, budget) if result.prompted else None
+
+        policy = Policy(model, spec.action_spec(), temperature=temperature)
+        env = make_vector(task, n, seed, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        try:
+            observations, _ = env.reset(seed=seed)
+            policy.reset([new_prompt() for _ in range(n)])
+            running, steps, played = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
+            while (played < quota).any():
+                actions = policy.act(_split_observations(observations, n))
+                observations, rewards, terminated, truncated, _ = env.step(actions)
+                running += rewards
+                steps += 1
+                for i in np.flatnonzero(terminated | truncated):
+                    if played[i] < quota:
+                        result.returns.append(float(running[i]))
+                        result.lengths.append(int(steps[i]))
+                    played[i] += 1
+                    running[i], steps[i] = 0.0, 0
+                    policy.reset([new_prompt()], episodes=[int(i)])
+        finally:
+            env.close()
+        result.returns, result.lengths = result.returns[:episodes], result.lengths[:episodes]
+        result.normalized = expert_normalized(task, result.mean_return)
+        if spec.human_scores is not None:
+            result.human_normalized = human_normalized(task, result.mean_return)
+    except Exception as error:  # one bad task must not end an evaluation of many
+        result.error = f"{type(error).__name__}: {error}"
+    return result
+
+
+def evaluate(
+    model: Generalist,
+    tasks: Sequence[str],
+    episodes: int = 10,
+    seed: int = DEFAULT_SEED,
+    prompt: str = "demonstration",
+    data_dir: str | Path = "data",
+    num_envs: int = 8,
+    temperature: float = 0.0,
+) -> list[TaskResult]:
+    """Evaluate many tasks, one after another; each row holds its scores or its error."""
+    model.eval()
+    with torch.no_grad():
+        return [
+            evaluate_task(model, task, episodes, seed, prompt, data_dir, num_envs, temperature) for task in tasks
+        ]
+
+
+def format_table(results: Sequence[TaskResult]) -> str:
+    """A markdown table: task, episodes, mean and std return, expert- and human-normalized score, error."""
+    lines = [
+        "| task | prompt | episodes | return | expert-normalized | human-normalized | error |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        human = "" if r.human_normalized is None else f"{r.human_normalized:.1%}"
+        score = "" if math.isnan(r.normalized) else f"{r.normalized:.1%}"
+        value = "" if not r.returns else f"{r.mean_return:.1f} ± {r.std_return:.1f}"
+        prompt = "demo" if r.prompted else "none"
+        lines.append(f"| {r.task} | {prompt} | {len(r.returns)} | {value} | {score} | {human} | {r.error or ''} |")
+    return "\n".join(lines)
+
+
+def results_json(results: Sequence[TaskResult]) -> str:
+    """The results as JSON, one object per task."""
+    rows = []
+    for r in results:
+        row = asdict(r)
+        row["mean_return"], row["std_return"] = r.mean_return, r.std_return
+        rows.append(row)
+    return json.dumps(rows, indent=2, default=float)
+
+
+def load_model(checkpoint: str | Path) -> tuple[Generalist, TextTokenizer]:
+    """A checkpoint directory's model (eval mode) and text tokenizer; a clear error if it is not one."""
+    from generalist.model import pretrained_text_tokenizer
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    if (path / "checkpoints" / "latest").is_file():  # a run directory: its newest checkpoint
+        from generalist.train import latest_checkpoint
+
+        path = latest_checkpoint(path)
+    return Generalist.from_pretrained(path), pretrained_text_tokenizer(path)

@@ -1,0 +1,517 @@
+"""The generalist model: one decoder transformer over the token stream of every modality.
+
+Reading order: the config and its presets, the embeddings (ids, image patches, positions), rotary position
+encoding, the decoder block, the model with its loss, then checkpoints.
+
+Design choices, and where we depart from Gato (Reed et al., 2022):
+- Embeddings are summed per token (Gato section 2.2 and appendix C): the id table; image patches through one
+  pre-activation ResNet-v2 block (GroupNorm, GELU) and a projection, plus learned row and column embeddings of
+  the patch's position bucket (sampled inside its interval in training, its middle in evaluation); learned
+  local positions for non-patch observation tokens; one learned embedding shared by all action tokens. At a
+  patch the pixel embedding replaces the id embedding (the placeholder id carries nothing).
+- The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
+  the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
+  costs as much as a small transformer per token (FACTS.md), so width and stride are config fields, set by
+  measurement to 64 channels on a 4x4 grid (stride 4): 4x cheaper than 64 channels on 8x8 (docs/BENCHMARKS.md).
+- The order of tokens across the sequence is encoded by rotary embeddings (RoPE, Su et al., 2021) on queries
+  and keys; Gato's paper does not say how it encodes it. Rotary scores depend only on the distance between
+  two tokens, so cached keys never need re-encoding as the context grows, and no learned table caps the
+  length. Positions are counted from the first token of the context the model sees, so a context that slid
+  forward is re-encoded from 0 exactly as a fresh forward would (policy.py).
+- Pre-norm blocks (LayerNorm), causal attention through `scaled_dot_product_attention`, a GEGLU feed-forward
+  (Gato appendix C.1), a final norm and an output head tied to the id table by default: the table holds every
+  id the head predicts, tying saves `table_size x width` parameters (a fifth of the `tiny` model), and it is
+  what GPT-2 and nanoGPT do. `tie_embeddings=False` gives a separate head.
+- The loss (Gato section 2.3) is next-token cross-entropy on text and action targets only. Target positions
+  are gathered before the head, so no logits are made where no loss is taken: on control data most positions
+  carry none, and the head over the whole table is the largest matmul of a small model.
+- `forward(batch)` is pure: no episode state lives on the module. A KV cache, when given to `hidden`, is a
+  separate object owned by the policy (policy.py) that the attention layers read and write.
+
+Dimension key used in shape comments:
+    b  batch rows           t  tokens             d  model width           h  attention heads
+    k  head width (d / h)   f  feed-forward width v  table size (ids)     m  gathered target tokens
+    n  image patches        c  patch-block channels  p  pixels per patch side
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import safetensors
+import safetensors.torch
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from generalist.datasets.batching import Batch
+from generalist.tokenizers import (
+    ACTION_POSITION,
+    N_POSITION_BUCKETS,
+    PATCH_SIZE,
+    TextTokenizer,
+    TextTokenizerConfig,
+    TokenKind,
+    TokenLayout,
+)
+
+# ----------------------------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every size of the model; saved as config.json beside the weights, which are rebuilt from it alone."""
+
+    n_layer: int = 4
+    """Decoder blocks."""
+    n_head: int = 4
+    """Attention heads; `d_model / n_head` is the head width, which must be even (rotary pairs)."""
+    d_model: int = 256
+    """Width of the residual stream and of every embedding."""
+    d_ff: int = 1024
+    """Hidden width of the GEGLU feed-forward: 4 x d_model, the ratio of Gato appendix C.1."""
+    context: int = 1024
+    """Longest sequence the model reads, in tokens (Gato trains on 1024)."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention weights and residual branches (training only)."""
+    text_vocab_size: int = TextTokenizerConfig().vocab_size
+    """Text vocabulary V of the SentencePiece model (default: the shipped one's); the layout follows from it."""
+    image_channels: int = 3
+    """Channels of observation images (3 for RGB)."""
+    patch_size: int = PATCH_SIZE
+    """Pixels per side of an image patch (Gato: 16)."""
+    patch_channels: int = 64
+    """Channels of the patch ResNet block (Gato does not give it; chosen by measurement, docs/BENCHMARKS.md)."""
+    patch_stride: int = 4
+    """Stride of the patch block's first convolution: the residual block runs on a patch_size/stride grid
+    (4: a 4x4 grid, each cell 4x4x3 = 48 pixels read by 64 channels, so the stem can keep them all)."""
+    patch_groups: int = 8
+    """GroupNorm groups in the patch block."""
+    n_position_buckets: int = N_POSITION_BUCKETS
+    """Row and column buckets of patch positions (Gato appendix C: 128)."""
+    max_local_positions: int = 512
+    """Learned local positions: the most non-patch tokens one observation may hold (Gato: 512)."""
+    rope_base: float = 10_000.0
+    """Base of the rotary frequencies (RoFormer's value)."""
+    tie_embeddings: bool = True
+    """Output head shares the id table's weights (fewer parameters; see the module docstring)."""
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into {self.n_head} heads of even width")
+        if self.patch_size % self.patch_stride:
+            raise ValueError(f"patch_stride {self.patch_stride} must divide patch_size {self.patch_size}")
+        if self.patch_channels % self.patch_groups:
+            raise ValueError(f"patch_channels {self.patch_channels} must split into {self.patch_groups} groups")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if min(self.n_layer, self.d_ff, self.context, self.text_vocab_size, self.max_local_positions) < 1:
+            raise ValueError("n_layer, d_ff, context, text_vocab_size and max_local_positions must be positive")
+
+    @property
+    def layout(self) -> TokenLayout:
+        """The token id layout this model reads and writes."""
+        return TokenLayout(self.text_vocab_size)
+
+    @property
+    def head_width(self) -> int:
+        """Width of one attention head."""
+        return self.d_model // self.n_head
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, for config.json."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Rebuild from `to_dict`'s values; an unknown key is an error, never silently dropped."""
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}")
+        return cls(**values)
+
+
+# Presets are named code (STYLE.md item 6). The paper's three come from Gato appendix C.1. The paper
+# does not say whether its feed-forward width counts the GEGLU's gate; ours is the width of the value and of
+# the gate each, so these presets hold 1.64B, 475M and 87M parameters where the paper counts 1.18B, 364M and
+# 79M. Their patch block is our choice (the paper does not size it): 128 channels on an 8x8 grid, still cheap
+# next to blocks of that width.
+_GATO_PATCHES = {"patch_channels": 128, "patch_stride": 2}
+
+
+def gato_1_18b(**overrides: Any) -> ModelConfig:
+    """Gato's largest model: 24 layers, 16 heads, width 2048, feed-forward 8192 (appendix C.1)."""
+    return ModelConfig(**{"n_layer": 24, "n_head": 16, "d_model": 2048, "d_ff": 8192, **_GATO_PATCHES, **overrides})
+
+
+def gato_364m(**overrides: Any) -> ModelConfig:
+    """Gato's 364M model: 12 layers, 12 heads, width 1536, feed-forward 6144 (appendix C.1)."""
+    return ModelConfig(**{"n_layer": 12, "n_head": 12, "d_model": 1536, "d_ff": 6144, **_GATO_PATCHES, **overrides})
+
+
+def gato_79m(**overrides: Any) -> ModelConfig:
+    """Gato's 79M model: 8 layers, 24 heads, width 768, feed-forward 3072 (appendix C.1)."""
+    return ModelConfig(**{"n_layer": 8, "n_head": 24, "d_model": 768, "d_ff": 3072, **_GATO_PATCHES, **overrides})
+
+
+def tiny(**overrides: Any) -> ModelConfig:
+    """4 layers of width 256 (6.1M parameters): about 3,000 training tokens/s fp32 and 5,000 bf16 on this
+    2-core CPU (docs/BENCHMARKS.md); for tests, smoke runs and short experiments."""
+    return ModelConfig(**{"n_layer": 4, "n_head": 4, "d_model": 256, "d_ff": 1024, **overrides})
+
+
+def small(**overrides: Any) -> ModelConfig:
+    """6 layers of width 384 (16.9M parameters): about 1,100 training tokens/s fp32 and 2,100 bf16 here, the
+    largest we measured that stays above 2,000 in bf16 (8x384: 1,800; 6x512: 1,600; 8x512: 1,150)."""
+    return ModelConfig(**{"n_layer": 6, "n_head": 6, "d_model": 384, "d_ff": 1536, **overrides})
+
+
+PRESETS: dict[str, Callable[..., ModelConfig]] = {
+    "tiny": tiny,
+    "small": small,
+    "gato-79m": gato_79m,
+    "gato-364m": gato_364m,
+    "gato-1.18b": gato_1_18b,
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """A named preset's config, with fields overridden by keyword."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name](**overrides)
+
+
+# ------------------------------------------------------------------------------------------- embeddings
+
+
+def position_buckets(intervals: torch.Tensor, training: bool) -> torch.Tensor:
+    """Bucket ranges (n, 2) [lo, hi) to one bucket each (n,): uniform inside in training, the middle otherwise.
+
+    The same rule as `generalist.tokenizers.sample_position_buckets`, in torch on the model's device.
+    """
+    lo, hi = intervals[:, 0], intervals[:, 1]
+    if not training:
+        return (lo + hi) // 2
+    offset = (torch.rand(lo.shape, device=lo.device) * (hi - lo)).long()
+    return lo + torch.minimum(offset, hi - lo - 1)  # rand < 1, but guard float rounding up to hi
+
+
+class PatchEncoder(nn.Module):
+    """Image patches (n, C, p, p) to (n, d): a strided stem, one pre-activation ResNet-v2 block, a projection."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        c, s, g = config.patch_channels, config.patch_stride, config.patch_groups
+        self.stem = nn.Conv2d(config.image_channels, c, kernel_size=s, stride=s)
+        self.norm1 = nn.GroupNorm(g, c)
+        self.conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+        self.norm2 = nn.GroupNorm(g, c)
+        self.conv2 = nn.Conv2d(c, c, kernel_size=3, padding=1)
+        self.norm_out = nn.GroupNorm(g, c)  # pre-activation nets end with norm + activation before the head
+        self.proj = nn.Linear(c * (config.patch_size // s) ** 2, config.d_model)
+
+    def forward(self, patches: torch.Tensor) -> torch.Tensor:
+        x = self.stem(patches)  # (n, c, p/s, p/s)
+        x = x + self.conv2(F.gelu(self.norm2(self.conv1(F.gelu(self.norm1(x))))))
+        return self.proj(F.gelu(self.norm_out(x)).flatten(1))  # (n, d)
+
+
+class TokenEmbedding(nn.Module):
+    """A batch to one vector per token (b, t, d): the sum of the embeddings that apply to each token."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.max_local_positions = config.max_local_positions
+        self.ids = nn.Embedding(config.layout.table_size, config.d_model)
+        self.patches = PatchEncoder(config)
+        self.patch_row = nn.Embedding(config.n_position_buckets, config.d_model)
+        self.patch_col = nn.Embedding(config.n_position_buckets, config.d_model)
+        self.local_position = nn.Embedding(config.max_local_positions, config.d_model)
+        self.action = nn.Parameter(torch.zeros(config.d_model))  # one position shared by every action token
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        local = batch.local_positions  # (b, t)
+        if int(local.max()) >= self.max_local_positions:
+            raise ValueError(
+                f"an observation has {int(local.max()) + 1} non-patch tokens; the model has "
+                f"max_local_positions={self.max_local_positions}"
+            )
+        x = self.ids(batch.ids)  # (b, t, d)
+        x = x + self.local_position(local.clamp(min=0)) * (local >= 0).unsqueeze(-1).to(x.dtype)
+        x = x + self.action * (local == ACTION_POSITION).unsqueeze(-1).to(x.dtype)
+        if len(batch.patches):
+            rows = position_buckets(batch.patch_rows, self.training)  # (n,)
+            cols = position_buckets(batch.patch_cols, self.training)
+            pixels = self.patches(batch.patches) + self.patch_row(rows) + self.patch_col(cols)  # (n, d)
+            x = x.index_put((batch.patch_batch_index, batch.patch_token_index), pixels.to(x.dtype))
+        return x
+
+
+# ------------------------------------------------------------------------------------- rotary positions
+
+
+def rotary(positions: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The rotations of token positions (...,) as unit complex numbers (..., k/2), one per frequency.
+
+    Computed per forward from the positions (no buffer that `module.to(dtype)` could cast to a real type); the
+    same float32 arithmetic for a full forward and a cached step, so both rotate a position identically.
+    """
+    half = config.head_width // 2
+    exponents = torch.arange(half, dtype=torch.float32, device=positions.device) / half
+    angles = positions.float()[..., None] * config.rope_base ** -exponents  # (..., k/2)
+    return torch.polar(torch.ones_like(angles), angles)
+
+
+def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """Rotate (b, h, t, k) by position: feature pairs (2i, 2i+1) as complex numbers times `rotation` (., 1, t, k/2).
+
+    One complex multiply instead of four real ones and a concatenation: 2.7x faster forward and backward here.
+    """
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (b, h, t, k/2); bf16 has no complex type
+    return torch.view_as_real(pairs * rotation).flatten(-2).to(x.dtype)
+
+
+# -------------------------------------------------------------------------------------------- the block
+
+
+class AttentionCache(Protocol):
+    """What the attention layers need of a KV cache (policy.py has the one implementation)."""
+
+    positions: torch.Tensor
+    """(b, t) rotary positions of the new tokens."""
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store the new keys and values (b, h, t, k) of `layer`; attend q to everything cached; (b, h, t, k)."""
+        ...
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with rotary positions, through `scaled_dot_product_attention`."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer, self.n_head, self.dropout = layer, config.n_head, config.dropout
+        self.qkv = nn.Linear(config.d_model, 3 * config.d_model, bias=False)
+        self.out = nn.Linear(config.d_model, config.d_model, bias=False)
+        self.out_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: AttentionCache | None) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)  # (b, h, t, k)
+        q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
+        if cache is None:
+            dropout = self.dropout if self.training else 0.0
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+        else:
+            y = cache.attend(self.layer, q, k, v)
+        return self.out_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))  # (b, t, d)
+
+
+class GEGLU(nn.Module):
+    """Gated feed-forward `down(up_a(x) * gelu(up_g(x)))` (Shazeer, 2020), as in Gato appendix C.1."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.d_model, 2 * config.d_ff, bias=False)  # value and gate in one matmul
+        self.down = nn.Linear(config.d_ff, config.d_model, bias=False)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        value, gate = self.up(x).chunk(2, dim=-1)  # (b, t, f) each
+        return self.dropout(self.down(value * F.gelu(gate)))
+
+
+class Block(nn.Module):
+    """Pre-norm decoder block: x + attention(norm(x)), then x + feed-forward(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(config.d_model)
+        self.attention = CausalSelfAttention(config, layer)
+        self.norm2 = nn.LayerNorm(config.d_model)
+        self.feed_forward = GEGLU(config)
+
+    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: AttentionCache | None) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), rotation, cache)
+        return x + self.feed_forward(self.norm2(x))
+
+
+# -------------------------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LossOutput:
+    """The training loss and its parts, for logging; a part with no targets in the batch is NaN."""
+
+    loss: torch.Tensor  # () mean cross-entropy over every text and action target
+    text_loss: torch.Tensor  # () mean over text targets
+    action_loss: torch.Tensor  # () mean over action targets
+    n_text: int  # text targets in the batch
+    n_action: int  # action targets in the batch
+
+
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+TEXT_TOKENIZER_FILE = "text.model"
+
+
+class Generalist(nn.Module):
+    """The decoder: embeddings, `n_layer` blocks, a final norm and the output head over the id table."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = TokenEmbedding(config)
+        self.embed_dropout = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
+        self.norm = nn.LayerNorm(config.d_model)
+        self.lm_head = None if config.tie_embeddings else nn.Linear(config.d_model, config.layout.table_size,
+                                                                    bias=False)
+        self.apply(self._init_weights)
+        # GPT-2's scaling: each residual branch's output starts small, so the stream's variance stays ~1.
+        for name, parameter in self.named_parameters():
+            if name.endswith(("attention.out.weight", "feed_forward.down.weight")):
+                nn.init.normal_(parameter, std=0.02 / math.sqrt(2 * config.n_layer))
+        nn.init.normal_(self.embed.action, std=0.02)
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear | nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Parameters, optionally without the id table (whose lookups cost no FLOPs)."""
+        total = sum(p.numel() for p in self.parameters())
+        return total - self.embed.ids.weight.numel() if exclude_embeddings else total
+
+    def hidden(self, batch: Batch, cache: AttentionCache | None = None) -> torch.Tensor:
+        """Final-normed hidden states (b, t, d); with a cache, the batch holds only the tokens after it."""
+        t = batch.ids.shape[1]
+        if cache is None:
+            if t > self.config.context:
+                raise ValueError(f"a batch of {t} tokens is longer than the context of {self.config.context}")
+            positions = torch.arange(t, device=batch.ids.device)  # (t,)
+        else:
+            positions = cache.positions  # (b, t)
+        rotation = rotary(positions, self.config).unsqueeze(-3)  # (1 or b, 1, t, k/2): broadcast over heads
+        x = self.embed_dropout(self.embed(batch))  # (b, t, d)
+        for block in self.blocks:
+            x = block(x, rotation, cache)
+        return self.norm(x)
+
+    def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., d) to logits over the whole id table (..., v)."""
+        weight = self.embed.ids.weight if self.lm_head is None else self.lm_head.weight
+        return F.linear(hidden, weight)
+
+    def logits(self, batch: Batch, cache: AttentionCache | None = None) -> torch.Tensor:
+        """Next-token logits at every position (b, t, v); for evaluation and tests, not for training."""
+        return self.output_logits(self.hidden(batch, cache))
+
+    def forward(self, batch: Batch) -> LossOutput:
+        """Masked next-token cross-entropy: the token at t predicts t + 1, weighted by `loss_mask[t + 1]`."""
+        hidden = self.hidden(batch)  # (b, t, d)
+        rows, columns = batch.loss_mask[:, 1:].nonzero(as_tuple=True)  # (m,) each: positions that predict a target
+        logits = self.output_logits(hidden[rows, columns])  # (m, v): only where a loss is taken
+        targets = batch.ids[rows, columns + 1]  # (m,)
+        losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (m,)
+        kinds = batch.kinds[rows, columns + 1]
+        is_text, is_action = kinds == TokenKind.TEXT, kinds == TokenKind.ACTION
+        n_text, n_action = int(is_text.sum()), int(is_action.sum())
+        return LossOutput(
+            loss=losses.sum() / max(len(losses), 1),
+            text_loss=(losses * is_text).sum() / n_text if n_text else losses.new_tensor(math.nan),
+            action_loss=(losses * is_action).sum() / n_action if n_action else losses.new_tensor(math.nan),
+            n_text=n_text,
+            n_action=n_action,
+        )
+
+    # ------------------------------------------------------------------------------------ checkpoints
+
+    def save_pretrained(self, directory: str | Path, text_tokenizer: TextTokenizer) -> Path:
+        """Write model.safetensors, config.json and the SentencePiece model (text.model) to `directory`."""
+        if text_tokenizer.vocab_size != self.config.text_vocab_size:
+            raise ValueError(
+                f"the text tokenizer has {text_tokenizer.vocab_size} ids; the model was built for "
+                f"{self.config.text_vocab_size}"
+            )
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        # Each file is written beside its final name and renamed: a crash never leaves a half-written file there.
+        _write_atomically(directory / WEIGHTS_FILE,
+                          lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))
+        _write_atomically(directory / CONFIG_FILE,
+                          lambda path: path.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
+        _write_atomically(directory / TEXT_TOKENIZER_FILE, text_tokenizer.save)
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> Generalist:
+        """Rebuild a model, in eval mode, from `save_pretrained`'s files alone.
+
+        Every file is read and checked before the model is built: a missing, truncated or mismatched file is an
+        error naming that file, and no partly loaded model is ever returned.
+        """
+        directory = Path(directory)
+        paths = [directory / name for name in (CONFIG_FILE, WEIGHTS_FILE, TEXT_TOKENIZER_FILE)]
+        for path in paths:
+            if not path.is_file():
+                raise FileNotFoundError(f"{path}: missing checkpoint file")
+        config = _read_config(paths[0])
+        tensors = _read_weights(paths[1])
+        text_tokenizer = TextTokenizer.load(paths[2])
+        if text_tokenizer.vocab_size != config.text_vocab_size:
+            raise ValueError(f"{paths[2]}: {text_tokenizer.vocab_size} text ids, but {paths[0]} says "
+                             f"text_vocab_size={config.text_vocab_size}")
+        model = cls(config)
+        expected = model.state_dict()
+        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+        if missing or unexpected:
+            raise ValueError(f"{paths[1]}: does not fit {paths[0]}: missing {missing}, unexpected {unexpected}")
+        for name, tensor in tensors.items():
+            if tensor.shape != expected[name].shape or not tensor.is_floating_point():
+                raise ValueError(f"{paths[1]}: {name} is {tensor.dtype} {tuple(tensor.shape)}, but {paths[0]} "
+                                 f"needs a float tensor of shape {tuple(expected[name].shape)}")
+        model.load_state_dict(tensors, strict=True)
+        return model.to(device).eval()
+
+
+def pretrained_text_tokenizer(directory: str | Path) -> TextTokenizer:
+    """The SentencePiece model saved beside a checkpoint's weights."""
+    return TextTokenizer.load(Path(directory) / TEXT_TOKENIZER_FILE)
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    os.replace(partial, path)
+
+
+def _read_config(path: Path) -> ModelConfig:
+    try:
+        values = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a JSON model config ({error})") from error
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a JSON object of model config fields")
+    try:
+        return ModelConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from error
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path)
+    except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as error:
+        raise ValueError(f"{path}: unreadable or truncated safetensors file ({error})") from error

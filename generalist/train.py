@@ -1,0 +1,402 @@
+"""Offline training: one plain loop over the task mixture, on one process or many under `torchrun`.
+
+Design choices:
+- AdamW as in Gato (section C.1: betas 0.9 / 0.95, weight decay 0.1 on matrices only), a linear warm-up then
+  cosine decay to a tenth of the peak learning rate, gradient clipping at norm 1, gradient accumulation.
+- Data: rank r of R with A accumulation steps reads shards r*A .. r*A+A-1 of R*A (datasets/mixture.py), and the
+  torch random state of every micro-batch (patch position sampling, dropout) is seeded from (seed, step, shard).
+  So a step computes the same thing on 1 process accumulating 2 micro-batches as on 2 processes, and a run
+  resumed from a checkpoint continues exactly as if it had never stopped.
+- Distributed: `torchrun --nproc_per_node N -m generalist.cli train ...` runs DistributedDataParallel (gloo on
+  CPU, NCCL on GPU). Rank 0 alone writes checkpoints and logs.
+- Checkpoints are directories written beside their final name and renamed into place: weights, model config
+  and text tokenizer (`Generalist.save_pretrained`), optimizer moments (safetensors, never pickle) and
+  `trainer.json` (step, tokens seen, the resolved training config). `latest` names the newest one.
+- Logs: TensorBoard event files (tensorboardX) and `metrics.csv` (step, metric, value) with fixed names:
+  `train/loss`, `train/loss_text`, `train/loss_action`, `train/lr`, `train/tokens_per_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from generalist.config import from_json_dict, to_json_dict
+from generalist.datasets.batching import Batch
+from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
+from generalist.model import Generalist, ModelConfig, preset
+from generalist.tokenizers import TextTokenizer
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+TRAINER_STATE = "trainer.json"
+OPTIMIZER_STATE = "optimizer.safetensors"
+
+
+def default_weights() -> dict[str, float]:
+    """The default task mixture: every control task, captions, dialogue and prose."""
+    return {"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5, "prose": 0.25}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved with every checkpoint and restored by `--resume`."""
+
+    run_dir: Path = Path("runs/default")
+    """directory of the run: checkpoints, logs, the final model"""
+    data_dir: Path = Path("data")
+    """parent directory of the recorded datasets (`generalist collect --out`)"""
+    model: str = "tiny"
+    """model preset: tiny, small, gato-79m, gato-364m, gato-1.18b"""
+    weights: Mapping[str, float] = field(default_factory=default_weights)
+    """task mixture: name=weight pairs, control tasks by their registry names plus scenes, digits,
+    sample_images, dialogue, prose"""
+    steps: int = 1000
+    """optimizer steps; the learning-rate schedule spans them"""
+    max_minutes: float | None = None
+    """stop (with a checkpoint) after this many minutes even if steps remain"""
+    batch_size: int = 8
+    """sequences per micro-batch per process"""
+    accumulation: int = 1
+    """micro-batches per optimizer step per process (the global batch is processes x accumulation x batch)"""
+    sequence_length: int = 1024
+    """tokens per sequence at most (Gato: 1024)"""
+    learning_rate: float = 1e-3
+    """peak learning rate after warm-up"""
+    min_lr_ratio: float = 0.1
+    """the cosine decays to this fraction of the peak (Gato: a tenth)"""
+    warmup_steps: int = 100
+    """linear warm-up steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay on weight matrices (Gato: 0.1)"""
+    beta1: float = 0.9
+    """AdamW beta1 (Gato: 0.9)"""
+    beta2: float = 0.95
+    """AdamW beta2 (Gato: 0.95)"""
+    grad_clip: float = 1.0
+    """gradient norm clipping (Gato: 1.0); 0 disables it"""
+    dropout: float = 0.0
+    """model dropout during training"""
+    bf16: bool = False
+    """bf16 autocast (CPU with AVX-512 BF16, or GPU)"""
+    seed: int = 0
+    """seed of the model initialization and the data stream"""
+    prompt_probability: float = 0.25
+    """share of control sequences with a demonstration prompt (Gato: 0.25)"""
+    checkpoint_every: int = 200
+    """steps between checkpoints (and one at the end)"""
+    keep_checkpoints: int = 2
+    """newest checkpoints kept on disk"""
+    log_every: int = 10
+    """steps between log lines"""
+    num_workers: int = 1
+    """DataLoader worker processes making batches"""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to the peak, then cosine decay to `min_lr_ratio` of it at the last step."""
+    if step < config.warmup_steps:
+        return config.learning_rate * (step + 1) / config.warmup_steps
+    span = max(config.steps - config.warmup_steps, 1)
+    progress = min((step - config.warmup_steps) / span, 1.0)
+    floor = config.learning_rate * config.min_lr_ratio
+    return floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices (weights, the id table) and none on norms and biases."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def save_checkpoint(
+    run_dir: Path, model: Generalist, optimizer: torch.optim.Optimizer, tokenizer: TextTokenizer,
+    config: TrainConfig, step: int, tokens: int,
+) -> Path:
+    """Write checkpoint `step` atomically and point `latest` at it; drop checkpoints past `keep_checkpoints`."""
+    folder = run_dir / CHECKPOINTS
+    final = folder / f"step-{step:07d}"
+    partial = folder / f".step-{step:07d}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial, tokenizer)
+    safetensors.torch.save_file(_optimizer_tensors(optimizer), partial / OPTIMIZER_STATE)
+    state = {"step": step, "tokens": tokens, "train_config": to_json_dict(config)}
+    (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(partial, final)
+    pointer = folder / f".{LATEST}.partial"
+    pointer.write_text(final.name + "\n")
+    os.replace(pointer, folder / LATEST)
+    for old in sorted(folder.glob("step-*"))[: -config.keep_checkpoints]:
+        shutil.rmtree(old)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path:
+    """The newest complete checkpoint of a run; an error naming what is missing otherwise."""
+    pointer = run_dir / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        raise FileNotFoundError(f"{pointer}: no checkpoint to resume from in {run_dir}")
+    checkpoint = run_dir / CHECKPOINTS / pointer.read_text().strip()
+    if not (checkpoint / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"{checkpoint / TRAINER_STATE}: the latest checkpoint is incomplete")
+    return checkpoint
+
+
+def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
+    """Step, tokens and training config of a checkpoint."""
+    path = checkpoint / TRAINER_STATE
+    try:
+        state = json.loads(path.read_text())
+        state["train_config"] = from_json_dict(TrainConfig, state["train_config"], str(path))
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise ValueError(f"{path}: not a trainer state ({error})") from error
+    return state
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """AdamW's per-parameter moments and step counts as flat named tensors."""
+    tensors = {}
+    for index, state in optimizer.state_dict()["state"].items():
+        for name, value in state.items():
+            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    return tensors
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
+    tensors = safetensors.torch.load_file(path)
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    full = optimizer.state_dict()
+    full["state"] = state
+    try:
+        optimizer.load_state_dict(full)
+    except (ValueError, KeyError) as error:
+        raise ValueError(f"{path}: does not fit the model's parameters ({error})") from error
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+
+class MetricLog:
+    """Scalars to TensorBoard event files and to metrics.csv (step, metric, value), appended across resumes."""
+
+    def __init__(self, run_dir: Path) -> None:
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+        path = run_dir / "metrics.csv"
+        new = not path.exists()
+        self.file = path.open("a", newline="")
+        self.csv = csv.writer(self.file)
+        if new:
+            self.csv.writerow(["step", "metric", "value"])
+
+    def log(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Write every metric of one step; a NaN (no targets of that kind this step) is left out."""
+        for name, value in metrics.items():
+            if math.isnan(value):
+                continue
+            self.writer.add_scalar(name, value, step)
+            self.csv.writerow([step, name, f"{value:.6g}"])
+        self.file.flush()
+        self.writer.flush()
+
+    def close(self) -> None:
+        """Flush and close both files."""
+        self.writer.close()
+        self.file.close()
+
+
+# ------------------------------------------------------------------------------------------- the loop
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """Where this process sits: rank, world size, and the device it computes on."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 writes checkpoints and logs."""
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Distributed:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process."""
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world_size > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        return Distributed(rank, world_size, torch.device("cuda", local_rank))
+    if world_size > 1:
+        # Processes on one machine share its cores.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", world_size))))
+    return Distributed(rank, world_size, torch.device("cpu"))
+
+
+def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
+    """The model of a training config, initialized from its seed (the same on every rank)."""
+    torch.manual_seed(config.seed)
+    model_config: ModelConfig = preset(
+        config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout
+    )
+    return Generalist(model_config)
+
+
+def _seed_micro_batch(config: TrainConfig, step: int, shard: int, n_shards: int) -> None:
+    # A function of (seed, step, shard) only: the same on 1 process or many, before and after a resume.
+    torch.manual_seed((config.seed * 1_000_003 + step) * n_shards + shard)
+
+
+def train(config: TrainConfig, resume: bool = False) -> Path:
+    """Train per `config` (or continue the run in `config.run_dir`); returns the last checkpoint's directory."""
+    where = init_distributed(config.device)
+    tokenizer = TextTokenizer.default()
+    start_step, tokens_seen = 0, 0
+    if resume:
+        checkpoint = latest_checkpoint(config.run_dir)
+        state = read_trainer_state(checkpoint)
+        # The saved config decides everything that changes the result; how the run is watched may change.
+        config = replace(
+            state["train_config"],
+            max_minutes=config.max_minutes, progress=config.progress, num_workers=config.num_workers,
+        )
+        start_step, tokens_seen = state["step"], state["tokens"]
+        model = Generalist.from_pretrained(checkpoint)
+        tokenizer = TextTokenizer.load(checkpoint / "text.model")
+    else:
+        model = build_model(config, tokenizer)
+    model.to(where.device).train()
+    optimizer = make_optimizer(model, config)
+    if resume:
+        _load_optimizer(optimizer, checkpoint / OPTIMIZER_STATE)
+    # A caption-only batch leaves the action embedding without a gradient, a text-only one the patch block:
+    # DDP must look for unused parameters, or the ranks' gradient reductions fall out of step.
+    wrapped = DistributedDataParallel(model, find_unused_parameters=True) if where.world_size > 1 else model
+
+    layout = model.config.layout
+    n_shards = where.world_size * config.accumulation
+    shards = [where.rank * config.accumulation + m for m in range(config.accumulation)]
+    sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability)
+    mixture = Mixture(
+        sources,
+        MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),
+        layout, shards, n_shards, start_batch=start_step,
+    )
+    log = None
+    if where.is_main:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        (config.run_dir / "train_config.json").write_text(json.dumps(to_json_dict(config), indent=2) + "\n")
+        log = MetricLog(config.run_dir)
+
+    steps: Iterator[list[Batch]] = iter(make_loader(mixture, config.num_workers))
+    progress = _progress_bar(config, start_step, where.is_main)
+    started = time.monotonic()
+    last_checkpoint = None
+    step = start_step
+    try:
+        while step < config.steps:
+            step_start = time.monotonic()
+            lr = learning_rate(step, config)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            totals = torch.zeros(6, dtype=torch.float64)  # loss, text sum, text n, action sum, action n, tokens
+            for micro, batch in enumerate(next(steps)):
+                _seed_micro_batch(config, step, shards[micro], n_shards)
+                batch = batch.to(where.device)
+                last = micro == len(shards) - 1
+                sync = contextlib.nullcontext() if last or where.world_size == 1 else wrapped.no_sync()
+                with sync, torch.autocast(where.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+                    output = wrapped(batch)
+                    (output.loss / config.accumulation).backward()
+                totals += torch.tensor([
+                    output.loss.item(),
+                    output.text_loss.nan_to_num().item() * output.n_text, output.n_text,
+                    output.action_loss.nan_to_num().item() * output.n_action, output.n_action,
+                    batch.n_tokens,
+                ], dtype=torch.float64)
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if where.world_size > 1:
+                dist.all_reduce(totals)
+            step += 1
+            tokens_seen += int(totals[5])
+            tokens_per_s = float(totals[5]) / (time.monotonic() - step_start)
+            loss = float(totals[0]) / (config.accumulation * where.world_size)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+            if log is not None and (step % config.log_every == 0 or step == config.steps):
+                log.log(step, {
+                    "train/loss": loss,
+                    "train/loss_text": float(totals[1] / totals[2]) if totals[2] else math.nan,
+                    "train/loss_action": float(totals[3] / totals[4]) if totals[4] else math.nan,
+                    "train/lr": lr,
+                    "train/tokens_per_s": tokens_per_s,
+                })
+            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+            if where.world_size > 1:
+                flag = torch.tensor([float(out_of_time)])
+                dist.all_reduce(flag)
+                out_of_time = bool(flag.item())
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+                if where.is_main:
+                    last_checkpoint = save_checkpoint(
+                        config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen
+                    )
+            if out_of_time:
+                break
+    finally:
+        if progress is not None:
+            progress.close()
+        if log is not None:
+            log.close()
+    if where.world_size > 1:
+        dist.barrier()
+    return last_checkpoint or latest_checkpoint(config.run_dir)
+
+
+def _progress_bar(config: TrainConfig, start_step: int, is_main: bool) -> Any:
+    if not (is_main and config.progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)

@@ -1,0 +1,173 @@
+"""The training mixture: weights, prompts, windows, lengths, ranks, determinism, resuming, bad data."""
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from generalist.datasets.mixture import (
+    ControlSource,
+    Mixture,
+    MixtureConfig,
+    SceneCaptionSource,
+    TextSource,
+    make_loader,
+)
+from generalist.tokenizers import ActionSpec, TextTokenizer, TokenKind, TokenLayout
+
+TOKENIZER = TextTokenizer.default()
+LAYOUT = TokenLayout(TOKENIZER.vocab_size)
+
+
+@dataclass
+class FakeEpisodes:
+    """Episodes whose discrete observation is (episode, step): every token says where it came from."""
+
+    lengths: list[int]
+    action_spec: ActionSpec = field(default_factory=lambda: ActionSpec("discrete", n=3))
+
+    def __len__(self):
+        return len(self.lengths)
+
+    def episode_length(self, episode):
+        return self.lengths[episode]
+
+    def read(self, episode, start, stop):
+        assert 0 <= start < stop <= self.lengths[episode]
+        steps = np.arange(start, stop)
+        observations = {"discrete": np.stack([np.full_like(steps, episode), steps], axis=1)}
+        return observations, steps % 3
+
+
+STEP_TOKENS = 4  # two discrete values, separator, action
+
+
+def decode_steps(sequence):
+    """(episode, step) of every timestep of a control sequence, checking each starts on a boundary."""
+    kinds = sequence.kinds.reshape(-1, STEP_TOKENS)
+    expected = [TokenKind.DISCRETE, TokenKind.DISCRETE, TokenKind.SEPARATOR, TokenKind.ACTION]
+    assert (kinds == expected).all()
+    values = LAYOUT.ids_to_discrete(sequence.ids.reshape(-1, STEP_TOKENS)[:, :2])
+    return [tuple(v) for v in values.tolist()]
+
+
+def make_mixture(weights, lengths=(30,) * 8, **kwargs):
+    sources = {
+        "control": ControlSource("control", FakeEpisodes(list(lengths)), LAYOUT),
+        "scenes": SceneCaptionSource(TOKENIZER, LAYOUT),
+        "dialogue": TextSource("dialogue", ["<|user|> hi\n<|assistant|> hello", "x " * 500], TOKENIZER, LAYOUT),
+    }
+    config_args = {"sequence_length": 64, "batch_size": 4, **kwargs.pop("config", {})}
+    return Mixture(sources, MixtureConfig(weights=weights, **config_args), LAYOUT, **kwargs)
+
+
+def test_task_frequencies_match_the_weights():
+    mixture = make_mixture({"control": 1.0, "scenes": 2.0, "dialogue": 1.0})
+    rng = np.random.default_rng(0)
+    n = 1000
+    counts = Counter(mixture.sequence(rng, mixture.shards[0])[0] for _ in range(n))
+    for task, p in {"control": 0.25, "scenes": 0.5, "dialogue": 0.25}.items():
+        assert abs(counts[task] / n - p) < 4 * np.sqrt(p * (1 - p) / n)
+
+
+def test_control_windows_and_prompts():
+    mixture = make_mixture({"control": 1.0}, lengths=(10, 40, 25, 60))
+    rng = np.random.default_rng(1)
+    prompted = from_end = 0
+    for _ in range(400):
+        _, sequence = mixture.sequence(rng, mixture.shards[0])
+        assert len(sequence) <= 64 and len(sequence) % STEP_TOKENS == 0
+        steps = decode_steps(sequence)
+        # Runs of consecutive steps of one episode: a window, or a prompt followed by a window.
+        breaks = [i for i in range(1, len(steps)) if steps[i] != (steps[i - 1][0], steps[i - 1][1] + 1)]
+        assert len(breaks) <= 1
+        if breaks:
+            prompt, window = steps[: breaks[0]], steps[breaks[0] :]
+            assert prompt[0][0] != window[0][0]  # another episode of the same task
+            from_end += prompt[-1][1] == mixture.sources["control"].episodes.lengths[prompt[0][0]] - 1
+            prompted += 1
+    assert 0.18 < prompted / 400 < 0.32
+    assert 0.3 < from_end / prompted < 0.8  # half from the end, half uniform (which can also end there)
+
+
+def test_sequences_never_exceed_the_length():
+    mixture = make_mixture({"control": 1.0, "scenes": 1.0, "dialogue": 1.0})
+    for index in range(30):
+        tasks, batch = mixture.batch(index)
+        assert batch.ids.shape[1] <= 64 and int(batch.lengths.max()) <= 64
+        assert set(tasks) <= {"control", "scenes", "dialogue"}
+
+
+def test_short_samples_are_packed():
+    mixture = make_mixture({"scenes": 1.0}, config={"sequence_length": 200})
+    _, sequence = mixture.sequence(np.random.default_rng(0), mixture.shards[0])
+    images = np.flatnonzero(sequence.kinds == TokenKind.IMAGE)
+    assert len(images) >= 3 * 16 and len(sequence) <= 200  # several 16-patch captions in one sequence
+    unpacked = make_mixture({"scenes": 1.0}, config={"sequence_length": 200, "pack": False})
+    assert (unpacked.sequence(np.random.default_rng(0), unpacked.shards[0])[1].kinds == TokenKind.IMAGE).sum() == 16
+
+
+def _fingerprints(mixture, n_batches):
+    """Each drawn sequence as bytes: its ids and its pixels."""
+    found = set()
+    for index in range(n_batches):
+        batch = mixture.batch(index)[1]
+        for row in range(batch.ids.shape[0]):
+            ids = batch.ids[row, : int(batch.lengths[row])].numpy().tobytes()
+            found.add((ids, batch.patches[batch.patch_batch_index == row].numpy().tobytes()))
+    return found
+
+
+def test_two_ranks_never_draw_the_same_sequence():
+    weights = {"control": 1.0, "scenes": 1.0}
+    rank0 = _fingerprints(make_mixture(weights, shards=[0], n_shards=2), 40)
+    rank1 = _fingerprints(make_mixture(weights, shards=[1], n_shards=2), 40)
+    assert len(rank0) > 100 and len(rank1) > 100
+    assert not rank0 & rank1
+
+
+def test_rank_shards_are_disjoint_episodes():
+    mixture = make_mixture({"control": 1.0}, shards=[1], n_shards=2, config={"sequence_length": 16})
+    rng = np.random.default_rng(0)
+    windows = [decode_steps(mixture.sequence(rng, mixture.shards[0])[1])[-1][0] for _ in range(100)]
+    assert set(windows) == {1, 3, 5, 7}
+
+
+def test_same_seed_same_batches_and_resume_is_exact():
+    a, b = make_mixture({"control": 1.0, "scenes": 1.0}), make_mixture({"control": 1.0, "scenes": 1.0})
+    for index in range(5):
+        assert a.batch(index)[1].ids.equal(b.batch(index)[1].ids)
+    other_seed = make_mixture({"control": 1.0, "scenes": 1.0}, config={"seed": 1})
+    assert not other_seed.batch(0)[1].ids.equal(a.batch(0)[1].ids)
+    resumed = iter(make_mixture({"control": 1.0, "scenes": 1.0}, start_batch=3))
+    assert next(resumed)[0].ids.equal(a.batch(3)[1].ids)
+
+
+def test_one_process_with_two_shards_reads_what_two_ranks_read():
+    both = make_mixture({"control": 1.0, "scenes": 1.0}, shards=[0, 1], n_shards=2)
+    rank0 = make_mixture({"control": 1.0, "scenes": 1.0}, shards=[0], n_shards=2)
+    rank1 = make_mixture({"control": 1.0, "scenes": 1.0}, shards=[1], n_shards=2)
+    for index in range(3):
+        first, second = both.step(index)
+        assert first.ids.equal(rank0.step(index)[0].ids) and second.ids.equal(rank1.step(index)[0].ids)
+
+
+def test_worker_processes_give_the_same_stream():
+    mixture = make_mixture({"control": 1.0, "scenes": 1.0, "dialogue": 1.0})
+    in_process = [step[0].ids for step, _ in zip(make_loader(mixture, num_workers=0), range(6), strict=False)]
+    in_workers = [step[0].ids for step, _ in zip(make_loader(mixture, num_workers=2), range(6), strict=False)]
+    for one, two in zip(in_process, in_workers, strict=True):
+        assert one.equal(two)
+
+
+def test_bad_data_gets_clear_errors():
+    with pytest.raises(ValueError, match=r"no data: \['pong'\]"):
+        make_mixture({"control": 1.0, "pong": 1.0})
+    with pytest.raises(ValueError, match="not all zero"):
+        make_mixture({"control": 0.0})
+    mixture = make_mixture({"control": 1.0}, lengths=(5,), shards=[1], n_shards=2)
+    with pytest.raises(ValueError, match="control: 1 items cannot be shared among 2 data shards"):
+        mixture.batch(0)
+    with pytest.raises(ValueError, match="more than the sequence length"):
+        make_mixture({"control": 1.0}, config={"sequence_length": 3}).batch(0)

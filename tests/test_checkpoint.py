@@ -1,0 +1,113 @@
+"""Checkpoints: save then load gives the same logits; bad checkpoints give errors that name the file."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from generalist.datasets.batching import collate
+from generalist.model import (
+    CONFIG_FILE,
+    TEXT_TOKENIZER_FILE,
+    WEIGHTS_FILE,
+    Generalist,
+    pretrained_text_tokenizer,
+    tiny,
+)
+from generalist.tokenizers import ActionSpec, TextTokenizer, tokenize_episode, tokenize_text
+
+TEXT = TextTokenizer.default()
+CONFIG = tiny(n_layer=2, d_model=64, n_head=4, d_ff=128, context=128)
+
+
+def _batch(layout):
+    rng = np.random.default_rng(0)
+    episode = tokenize_episode(
+        {"image": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), "continuous": rng.normal(size=(2, 5))},
+        np.array([2, 1]), ActionSpec("discrete", n=3), layout,
+    )
+    return collate([episode, tokenize_text(TEXT.encode("hello checkpoint"), layout)], layout)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    model = Generalist(CONFIG).eval()
+    model.save_pretrained(tmp_path / "checkpoint", TEXT)
+    return model, tmp_path / "checkpoint"
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_save_then_load_gives_identical_logits(tmp_path, tie):
+    torch.manual_seed(0)
+    model = Generalist(dataclasses.replace(CONFIG, tie_embeddings=tie)).eval()
+    directory = model.save_pretrained(tmp_path / "checkpoint", TEXT)
+    assert sorted(p.name for p in directory.iterdir()) == sorted([CONFIG_FILE, TEXT_TOKENIZER_FILE, WEIGHTS_FILE])
+    loaded = Generalist.from_pretrained(directory)
+    assert loaded.config == model.config and not loaded.training
+    batch = _batch(CONFIG.layout)
+    with torch.no_grad():
+        assert torch.equal(model.logits(batch), loaded.logits(batch))
+    assert pretrained_text_tokenizer(directory).encode("same ids").tolist() == TEXT.encode("same ids").tolist()
+
+
+def test_weights_are_safetensors_not_pickle(saved):
+    _, directory = saved
+    raw = (directory / WEIGHTS_FILE).read_bytes()
+    header_size = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_size])
+    assert "blocks.0.attention.qkv.weight" in header and raw[:2] != b"\x80\x04"  # no pickle protocol marker
+
+
+@pytest.mark.parametrize("name", [CONFIG_FILE, WEIGHTS_FILE, TEXT_TOKENIZER_FILE])
+def test_a_missing_file_is_named(saved, name):
+    _, directory = saved
+    (directory / name).unlink()
+    with pytest.raises(FileNotFoundError, match=name):
+        Generalist.from_pretrained(directory)
+
+
+def test_a_truncated_weights_file_is_named(saved):
+    _, directory = saved
+    path = directory / WEIGHTS_FILE
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match=WEIGHTS_FILE):
+        Generalist.from_pretrained(directory)
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match=WEIGHTS_FILE):
+        Generalist.from_pretrained(directory)
+
+
+def test_weights_that_do_not_fit_the_config_are_named(saved):
+    _, directory = saved
+    config_path = directory / CONFIG_FILE
+    values = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**values, "d_ff": 96}))
+    with pytest.raises(ValueError, match=rf"{WEIGHTS_FILE}.*feed_forward.*shape"):
+        Generalist.from_pretrained(directory)
+    config_path.write_text(json.dumps({**values, "n_layer": 3}))
+    with pytest.raises(ValueError, match=rf"{WEIGHTS_FILE}.*missing.*blocks\.2"):
+        Generalist.from_pretrained(directory)
+
+
+def test_bad_configs_are_named(saved):
+    _, directory = saved
+    config_path = directory / CONFIG_FILE
+    values = json.loads(config_path.read_text())
+    config_path.write_text(json.dumps({**values, "n_layers": 2}))
+    with pytest.raises(ValueError, match=rf"{CONFIG_FILE}.*unknown model config keys.*n_layers"):
+        Generalist.from_pretrained(directory)
+    config_path.write_text('{"n_layer": 2,')
+    with pytest.raises(ValueError, match=CONFIG_FILE):
+        Generalist.from_pretrained(directory)
+    config_path.write_text(json.dumps({**values, "text_vocab_size": 1000}))
+    with pytest.raises(ValueError, match=TEXT_TOKENIZER_FILE):
+        Generalist.from_pretrained(directory)
+
+
+def test_a_tokenizer_of_another_vocabulary_is_refused_on_save(tmp_path):
+    model = Generalist(dataclasses.replace(CONFIG, text_vocab_size=1000))
+    with pytest.raises(ValueError, match=str(TEXT.vocab_size)):
+        model.save_pretrained(tmp_path, TEXT)

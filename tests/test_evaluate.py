@@ -1,0 +1,76 @@
+"""Evaluation: prompt-conditioned rollouts, scores, failures reported in the table, the CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from generalist.datasets.recording import CollectConfig, collect
+from generalist.datasets.storage import EpisodeDataset
+from generalist.envs import expert_normalized
+from generalist.evaluate import demonstration_prompt, evaluate, evaluate_task, format_table
+from generalist.model import Generalist, preset
+from generalist.tokenizers import TextTokenizer, TokenKind, tokenize_episode
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return Generalist(preset("tiny", text_vocab_size=TextTokenizer.default().vocab_size, context=256)).eval()
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    collect(CollectConfig(tasks=("cartpole",), episodes=3, out=out, max_episode_steps=60, progress=False))
+    return out
+
+
+def test_rollouts_count_exactly_the_episodes_asked(model, data_dir):
+    result = evaluate_task(model, "cartpole", episodes=3, seed=7, data_dir=data_dir, num_envs=2)
+    assert result.error is None and len(result.returns) == 3 and len(result.lengths) == 3
+    assert result.returns == [float(n) for n in result.lengths]  # CartPole pays 1 per step
+    assert result.normalized == pytest.approx(expert_normalized("cartpole", float(np.mean(result.returns))))
+    again = evaluate_task(model, "cartpole", episodes=3, seed=7, data_dir=data_dir, num_envs=2)
+    assert again.returns == result.returns  # seeded
+
+
+def test_demonstration_prompt_is_the_end_of_an_expert_episode(model, data_dir):
+    layout = model.config.layout
+    prompt = demonstration_prompt("cartpole", data_dir, layout, np.random.default_rng(0), 32)
+    assert len(prompt) == 30  # 5 whole timesteps of 4 values, separator, action fit in 32 tokens
+    assert prompt.kinds[-1] == TokenKind.ACTION
+    episodes = EpisodeDataset(data_dir / "cartpole")
+    episode = int(np.random.default_rng(0).integers(len(episodes)))
+    end = tokenize_episode(*episodes.read(episode, 55, 60), episodes.action_spec, layout)  # a 60-step episode's end
+    np.testing.assert_array_equal(prompt.ids, end.ids)
+
+
+def test_a_failing_task_is_reported_and_the_others_still_run(model, data_dir):
+    results = evaluate(model, ["acrobot", "cartpole"], episodes=1, data_dir=data_dir, num_envs=1)
+    assert results[0].error is not None and "collect --tasks acrobot" in results[0].error
+    assert results[1].error is None and len(results[1].returns) == 1
+    table = format_table(results)
+    assert "| acrobot | demo | 0 |" in table and "FileNotFoundError" in table
+
+
+def test_evaluate_command(tmp_path, model, data_dir):
+    checkpoint = model.save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "generalist.cli", "evaluate", "--checkpoint", str(checkpoint), "--tasks",
+               "cartpole", "--episodes", "2", "--num-envs", "2", "--data-dir", str(data_dir), "--json", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "| cartpole | demo | 2 |" in result.stdout
+    rows = json.loads(out.read_text())
+    assert rows[0]["task"] == "cartpole" and len(rows[0]["returns"]) == 2
+    bad = subprocess.run([*command[:6], "--tasks", "chess"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "unknown tasks" in bad.stderr and "cartpole" in bad.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "generalist.cli", "evaluate", "--checkpoint", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert missing.returncode == 2 and "no checkpoint at" in missing.stderr

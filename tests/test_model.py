@@ -1,0 +1,259 @@
+"""The model: config and presets, position buckets, the masked loss, and a tiny model that overfits."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from generalist.datasets.batching import collate
+from generalist.model import (
+    PRESETS,
+    Generalist,
+    ModelConfig,
+    gato_1_18b,
+    gato_79m,
+    gato_364m,
+    position_buckets,
+    preset,
+    tiny,
+)
+from generalist.tokenizers import (
+    ActionSpec,
+    TextTokenizer,
+    TokenizedSequence,
+    TokenKind,
+    patch_intervals,
+    sample_position_buckets,
+    tokenize_caption,
+    tokenize_episode,
+    tokenize_text,
+)
+
+TEXT = TextTokenizer.default()
+CONFIG = tiny(n_layer=2, d_model=64, n_head=4, d_ff=128, context=256)
+LAYOUT = CONFIG.layout
+
+
+def _model(config=CONFIG, seed=0):
+    torch.manual_seed(seed)
+    return Generalist(config).eval()
+
+
+DISCRETE_4 = ActionSpec("discrete", n=4)
+
+
+def _episode(rng, n_steps, image=(32, 32, 3), spec=DISCRETE_4):
+    observations = {"continuous": rng.normal(size=(n_steps, 3)).astype(np.float32)}
+    if image:
+        observations["image"] = rng.integers(0, 256, (n_steps, *image), dtype=np.uint8)
+    actions = rng.integers(0, spec.n, n_steps) if spec.kind == "discrete" else rng.uniform(-1, 1, (n_steps, spec.size))
+    return tokenize_episode(observations, actions, spec, LAYOUT)
+
+
+# ------------------------------------------------------------------------------------ config
+
+
+def test_paper_presets_have_appendix_c1_sizes():
+    sizes = {f: (c.n_layer, c.n_head, c.d_model, c.d_ff) for f, c in
+             [("1.18b", gato_1_18b()), ("364m", gato_364m()), ("79m", gato_79m())]}
+    assert sizes == {"1.18b": (24, 16, 2048, 8192), "364m": (12, 12, 1536, 6144), "79m": (8, 24, 768, 3072)}
+    assert all(preset(name).context == 1024 for name in PRESETS)
+    assert preset("tiny", n_layer=1).n_layer == 1
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset("huge")
+
+
+def test_config_round_trips_and_rejects_unknown_keys():
+    config = preset("small")
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        ModelConfig.from_dict({**config.to_dict(), "n_layers": 3})
+    with pytest.raises(ValueError, match="heads"):
+        ModelConfig(d_model=100, n_head=3)
+
+
+# -------------------------------------------------------------------------- position buckets
+
+
+def test_training_draws_buckets_inside_each_interval_and_evaluation_takes_the_middle():
+    rows, cols = patch_intervals(3, 5)
+    intervals = torch.from_numpy(np.concatenate([rows, cols]))
+    lo, hi = intervals[:, 0], intervals[:, 1]
+    torch.manual_seed(0)
+    draws = torch.stack([position_buckets(intervals, training=True) for _ in range(2000)])  # (draws, n)
+    assert ((draws >= lo) & (draws < hi)).all()
+    # Uniform: every bucket of every interval is drawn (each interval holds at most 43 buckets here).
+    for column, (a, b) in enumerate(intervals.tolist()):
+        assert set(draws[:, column].tolist()) == set(range(a, b))
+    middle = position_buckets(intervals, training=False)
+    assert torch.equal(middle, position_buckets(intervals, training=False))
+    np.testing.assert_array_equal(middle.numpy(), sample_position_buckets(intervals.numpy()))
+
+
+def test_patch_positions_are_deterministic_in_eval_and_sampled_in_training():
+    batch = collate([_episode(np.random.default_rng(0), 2, image=(48, 48, 3))], LAYOUT)
+    model = _model()
+    with torch.no_grad():
+        assert torch.equal(model.logits(batch), model.logits(batch))
+        model.train()  # dropout is 0: only the bucket draws differ between two training forwards
+        torch.manual_seed(1)
+        first = model.logits(batch)
+        torch.manual_seed(2)
+        assert not torch.allclose(first, model.logits(batch))
+
+
+# ------------------------------------------------------------------------------------ embeddings
+
+
+def test_each_token_sums_the_embeddings_that_apply_to_it():
+    sequence = _episode(np.random.default_rng(3), 2, image=(16, 32, 3))
+    batch = collate([sequence], LAYOUT)
+    embed = _model().embed
+    with torch.no_grad():
+        x = embed(batch)[0]  # (t, d)
+        expected = embed.ids.weight[batch.ids[0]].clone()
+        kinds, local = sequence.kinds, torch.from_numpy(sequence.local_positions)
+        values = (kinds == TokenKind.CONTINUOUS)
+        expected[values] += embed.local_position.weight[local[values]]
+        expected[kinds == TokenKind.ACTION] += embed.action
+        rows = torch.from_numpy(sample_position_buckets(sequence.patch_rows))
+        cols = torch.from_numpy(sample_position_buckets(sequence.patch_cols))
+        pixels = embed.patches(torch.from_numpy(sequence.patches))
+        expected[sequence.patch_token_index] = pixels + embed.patch_row.weight[rows] + embed.patch_col.weight[cols]
+    assert (kinds == TokenKind.SEPARATOR).sum() == 2 and (kinds == TokenKind.IMAGE).sum() == 4
+    torch.testing.assert_close(x, expected, atol=1e-6, rtol=1e-6)
+
+
+# ------------------------------------------------------------------------------------ the loss
+
+
+def _full_masked_loss(model, batch):
+    """The reference: logits at every position, cross-entropy on every next token, then the mask."""
+    logits = model.logits(batch)[:, :-1]
+    losses = F.cross_entropy(logits.transpose(1, 2), batch.ids[:, 1:], reduction="none")
+    mask = batch.loss_mask[:, 1:].float()
+    return (losses * mask).sum() / mask.sum(), losses, mask
+
+
+def _mixed_batch(rng):
+    dialogue = tokenize_text(TEXT.encode("User: how are you? Agent: fine, thanks."), LAYOUT)
+    caption = tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), TEXT.encode("a red ball"), LAYOUT)
+    control = _episode(rng, 3, spec=ActionSpec("continuous", 2))
+    return collate([dialogue, caption, control], LAYOUT)
+
+
+def test_gathered_loss_equals_the_masked_loss_over_every_position():
+    model = _model()
+    batch = _mixed_batch(np.random.default_rng(0))
+    with torch.no_grad():
+        out = model(batch)
+        reference, losses, mask = _full_masked_loss(model, batch)
+    torch.testing.assert_close(out.loss, reference, atol=1e-5, rtol=1e-5)
+    target_kinds = batch.kinds[:, 1:]
+    for part, kind, count in ((out.text_loss, TokenKind.TEXT, out.n_text), (out.action_loss, TokenKind.ACTION,
+                                                                           out.n_action)):
+        is_kind = (target_kinds == kind).float() * mask
+        assert count == int(is_kind.sum()) > 0
+        torch.testing.assert_close(part, (losses * is_kind).sum() / is_kind.sum(), atol=1e-5, rtol=1e-5)
+
+
+def test_targets_outside_the_mask_change_nothing():
+    # A window that ends inside an observation: its last tokens are targets outside the mask, and no later
+    # token reads them, so changing them must leave the loss unchanged.
+    rng = np.random.default_rng(0)
+    sequence = TokenizedSequence.concatenate([_episode(rng, 2, image=None), _episode(rng, 1, image=None)])
+    sequence = sequence.slice(0, len(sequence) - 2)  # drop the separator and the action: ends on observations
+    assert not sequence.loss_mask[-3:].any()
+    model = _model()
+    batch = collate([sequence], LAYOUT)
+    changed = collate([sequence], LAYOUT)
+    changed.ids[0, -3:] = torch.tensor([LAYOUT.continuous_offset, LAYOUT.discrete_offset, 7])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch).loss, model(changed).loss, atol=0, rtol=0)
+        # The mask is what makes it so: a target inside the mask does change the loss.
+        changed.loss_mask[0, -1] = True
+        assert not torch.allclose(model(batch).loss, model(changed).loss)
+
+
+def test_padding_and_batch_neighbours_change_nothing():
+    rng = np.random.default_rng(1)
+    sequences = [_episode(rng, 2), tokenize_text(TEXT.encode("hello there, general"), LAYOUT)]
+    model = _model()
+    with torch.no_grad():
+        together = model(collate(sequences, LAYOUT))
+        alone = [model(collate([s], LAYOUT)) for s in sequences]
+        padded = model(collate(sequences[:1], LAYOUT, length=len(sequences[0]) + 17))
+    total = sum(out.loss * (out.n_text + out.n_action) for out in alone)
+    torch.testing.assert_close(together.loss * (together.n_text + together.n_action), total, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(padded.loss, alone[0].loss, atol=1e-6, rtol=1e-6)
+
+
+def test_missing_loss_parts_are_nan_and_too_many_local_positions_is_an_error():
+    model = _model()
+    with torch.no_grad():
+        out = model(collate([tokenize_text(np.array([5, 6, 7]), LAYOUT)], LAYOUT))
+    assert out.n_action == 0 and torch.isnan(out.action_loss) and torch.isfinite(out.loss)
+    long_observation = tokenize_episode({"discrete": np.zeros((1, 9), np.int64)}, None, None, LAYOUT)
+    with pytest.raises(ValueError, match="max_local_positions"):
+        _model(dataclasses.replace(CONFIG, max_local_positions=8))(collate([long_observation], LAYOUT))
+
+
+def test_forward_is_pure():
+    model = _model()
+    batch = _mixed_batch(np.random.default_rng(3))
+    state = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    ids = batch.ids.clone()
+    with torch.no_grad():
+        first, second = model(batch), model(batch)
+    assert torch.equal(first.loss, second.loss) and torch.equal(batch.ids, ids)
+    assert all(torch.equal(state[name], tensor) for name, tensor in model.state_dict().items())
+    assert not list(model.buffers())  # no state besides the weights
+
+
+def test_bf16_autocast_forward_and_backward_run():
+    model = _model().train()
+    batch = _mixed_batch(np.random.default_rng(2))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch)
+    out.loss.backward()
+    assert torch.isfinite(out.loss)
+    assert model.embed.patches.stem.weight.grad is not None and model.embed.action.grad is not None
+
+
+def test_untied_head_has_its_own_weights():
+    model = Generalist(dataclasses.replace(CONFIG, tie_embeddings=False))
+    assert model.lm_head is not None and model.lm_head.weight is not model.embed.ids.weight
+    assert model.num_parameters() == _model().num_parameters() + LAYOUT.table_size * CONFIG.d_model
+
+
+# --------------------------------------------------------------------------------- overfitting
+
+
+def test_tiny_model_overfits_a_mixed_batch():
+    rng = np.random.default_rng(0)
+    layout = tiny().layout
+    caption = tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                               TEXT.encode("two blue squares"), layout)
+    dialogue = tokenize_text(TEXT.encode("Hi! How can I help? Tell me a joke. Why did the robot cross?"), layout)
+    cartpole = tokenize_episode({"continuous": rng.normal(size=(6, 4)).astype(np.float32)},
+                                rng.integers(0, 2, 6), ActionSpec("discrete", n=2), layout)
+    atari = tokenize_episode({"image": rng.integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)},
+                             rng.integers(0, 18, 3), ActionSpec("discrete", n=18), layout)
+    batch = collate([caption, dialogue, cartpole, atari], layout)
+    torch.manual_seed(0)
+    model = Generalist(tiny()).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.0)
+    for _ in range(150):  # about 70 steps reach the threshold
+        out = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        optimizer.step()
+        if out.loss.item() < 0.02:
+            break
+    model.eval()
+    with torch.no_grad():
+        final = model(batch)
+    assert final.loss.item() < 0.05, final
+    assert final.text_loss.item() < 0.1 and final.action_loss.item() < 0.1, final

@@ -1,0 +1,110 @@
+"""The training loop: schedule, checkpoints and logs, exact resume, and two processes equal to one."""
+
+import csv
+import itertools
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+
+from generalist.config import from_json_dict, load_json
+from generalist.tokenizers import TextTokenizer
+from generalist.train import (
+    TrainConfig,
+    build_model,
+    latest_checkpoint,
+    learning_rate,
+    read_trainer_state,
+    train,
+)
+
+# Caption and text tasks need no recorded data; scenes put image patches (and their sampled positions) in play.
+TINY = TrainConfig(
+    weights={"scenes": 1.0, "dialogue": 1.0},
+    steps=4,
+    batch_size=2,
+    sequence_length=96,
+    warmup_steps=2,
+    checkpoint_every=2,
+    log_every=1,
+    num_workers=0,
+    progress=False,
+)
+
+
+def weights_of(checkpoint: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(checkpoint / "model.safetensors")
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth():
+    config = TrainConfig(steps=100, warmup_steps=10, learning_rate=1e-3)
+    lrs = [learning_rate(step, config) for step in range(100)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:10]))
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert learning_rate(100, config) == pytest.approx(1e-4)
+
+
+def test_a_run_writes_checkpoints_and_logs(tmp_path):
+    checkpoint = train(replace(TINY, run_dir=tmp_path))
+    assert checkpoint == latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-0000004"
+    files = {p.name for p in checkpoint.iterdir()}
+    assert files == {"model.safetensors", "config.json", "text.model", "optimizer.safetensors", "trainer.json"}
+    state = read_trainer_state(checkpoint)
+    assert state["step"] == 4 and state["tokens"] > 0 and state["train_config"].run_dir == tmp_path
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    names = {row["metric"] for row in rows}
+    assert {"train/loss", "train/loss_text", "train/lr", "train/tokens_per_s"} <= names
+    assert [int(r["step"]) for r in rows if r["metric"] == "train/loss"] == [1, 2, 3, 4]
+    assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
+    assert load_json(TrainConfig, tmp_path / "train_config.json") == replace(TINY, run_dir=tmp_path)
+
+
+def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path):
+    straight = train(replace(TINY, run_dir=tmp_path / "straight"))
+    # max_minutes=0 stops after the first step, with a checkpoint: a run killed right after it.
+    stopped = train(replace(TINY, run_dir=tmp_path / "resumed", max_minutes=0.0))
+    assert read_trainer_state(stopped)["step"] == 1
+    resumed = train(replace(TINY, run_dir=tmp_path / "resumed"), resume=True)
+    assert read_trainer_state(resumed)["step"] == 4
+    expected, got = weights_of(straight), weights_of(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_resume_needs_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        train(replace(TINY, run_dir=tmp_path), resume=True)
+
+
+def test_unknown_config_keys_are_errors():
+    with pytest.raises(ValueError, match=r"unknown keys \['stepz'\]"):
+        from_json_dict(TrainConfig, {"stepz": 3})
+
+
+def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):
+    flags = [
+        "--weights", "scenes=1,dialogue=1", "--steps", "3", "--batch-size", "2", "--sequence-length", "96",
+        "--warmup-steps", "1", "--num-workers", "0", "--no-progress",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = [sys.executable, "-m", "generalist.cli", "train", "--run-dir", str(tmp_path / "one"), "--accumulation", "2"]
+    subprocess.run(one + flags, check=True, env=env, timeout=300)
+    two = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+        "-m", "generalist.cli", "train", "--run-dir", str(tmp_path / "two"),
+    ]
+    subprocess.run(two + flags, check=True, env=env, timeout=300)
+    expected, got = weights_of(latest_checkpoint(tmp_path / "one")), weights_of(latest_checkpoint(tmp_path / "two"))
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    # The steps did move the weights: the equality is not that of two untouched initializations.
+    initial = build_model(replace(TINY, sequence_length=96), TextTokenizer.default()).state_dict()
+    moved = [name for name in expected if not torch.allclose(initial[name], expected[name], atol=1e-4)]
+    assert len(moved) > len(expected) // 2
