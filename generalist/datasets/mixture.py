@@ -160,6 +160,12 @@ class CaptionListSource:
     layout: TokenLayout
     packable: bool = True
 
+    def __post_init__(self) -> None:
+        if len(self.images) != len(self.captions):
+            raise ValueError(f"{self.name}: {len(self.images)} images but {len(self.captions)} captions")
+        if not self.captions:
+            raise ValueError(f"{self.name}: no image-caption pairs")
+
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One pair of this shard."""
         index = int(rng.choice(shard.items(len(self.captions), self.name)))
@@ -185,6 +191,10 @@ class TextSource:
     tokenizer: TextTokenizer
     layout: TokenLayout
     packable: bool = True
+
+    def __post_init__(self) -> None:
+        if not any(document.strip() for document in self.documents):
+            raise ValueError(f"{self.name}: empty corpus")
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One document of this shard and end-of-sequence, windowed to `max_tokens`."""

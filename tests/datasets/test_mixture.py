@@ -5,8 +5,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+import torch
 
 from generalist.datasets.mixture import (
+    CaptionListSource,
     ControlSource,
     Mixture,
     MixtureConfig,
@@ -14,6 +16,7 @@ from generalist.datasets.mixture import (
     TextSource,
     make_loader,
 )
+from generalist.model import Generalist, preset
 from generalist.tokenizers import ActionSpec, TextTokenizer, TokenKind, TokenLayout
 
 TOKENIZER = TextTokenizer.default()
@@ -171,3 +174,18 @@ def test_bad_data_gets_clear_errors():
         mixture.batch(0)
     with pytest.raises(ValueError, match="more than the sequence length"):
         make_mixture({"control": 1.0}, config={"sequence_length": 3}).batch(0)
+    with pytest.raises(ValueError, match="dialogue: empty corpus"):
+        TextSource("dialogue", ["", "  "], TOKENIZER, LAYOUT)
+    with pytest.raises(ValueError, match="digits: no image-caption pairs"):
+        CaptionListSource("digits", [], [], TOKENIZER, LAYOUT)
+
+
+def test_batches_feed_the_model():
+    torch.manual_seed(0)
+    model = Generalist(preset("tiny", text_vocab_size=TOKENIZER.vocab_size, context=64))
+    mixture = make_mixture({"control": 1.0, "scenes": 1.0, "dialogue": 1.0})
+    for index in range(3):
+        tasks, batch = mixture.batch(index)
+        output = model(batch)
+        assert torch.isfinite(output.loss) and output.n_text + output.n_action == int(batch.loss_mask[:, 1:].sum())
+        assert (output.n_action > 0) == ("control" in tasks)
