@@ -31,7 +31,7 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
 Dimension key used in shape comments:
     b  batch rows           t  tokens             d  model width           h  attention heads
     k  head width (d / h)   f  feed-forward width v  table size (ids)     m  gathered target tokens
-    n  image patches        c  patch-block channels  p  pixels per patch side
+    n  image patches        C  image channels     c  patch-block channels   p  pixels per patch side
 """
 
 from __future__ import annotations

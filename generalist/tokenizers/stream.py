@@ -158,9 +158,14 @@ class TokenizedSequence:
         )
 
     def timestep_starts(self) -> np.ndarray:
-        """Token indices where a new timestep begins (windows aligned to timesteps start there)."""
-        steps = self.timesteps
-        change = np.flatnonzero(steps[1:] != steps[:-1]) + 1
+        """Token indices where a new timestep begins (windows aligned to timesteps start there).
+
+        A timestep begins where the timestep index changes, or right after an action token: a prompt ending at
+        step k followed by a window starting at step k is two timesteps, not one.
+        """
+        steps, kinds = self.timesteps, self.kinds
+        after_action = (kinds[:-1] == TokenKind.ACTION) & (kinds[1:] != TokenKind.ACTION)
+        change = np.flatnonzero((steps[1:] != steps[:-1]) | after_action) + 1
         starts = np.concatenate([[0], change]) if len(steps) else change
         return starts[steps[starts] != NO_TIMESTEP]
 

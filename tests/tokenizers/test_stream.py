@@ -191,6 +191,12 @@ def test_slice_keeps_the_patches_inside_it():
     np.testing.assert_array_equal(part.patches, seq.patches[6:18])
 
 
+def test_timesteps_of_concatenated_sequences_stay_apart():
+    step = tokenize_timestep({"continuous": np.zeros(2)}, 1, DISCRETE_6, LAYOUT)  # both stamped timestep 0
+    joined = TokenizedSequence.concatenate([step, step, tokenize_text(np.array([5, 6]), LAYOUT), step])
+    assert joined.timestep_starts().tolist() == [0, 4, 10]
+
+
 def test_text_sequence_rejects_non_text_ids():
     with pytest.raises(ValueError, match=f"0..{TEXT.vocab_size - 1}"):
         tokenize_text(np.array([LAYOUT.separator_id]), LAYOUT)
