@@ -22,14 +22,7 @@ TEXT = TextTokenizer.default()
 CONFIG = tiny(n_layer=2, d_model=64, n_head=4, d_ff=128, context=128)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine, two threads wait on each other whenever another process
-    holds a core, which made these tests 7x slower (196 s against 28 s); on an idle machine one is as fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py says why
 
 
 def _batch(layout):
