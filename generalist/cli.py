@@ -203,6 +203,58 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_caption(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--size", type=int, default=64, help="images are centre-cropped and resized to this")
+    parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
+    parser.set_defaults(run=_run_caption)
+
+
+def _run_caption(args: argparse.Namespace) -> int:
+    from generalist.datasets.captions import read_image
+    from generalist.evaluate import caption_images, load_model
+
+    images = [read_image(path, args.size) for path in args.images]  # every file checked before the model loads
+    model, tokenizer = load_model(args.checkpoint)
+    for path, caption in zip(args.images, caption_images(model, tokenizer, images), strict=True):
+        print(f"{path}: {caption}")
+    return 0
+
+
+def _add_chat(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "chat", help="talk with a checkpoint (interactive, or lines piped on stdin)",
+        description="Each line you type is a user turn; the model answers with the whole conversation as context. "
+        "End with Ctrl-D (or the end of piped input).",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
+    parser.set_defaults(run=_run_chat)
+
+
+def _run_chat(args: argparse.Namespace) -> int:
+    import sys
+
+    from generalist.evaluate import chat_reply, load_model
+
+    model, tokenizer = load_model(args.checkpoint)
+    interactive = sys.stdin.isatty()
+    history: list[str] = []
+    while True:
+        try:
+            line = input("you> " if interactive else "")
+        except EOFError:
+            return 0
+        if not line.strip():
+            continue
+        history.append(line.strip())
+        reply = chat_reply(model, tokenizer, history, args.max_new_tokens, args.temperature)
+        history.append(reply)
+        print(f"assistant> {reply}", flush=True)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `generalist` command."""
     parser = argparse.ArgumentParser(prog="generalist", description=__doc__.splitlines()[0])
@@ -213,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baselines(subparsers)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_caption(subparsers)
+    _add_chat(subparsers)
     return parser
 
 

@@ -197,3 +197,104 @@ def load_model(checkpoint: str | Path) -> tuple[Generalist, TextTokenizer]:
 
         path = latest_checkpoint(path)
     return Generalist.from_pretrained(path), pretrained_text_tokenizer(path)
+
+
+# ------------------------------------------------------------------------------------- captions and chat
+
+
+@dataclass
+class CaptionScores:
+    """How well captions match held-out scenes."""
+
+    n: int
+    exact: float  # share of captions equal to the truth
+    attribute_accuracy: float  # share of (object, attribute) slots right: size, colour, shape, cell
+    bleu4: float  # corpus BLEU-4 (sacrebleu), 0..100
+
+
+def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScores:
+    """Exact-caption rate, per-attribute accuracy (objects compared in order) and BLEU-4 against the truths."""
+    import sacrebleu
+
+    from generalist.datasets.scenes import parse_caption
+
+    right = slots = 0
+    for prediction, scene in zip(predictions, scenes, strict=True):
+        stated = parse_caption(prediction) or []
+        for index, obj in enumerate(scene.objects):
+            slots += 4
+            if index < len(stated):
+                said = stated[index]
+                right += (said.size == obj.size) + (said.colour == obj.colour) + (said.shape == obj.shape)
+                right += said.cell == obj.cell
+    truths = [scene.caption for scene in scenes]
+    exact = float(np.mean([p == t for p, t in zip(predictions, truths, strict=True)]))
+    bleu = sacrebleu.corpus_bleu(list(predictions), [truths]).score
+    return CaptionScores(len(truths), exact, right / max(slots, 1), float(bleu))
+
+
+def caption_images(
+    model: Generalist, tokenizer: TextTokenizer, images: Sequence[np.ndarray], max_new_tokens: int = 48
+) -> list[str]:
+    """A caption for each image (H, W, 3) uint8: its patches prompt the model, which writes text until eos."""
+    from generalist.policy import generate
+    from generalist.tokenizers import tokenize_caption
+
+    layout = model.config.layout
+    prompts = [tokenize_caption(image, np.zeros(0, np.int64), layout) for image in images]
+    return [tokenizer.decode(ids) for ids in generate(model, prompts, max_new_tokens)]
+
+
+def evaluate_captions(
+    model: Generalist, tokenizer: TextTokenizer, n: int = 100, seed: int = 0, batch: int = 32
+) -> tuple[CaptionScores, list[str]]:
+    """Caption `n` held-out scenes (colour-shape pairs never seen in training); the scores and the captions."""
+    from generalist.datasets.scenes import generate_scene
+
+    model.eval()
+    scenes = [generate_scene(seed + i, "heldout") for i in range(n)]
+    predictions: list[str] = []
+    for start in range(0, n, batch):
+        predictions += caption_images(model, tokenizer, [s.image for s in scenes[start : start + batch]])
+    return caption_scores(predictions, scenes), predictions
+
+
+@torch.no_grad()
+def chat_perplexity(
+    model: Generalist, tokenizer: TextTokenizer, conversations: Sequence[Sequence[str]], batch: int = 16
+) -> float:
+    """Perplexity per text token of whole conversations (chat format, then eos), cut to the model's context."""
+    from generalist.datasets.batching import collate
+    from generalist.datasets.text import format_chat
+    from generalist.tokenizers import tokenize_text
+
+    model.eval()
+    layout = model.config.layout
+    context = model.config.context
+    total_loss = total_tokens = 0.0
+    for start in range(0, len(conversations), batch):
+        sequences = [
+            tokenize_text(np.append(tokenizer.encode(format_chat(c)), tokenizer.eos_id)[:context], layout)
+            for c in conversations[start : start + batch]
+        ]
+        output = model(collate(sequences, layout))
+        total_loss += float(output.loss) * output.n_text
+        total_tokens += output.n_text
+    if not total_tokens:
+        raise ValueError("chat_perplexity: no conversations with text to score")
+    return math.exp(total_loss / total_tokens)
+
+
+def chat_reply(
+    model: Generalist, tokenizer: TextTokenizer, history: Sequence[str], max_new_tokens: int = 64,
+    temperature: float = 0.0,
+) -> str:
+    """The assistant's next turn after `history` (user first, alternating, ending with the user's turn)."""
+    from generalist.datasets.text import ASSISTANT_MARKER, USER_MARKER, format_chat
+    from generalist.policy import generate
+
+    prompt = tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER} ")
+    prompt = prompt[-(model.config.context - max_new_tokens) :]  # the latest turns, if the talk is long
+    (ids,) = generate(model, [prompt], max_new_tokens, temperature)
+    # The model writes on into the user's next turn when it does not stop: the reply ends where that starts.
+    return tokenizer.decode(ids).split(f"\n{USER_MARKER}")[0].strip()

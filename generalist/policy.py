@@ -456,22 +456,26 @@ class Policy:
 @torch.no_grad()
 def generate(
     model: Generalist,
-    ids: Sequence[npt.ArrayLike],
+    ids: Sequence[npt.ArrayLike | TokenizedSequence],
     max_new_tokens: int,
     temperature: float = 0.0,
     top_k: int | None = None,
     eos_id: int = EOS_ID,
     generator: torch.Generator | None = None,
 ) -> list[np.ndarray]:
-    """Continue each text prompt (a batch of 1-D id arrays) with text ids only; returns the new ids of each.
+    """Continue each prompt with text ids only; returns the new ids of each.
 
-    A row stops at end-of-sequence (not included in its output), after `max_new_tokens`, or when its context
-    is full. Greedy at temperature 0; else sampled, from the `top_k` most likely ids if given.
+    A prompt is a 1-D array of text ids, or a tokenized sequence (an image's patches, for a caption). A row
+    stops at end-of-sequence (not included in its output), after `max_new_tokens`, or when its context is full.
+    Greedy at temperature 0; else sampled, from the `top_k` most likely ids if given.
     """
     layout = model.config.layout
     engine = Engine(model, len(ids))
     for row, prompt in enumerate(ids):
-        sequence = tokenize_text(np.asarray(prompt, dtype=np.int64), layout)
+        if isinstance(prompt, TokenizedSequence):
+            sequence = prompt
+        else:
+            sequence = tokenize_text(np.asarray(prompt, dtype=np.int64), layout)
         if len(sequence) == 0:
             raise ValueError("generate: every prompt needs at least one id (a bos id, say)")
         engine.set_context(row, [sequence])

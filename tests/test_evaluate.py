@@ -11,7 +11,14 @@ import torch
 from generalist.datasets.recording import CollectConfig, collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import expert_normalized
-from generalist.evaluate import demonstration_prompt, evaluate, evaluate_task, format_table
+from generalist.evaluate import (
+    caption_scores,
+    chat_perplexity,
+    demonstration_prompt,
+    evaluate,
+    evaluate_task,
+    format_table,
+)
 from generalist.model import Generalist, preset
 from generalist.tokenizers import TextTokenizer, TokenKind, tokenize_episode
 
@@ -74,3 +81,57 @@ def test_evaluate_command(tmp_path, model, data_dir):
         capture_output=True, text=True, timeout=300,
     )
     assert missing.returncode == 2 and "no checkpoint at" in missing.stderr
+
+
+def test_caption_scores_count_every_attribute():
+    from generalist.datasets.scenes import generate_scene
+
+    scenes = [generate_scene(seed, "heldout") for seed in range(20)]
+    perfect = caption_scores([s.caption for s in scenes], scenes)
+    assert (perfect.exact, perfect.attribute_accuracy, perfect.n) == (1.0, 1.0, 20)
+    assert perfect.bleu4 == pytest.approx(100.0)
+    first = scenes[0].objects[0]
+    wrong_colour = "green" if first.colour != "green" else "red"
+    changed = [scenes[0].caption.replace(f" {first.colour} ", f" {wrong_colour} ", 1)] + [s.caption for s in scenes[1:]]
+    slots = 4 * sum(len(s.objects) for s in scenes)
+    one_off = caption_scores(changed, scenes)
+    assert one_off.exact == pytest.approx(19 / 20) and one_off.attribute_accuracy == pytest.approx(1 - 1 / slots)
+    garbage = caption_scores(["nothing"] * 20, scenes)
+    assert garbage.exact == 0.0 and garbage.attribute_accuracy == 0.0
+
+
+def test_chat_perplexity_is_the_exponential_of_the_text_loss(model):
+    from generalist.datasets.batching import collate
+    from generalist.datasets.text import format_chat
+    from generalist.tokenizers import tokenize_text
+
+    tokenizer = TextTokenizer.default()
+    conversation = ("Hello there", "Hi, how are you?")
+    ids = np.append(tokenizer.encode(format_chat(conversation)), tokenizer.eos_id)
+    with torch.no_grad():
+        loss = model(collate([tokenize_text(ids, model.config.layout)], model.config.layout)).loss
+    assert chat_perplexity(model, tokenizer, [conversation]) == pytest.approx(float(torch.exp(loss)), rel=1e-5)
+    # An untrained model is about as unsure as a uniform guess over the text vocabulary.
+    assert 100 < chat_perplexity(model, tokenizer, [conversation, ("a", "b")]) < 50_000
+
+
+def test_caption_and_chat_commands(tmp_path, model):
+    from PIL import Image
+
+    checkpoint = model.save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
+    base = [sys.executable, "-m", "generalist.cli"]
+    captioned = subprocess.run([*base, "caption", "--checkpoint", str(checkpoint), str(image)],
+                               capture_output=True, text=True, timeout=300)
+    assert captioned.returncode == 0, captioned.stderr
+    assert captioned.stdout.startswith(f"{image}: ") and len(captioned.stdout.splitlines()) == 1
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    bad = subprocess.run([*base, "caption", "--checkpoint", str(checkpoint), str(broken)],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "broken.png: cannot decode" in bad.stderr
+    chat = subprocess.run([*base, "chat", "--checkpoint", str(checkpoint), "--max-new-tokens", "8"],
+                          input="hello\n\nhow are you?\n", capture_output=True, text=True, timeout=300)
+    assert chat.returncode == 0, chat.stderr
+    assert [line.startswith("assistant> ") for line in chat.stdout.splitlines()] == [True, True]
