@@ -184,6 +184,7 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-envs", type=int, default=8, help="environments stepped together per task")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 acts greedily; above 0 samples")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--video", default=None, help="also write one episode per task as DIR/<task>.gif")
     parser.set_defaults(run=_run_evaluate)
 
 
@@ -191,7 +192,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from generalist.envs import task_list
-    from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model, results_json
+    from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model, record_video, results_json
 
     tasks = task_list(args.tasks)
     model, _ = load_model(args.checkpoint)
@@ -200,6 +201,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(results_json(results) + "\n")
+    if args.video:
+        Path(args.video).mkdir(parents=True, exist_ok=True)
+        for task in tasks:
+            path = Path(args.video) / f"{task}.gif"
+            episode_return = record_video(model, task, path, seed, args.prompt, args.data_dir)
+            print(f"wrote {path} (return {episode_return:g})")
     return 0
 
 

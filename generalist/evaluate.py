@@ -142,6 +142,49 @@ def evaluate_task(
     return result
 
 
+def record_video(
+    model: Generalist,
+    task: str,
+    path: str | Path,
+    seed: int = DEFAULT_SEED,
+    prompt: str = "demonstration",
+    data_dir: str | Path = "data",
+    max_steps: int = 1000,
+    fps: int = 30,
+) -> float:
+    """Play one episode and write its rendered frames as an animated GIF; returns the episode's return."""
+    from PIL import Image
+
+    from generalist.envs import get_task, make
+
+    model.eval()
+    layout = model.config.layout
+    rng = np.random.default_rng(seed)
+    demonstration = (
+        demonstration_prompt(task, data_dir, layout, rng, model.config.context // 2) if prompt != "none" else None
+    )
+    policy = Policy(model, get_task(task).action_spec())
+    env = make(task, seed, render_mode="rgb_array")
+    frames, total = [], 0.0
+    try:
+        observation, _ = env.reset()
+        policy.reset([demonstration])
+        frames.append(env.render())
+        for _ in range(max_steps):
+            with torch.no_grad():
+                (action,) = policy.act([observation])
+            observation, reward, terminated, truncated, _ = env.step(action)
+            total += float(reward)
+            frames.append(env.render())
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
+    return total
+
+
 def evaluate(
     model: Generalist,
     tasks: Sequence[str],

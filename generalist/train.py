@@ -103,6 +103,12 @@ class TrainConfig:
     """newest checkpoints kept on disk"""
     log_every: int = 10
     """steps between log lines"""
+    eval_every: int = 0
+    """steps between evaluations of `eval_tasks` in their environments (0: none); logged as eval/<task>/..."""
+    eval_tasks: tuple[str, ...] = ()
+    """control tasks evaluated during training, prompted by their recorded demonstrations"""
+    eval_episodes: int = 4
+    """episodes per task and evaluation"""
     num_workers: int = 1
     """DataLoader worker processes making batches"""
     device: str = "auto"
@@ -377,6 +383,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                 flag = torch.tensor([float(out_of_time)])
                 dist.all_reduce(flag)
                 out_of_time = bool(flag.item())
+            if log is not None and config.eval_every and config.eval_tasks and step % config.eval_every == 0:
+                log.log(step, evaluation_metrics(model, config))
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 if where.is_main:
                     last_checkpoint = save_checkpoint(
@@ -392,6 +400,20 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if where.world_size > 1:
         dist.barrier()
     return last_checkpoint or latest_checkpoint(config.run_dir)
+
+
+def evaluation_metrics(model: Generalist, config: TrainConfig) -> dict[str, float]:
+    """`eval/<task>/return` and `eval/<task>/normalized` of the model now; the model goes back to training mode."""
+    from generalist.evaluate import evaluate
+
+    results = evaluate(model, config.eval_tasks, config.eval_episodes, data_dir=config.data_dir,
+                       num_envs=config.eval_episodes)
+    model.train()
+    metrics = {}
+    for result in results:
+        metrics[f"eval/{result.task}/return"] = result.mean_return
+        metrics[f"eval/{result.task}/normalized"] = result.normalized
+    return metrics
 
 
 def _progress_bar(config: TrainConfig, start_step: int, is_main: bool) -> Any:

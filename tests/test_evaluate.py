@@ -68,10 +68,17 @@ def test_evaluate_command(tmp_path, model, data_dir):
     checkpoint = model.save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
     out = tmp_path / "results.json"
     command = [sys.executable, "-m", "generalist.cli", "evaluate", "--checkpoint", str(checkpoint), "--tasks",
-               "cartpole", "--episodes", "2", "--num-envs", "2", "--data-dir", str(data_dir), "--json", str(out)]
+               "cartpole", "--episodes", "2", "--num-envs", "2", "--data-dir", str(data_dir), "--json", str(out),
+               "--video", str(tmp_path / "videos")]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "| cartpole | demo | 2 |" in result.stdout
+    from PIL import Image
+
+    with Image.open(tmp_path / "videos" / "cartpole.gif") as gif:
+        # CartPole's rendered frames, one per step (Pillow merges identical neighbours, so at most that many).
+        episode_return = float(result.stdout.split("(return ")[1].split(")")[0])
+        assert gif.size == (600, 400) and 1 < gif.n_frames <= episode_return + 1
     rows = json.loads(out.read_text())
     assert rows[0]["task"] == "cartpole" and len(rows[0]["returns"]) == 2
     bad = subprocess.run([*command[:6], "--tasks", "chess"], capture_output=True, text=True, timeout=300)

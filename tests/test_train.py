@@ -108,3 +108,18 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     initial = build_model(replace(TINY, sequence_length=96), TextTokenizer.default()).state_dict()
     moved = [name for name in expected if not torch.allclose(initial[name], expected[name], atol=1e-4)]
     assert len(moved) > len(expected) // 2
+
+
+def test_evaluation_during_training_is_logged(tmp_path):
+    from generalist.datasets.recording import CollectConfig, collect
+
+    collect(CollectConfig(tasks=("cartpole",), episodes=2, out=tmp_path / "data", max_episode_steps=40,
+                          progress=False))
+    config = replace(TINY, run_dir=tmp_path / "run", data_dir=tmp_path / "data", eval_every=2,
+                     eval_tasks=("cartpole",), eval_episodes=2, weights={"cartpole": 1.0, "scenes": 1.0})
+    train(config)
+    rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
+    evaluated = {(int(r["step"]), r["metric"]) for r in rows if r["metric"].startswith("eval/")}
+    assert evaluated == {(s, f"eval/cartpole/{m}") for s in (2, 4) for m in ("return", "normalized")}
+    returns = [float(r["value"]) for r in rows if r["metric"] == "eval/cartpole/return"]
+    assert all(r >= 1 for r in returns)  # CartPole pays at least one point per episode
