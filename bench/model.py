@@ -23,7 +23,6 @@ values): 8 windows of up to 1,024 tokens each, as training reads them.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.timing import median_seconds
 from generalist.datasets.batching import Batch, collate
 from generalist.model import Generalist, ModelConfig, PatchEncoder, preset
 from generalist.policy import Policy
@@ -138,20 +138,8 @@ def training_flops(config: ModelConfig, batch: Batch) -> float:
 def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 10) -> float:
     """Square matmul FLOP/s on this machine (the MFU denominator)."""
     a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    seconds = median_seconds(lambda: a @ b, repeats)
+    seconds = median_seconds(lambda: a @ b, repeats, warmup=2)
     return 2 * size**3 / seconds
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    """Median wall time of `fn` over `repeats` runs after `warmup` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # --------------------------------------------------------------------------------------- training
@@ -212,7 +200,7 @@ def training_rows(runs: list[tuple[str, ModelConfig, list[str]]], steps: int) ->
             flops = training_flops(config, batch)
             for precision in ("fp32", "bf16"):
                 model, loss_fn = ours(config, batch)
-                seconds = median_seconds(train_step_fn(model, loss_fn, precision == "bf16"), steps)
+                seconds = median_seconds(train_step_fn(model, loss_fn, precision == "bf16"), steps, warmup=2)
                 tokens_per_s = batch.n_tokens / seconds
                 mfu = flops / seconds / peaks[precision]
                 baseline = gpt2(config, batch)
@@ -220,7 +208,8 @@ def training_rows(runs: list[tuple[str, ModelConfig, list[str]]], steps: int) ->
                     theirs, ratio = "skipped", "-"
                 else:
                     gpt_model, gpt_loss = baseline
-                    gpt_seconds = median_seconds(train_step_fn(gpt_model, gpt_loss, precision == "bf16"), steps)
+                    gpt_step = train_step_fn(gpt_model, gpt_loss, precision == "bf16")
+                    gpt_seconds = median_seconds(gpt_step, steps, warmup=2)
                     theirs = f"{batch.n_tokens / gpt_seconds:,.0f}"
                     ratio = f"{gpt_seconds / seconds:.2f}x"
                 rows.append(f"| {label} | {batch_name} | {precision} | {tokens_per_s:,.0f} | {mfu:.0%} "
@@ -239,7 +228,7 @@ def patch_rows(repeats: int) -> list[str]:
     rows = []
     for channels, stride in ((64, 4), (32, 4), (32, 2), (64, 2), (128, 2), (16, 1)):
         encoder = PatchEncoder(preset("tiny", patch_channels=channels, patch_stride=stride))
-        seconds = median_seconds(lambda encoder=encoder: encoder(patches).sum().backward(), repeats)
+        seconds = median_seconds(lambda encoder=encoder: encoder(patches).sum().backward(), repeats, warmup=2)
         n_parameters = sum(p.numel() for p in encoder.parameters())
         grid = f"{16 // stride}x{16 // stride}"
         rows.append(f"| {channels} | {stride} | {grid} | {n_parameters:,} | {seconds * 1e3:.0f} |")

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
-from collections.abc import Callable
 
 import numpy as np
 
+from bench.timing import median_seconds
 from generalist.tokenizers import (
     ActionSpec,
     TokenLayout,
@@ -25,17 +23,6 @@ from generalist.tokenizers import (
 )
 
 LAYOUT = TokenLayout(3072)
-
-
-def median_seconds(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `fn` over `repeats` runs, after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def frame_tokens(frame: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
