@@ -35,7 +35,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from generalist.config import from_json_dict, to_json_dict
+from generalist.config import from_json_dict, save_json, to_json_dict
 from generalist.datasets.batching import Batch
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
 from generalist.model import Generalist, ModelConfig, preset
@@ -328,7 +328,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
-        (config.run_dir / "train_config.json").write_text(json.dumps(to_json_dict(config), indent=2) + "\n")
+        save_json(config, config.run_dir / "train_config.json")
         log = MetricLog(config.run_dir)
 
     steps: Iterator[list[Batch]] = iter(make_loader(mixture, config.num_workers))
