@@ -27,7 +27,7 @@ import torch
 
 from generalist.model import Generalist
 from generalist.policy import Policy
-from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout, tokenize_episode
+from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout
 
 DEFAULT_SEED = 5_000_000
 """First evaluation seed: recording starts at 0 and the score baselines at 1,000,000."""
@@ -60,6 +60,7 @@ def demonstration_prompt(
     task: str, data_dir: str | Path, layout: TokenLayout, rng: np.random.Generator, max_tokens: int
 ) -> TokenizedSequence:
     """The last whole timesteps, at most `max_tokens` tokens, of a random recorded expert episode of `task`."""
+    from generalist.datasets.mixture import ControlSource
     from generalist.datasets.storage import EpisodeDataset
 
     directory = Path(data_dir) / task
@@ -68,16 +69,14 @@ def demonstration_prompt(
             f"no demonstrations of {task!r} at {directory}: record them with `generalist collect --tasks {task}`, "
             "or evaluate with prompt='none'"
         )
-    episodes = EpisodeDataset(directory)
-    episode = int(rng.integers(len(episodes)))
-    length = episodes.episode_length(episode)
-    observations, actions = episodes.read(episode, length - 1, length)
-    per_step = len(tokenize_episode(observations, actions, episodes.action_spec, layout))
+    source = ControlSource(task, EpisodeDataset(directory), layout)
+    episode = int(rng.integers(len(source.episodes)))
+    length = source.episodes.episode_length(episode)
+    per_step = source.tokens_per_step()
     steps = min(length, max_tokens // per_step)
     if steps < 1:
         raise ValueError(f"{task}: one timestep ({per_step} tokens) does not fit a prompt of {max_tokens} tokens")
-    observations, actions = episodes.read(episode, length - steps, length)
-    return tokenize_episode(observations, actions, episodes.action_spec, layout)
+    return source.tokenize_window(episode, length - steps, length)
 
 
 def _split_observations(observations: dict, n: int) -> list[dict]:

@@ -97,10 +97,11 @@ class ControlSource:
     def tokens_per_step(self) -> int:
         """Tokens of one timestep (observation, separator, action): the same for every step of a task."""
         if self._tokens_per_step is None:
-            self._tokens_per_step = len(self._tokenize(0, 0, 1))
+            self._tokens_per_step = len(self.tokenize_window(0, 0, 1))
         return self._tokens_per_step
 
-    def _tokenize(self, episode: int, start: int, stop: int) -> TokenizedSequence:
+    def tokenize_window(self, episode: int, start: int, stop: int) -> TokenizedSequence:
+        """Steps start..stop-1 of one episode as a token sequence."""
         observations, actions = self.episodes.read(episode, start, stop)
         return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout)
 
@@ -123,12 +124,12 @@ class ControlSource:
                 prompt_start = other_length - prompt_steps
             else:
                 prompt_start = int(rng.integers(other_length - prompt_steps + 1))
-            parts.append(self._tokenize(other, prompt_start, prompt_start + prompt_steps))
+            parts.append(self.tokenize_window(other, prompt_start, prompt_start + prompt_steps))
             max_steps -= prompt_steps
         length = self.episodes.episode_length(episode)
         window = min(max_steps, length)
         start = int(rng.integers(length - window + 1))
-        parts.append(self._tokenize(episode, start, start + window))
+        parts.append(self.tokenize_window(episode, start, start + window))
         return TokenizedSequence.concatenate(parts)
 
 
