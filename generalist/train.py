@@ -68,7 +68,8 @@ class TrainConfig:
     steps: int = 1000
     """optimizer steps; the learning-rate schedule spans them"""
     max_minutes: float | None = None
-    """stop (with a checkpoint) after this many minutes even if steps remain"""
+    """stop (with a checkpoint) once the run has trained this many minutes in all, resumes included, even if
+    steps remain"""
     batch_size: int = 8
     """sequences per micro-batch per process"""
     accumulation: int = 1
@@ -143,7 +144,7 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 def save_checkpoint(
     run_dir: Path, model: Generalist, optimizer: torch.optim.Optimizer, tokenizer: TextTokenizer,
-    config: TrainConfig, step: int, tokens: int,
+    config: TrainConfig, step: int, tokens: int, minutes: float = 0.0,
 ) -> Path:
     """Write checkpoint `step` atomically and point `latest` at it; drop checkpoints past `keep_checkpoints`."""
     folder = run_dir / CHECKPOINTS
@@ -152,7 +153,7 @@ def save_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, tokenizer)
     safetensors.torch.save_file(_optimizer_tensors(optimizer), partial / OPTIMIZER_STATE)
-    state = {"step": step, "tokens": tokens, "train_config": to_json_dict(config)}
+    state = {"step": step, "tokens": tokens, "minutes": minutes, "train_config": to_json_dict(config)}
     (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
@@ -176,11 +177,12 @@ def latest_checkpoint(run_dir: Path) -> Path:
 
 
 def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """Step, tokens and training config of a checkpoint."""
+    """Step, tokens, training minutes and training config of a checkpoint."""
     path = checkpoint / TRAINER_STATE
     try:
         state = json.loads(path.read_text())
         state["train_config"] = from_json_dict(TrainConfig, state["train_config"], str(path))
+        state.setdefault("minutes", 0.0)  # checkpoints from before the field was kept
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise ValueError(f"{path}: not a trainer state ({error})") from error
     return state
@@ -290,11 +292,64 @@ def _seed_micro_batch(config: TrainConfig, step: int, shard: int, n_shards: int)
     torch.manual_seed((config.seed * 1_000_003 + step) * n_shards + shard)
 
 
+def _optimizer_step(
+    wrapped: torch.nn.Module, model: Generalist, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
+    config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed,
+) -> torch.Tensor:
+    """One optimizer step over this process's micro-batches; returns its sums (see `totals` below)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    totals = torch.zeros(6, dtype=torch.float64)  # loss, text sum, text n, action sum, action n, tokens
+    for micro, batch in enumerate(micro_batches):
+        _seed_micro_batch(config, step, shards[micro], n_shards)
+        batch = batch.to(where.device)
+        last = micro == len(shards) - 1
+        sync = contextlib.nullcontext() if last or where.world_size == 1 else wrapped.no_sync()
+        with sync, torch.autocast(where.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+            output = wrapped(batch)
+            (output.loss / config.accumulation).backward()
+        totals += torch.tensor([
+            output.loss.item(),
+            output.text_loss.nan_to_num().item() * output.n_text, output.n_text,
+            output.action_loss.nan_to_num().item() * output.n_action, output.n_action,
+            batch.n_tokens,
+        ], dtype=torch.float64)
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return totals
+
+
+def measure_seconds_per_step(config: TrainConfig, steps: int = 3) -> float:
+    """Median seconds of one optimizer step of `config` on this process, data included, after one warm-up step.
+
+    `generalist run` turns a time budget into a step count with it, so the learning-rate schedule runs its whole
+    course in the time given.
+    """
+    where = init_distributed(config.device)
+    tokenizer = TextTokenizer.default()
+    model = build_model(config, tokenizer).to(where.device).train()
+    optimizer = make_optimizer(model, config)
+    layout = model.config.layout
+    shards = list(range(config.accumulation))
+    sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability)
+    mixture = Mixture(sources, MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),
+                      layout, shards, config.accumulation)
+    seconds = []
+    for step in range(steps + 1):
+        started = time.monotonic()
+        _optimizer_step(model, model, optimizer, mixture.step(step), config, config.learning_rate, step, shards,
+                        config.accumulation, where)
+        seconds.append(time.monotonic() - started)
+    return float(sorted(seconds[1:])[steps // 2])
+
+
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train per `config` (or continue the run in `config.run_dir`); returns the last checkpoint's directory."""
     where = init_distributed(config.device)
     tokenizer = TextTokenizer.default()
-    start_step, tokens_seen = 0, 0
+    start_step, tokens_seen, minutes_before = 0, 0, 0.0
     if resume:
         checkpoint = latest_checkpoint(config.run_dir)
         state = read_trainer_state(checkpoint)
@@ -303,7 +358,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             state["train_config"],
             max_minutes=config.max_minutes, progress=config.progress, num_workers=config.num_workers,
         )
-        start_step, tokens_seen = state["step"], state["tokens"]
+        start_step, tokens_seen, minutes_before = state["step"], state["tokens"], state["minutes"]
         model = Generalist.from_pretrained(checkpoint)
         tokenizer = TextTokenizer.load(checkpoint / "text.model")
     else:
@@ -340,27 +395,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         while step < config.steps:
             step_start = time.monotonic()
             lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            totals = torch.zeros(6, dtype=torch.float64)  # loss, text sum, text n, action sum, action n, tokens
-            for micro, batch in enumerate(next(steps)):
-                _seed_micro_batch(config, step, shards[micro], n_shards)
-                batch = batch.to(where.device)
-                last = micro == len(shards) - 1
-                sync = contextlib.nullcontext() if last or where.world_size == 1 else wrapped.no_sync()
-                with sync, torch.autocast(where.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-                    output = wrapped(batch)
-                    (output.loss / config.accumulation).backward()
-                totals += torch.tensor([
-                    output.loss.item(),
-                    output.text_loss.nan_to_num().item() * output.n_text, output.n_text,
-                    output.action_loss.nan_to_num().item() * output.n_action, output.n_action,
-                    batch.n_tokens,
-                ], dtype=torch.float64)
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            totals = _optimizer_step(wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where)
             if where.world_size > 1:
                 dist.all_reduce(totals)
             step += 1
@@ -378,7 +413,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     "train/lr": lr,
                     "train/tokens_per_s": tokens_per_s,
                 })
-            out_of_time = config.max_minutes is not None and time.monotonic() - started > 60 * config.max_minutes
+            minutes = minutes_before + (time.monotonic() - started) / 60
+            out_of_time = config.max_minutes is not None and minutes > config.max_minutes
             if where.world_size > 1:
                 flag = torch.tensor([float(out_of_time)])
                 dist.all_reduce(flag)
@@ -388,7 +424,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
                 if where.is_main:
                     last_checkpoint = save_checkpoint(
-                        config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen
+                        config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen, minutes
                     )
             if out_of_time:
                 break
