@@ -262,6 +262,33 @@ def _run_chat(args: argparse.Namespace) -> int:
         print(f"assistant> {reply}", flush=True)
 
 
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    from generalist.config import add_arguments
+    from generalist.pipeline import PRESETS, RunConfig
+
+    presets = "; ".join(
+        f"{name}: {p.model}, {len(p.weights)} tasks, {p.minutes:g} min" for name, p in PRESETS.items()
+    )
+    parser = subparsers.add_parser(
+        "run",
+        help="the whole pipeline: record missing data, train for a time budget, evaluate every task, write a report",
+        description="Records the preset's datasets if they are missing, trains (the time budget is turned into a "
+        "step count by timing a few steps), evaluates every control task with demonstration prompts, captions "
+        "held-out scenes and real images, measures chat perplexity, and writes <runs-dir>/<name>/report.md with "
+        "plots. Run it again to resume an interrupted run. Presets: " + presets + ".",
+    )
+    add_arguments(parser, RunConfig)
+    parser.set_defaults(run=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from generalist.config import from_arguments
+    from generalist.pipeline import RunConfig, run_pipeline
+
+    run_pipeline(from_arguments(RunConfig, args))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every `generalist` command."""
     parser = argparse.ArgumentParser(prog="generalist", description=__doc__.splitlines()[0])
@@ -274,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(subparsers)
     _add_caption(subparsers)
     _add_chat(subparsers)
+    _add_run(subparsers)
     return parser
 
 

@@ -1,5 +1,6 @@
 """Subprocess smoke runs of the `generalist` commands on tiny settings."""
 
+import json
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ from generalist.tokenizers.text import TextTokenizer
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "generalist.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "generalist.cli", *args], capture_output=True, text=True, timeout=300
     )
 
 
@@ -51,3 +52,46 @@ def test_bad_input_is_one_line_not_a_traceback(args, message, tmp_path):
     )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_baselines_command_writes_its_json(tmp_path):
+    out = tmp_path / "baselines.json"
+    result = run_cli("baselines", "--tasks", "cartpole", "--episodes", "2", "--out", str(out), "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    entry = json.loads(out.read_text())["tasks"]["cartpole"]
+    assert entry["random"]["n"] == 2 and entry["expert"]["mean"] == 500.0
+    assert "cartpole" in result.stdout
+
+
+def test_run_records_trains_evaluates_and_reports(tmp_path):
+    args = ("run", "--preset", "smoke", "--name", "smoke", "--runs-dir", str(tmp_path / "runs"),
+            "--data-dir", str(tmp_path / "data"), "--no-progress")
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    run_dir = tmp_path / "runs" / "smoke"
+    assert "recording 2 expert episodes of cartpole" in result.stdout
+    assert "| cartpole | demo | 2 |" in result.stdout
+    assert "captions (4 held-out scenes)" in result.stdout and "chat: held-out perplexity" in result.stdout
+    assert f"report: {run_dir / 'report.md'}" in result.stdout
+    for name in ("report.md", "results.json", "learning_curves.png", "scores.png", "score_curves.png", "captions.png"):
+        assert (run_dir / name).stat().st_size > 0, name
+    report = (run_dir / "report.md").read_text()
+    assert "--preset smoke" in report and "| cartpole | demo | 2 |" in report
+    assert "step 2, " in report and "| cartpole/normalized |" in report and "skimage.data.astronaut" in report
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["step"] == 2 and len(results["control"][0]["returns"]) == 2
+    assert set(results["curves"]["cartpole/normalized"]) == {"1", "2"}
+
+    # Again: the data is there and the training finished, so only the evaluation and the report run.
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "recording" not in again.stdout and "training finished" in again.stdout
+
+
+def test_run_rejects_an_unknown_preset(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "generalist.cli", "run", "--preset", "huge"], capture_output=True, text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "unknown preset 'huge'; known: cpu, full, smoke" in result.stderr and "Traceback" not in result.stderr

@@ -327,7 +327,7 @@ def collect(config: CollectConfig) -> list[Path]:
         raise ValueError(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")
     directories = []
     for name in config.tasks:
-        done = _episodes_on_disk(Path(config.out) / name)
+        done = episodes_on_disk(Path(config.out) / name)
         with tqdm(
             total=config.episodes, initial=min(done, config.episodes), desc=name, unit="episode",
             disable=not config.progress,
@@ -341,7 +341,8 @@ def collect(config: CollectConfig) -> list[Path]:
     return directories
 
 
-def _episodes_on_disk(directory: Path) -> int:
+def episodes_on_disk(directory: Path) -> int:
+    """Episodes recorded in a dataset directory; 0 if it holds no dataset."""
     try:
         return len(storage.read_index(directory)["episodes"])
     except DatasetError:

@@ -1,0 +1,355 @@
+"""`generalist run`: the whole pipeline in one command: record, train for a time budget, evaluate, report.
+
+Design choices:
+- A preset names a whole experiment: the model, the task mixture, how much data to record, how long to train
+  and how to evaluate. `cpu` (the default) fits about half an hour of this 2-core machine; `full` is the
+  three-hour generalist of docs/RESULTS.md; `smoke` checks the plumbing in seconds. Flags override a preset.
+- A time budget becomes a step count by timing a few real steps first (`train.measure_seconds_per_step`), so
+  the cosine schedule runs its whole course in the time given; `max_minutes` still stops a run that the
+  machine slows down, with a checkpoint.
+- Rerunning the same command continues where it stopped: missing data is recorded, an unfinished training
+  resumes exactly from its latest checkpoint, and the evaluation and report are made again.
+- Learning curves of the scores come from re-evaluating the checkpoints kept along the way (few episodes
+  each), not from evaluations inside the training loop, so they do not eat the training budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from generalist.evaluate import CaptionScores, TaskResult
+
+VECTOR_TASKS = (
+    "cartpole", "acrobot", "mountaincar", "mountaincar_continuous", "pendulum", "lunarlander", "lunarlander_continuous",
+)
+ATARI_TASKS = ("pong", "breakout")
+
+
+@dataclass(frozen=True)
+class RunPreset:
+    """A whole experiment: what to record, what to train for how long, and how to evaluate it."""
+
+    model: str
+    weights: Mapping[str, float]
+    minutes: float  # training time; the step count is measured from it unless `steps` is set
+    steps: int | None = None  # a fixed step count instead
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    batch_size: int = 8
+    sequence_length: int = 1024
+    bf16: bool = True
+    episodes: int = 100  # recorded per vector task
+    atari_episodes: int = 50
+    atari_max_steps: int = 2000  # recorded Atari games are cut here (a Pong expert game lasts ~24,600 steps)
+    eval_episodes: int = 10
+    caption_scenes: int = 100
+    chat_samples: int = 3
+    curve_points: int = 4  # checkpoints kept and re-evaluated for the learning curves (0: none)
+    curve_episodes: int = 3
+    curve_scenes: int = 20
+
+
+def _mixture(control: tuple[str, ...], atari_weight: float = 2.0) -> dict[str, float]:
+    weights = {task: atari_weight if task in ATARI_TASKS else 1.0 for task in control}
+    weights.update({"scenes": 1.0, "digits": 0.1, "sample_images": 0.05, "dialogue": 0.3, "prose": 0.15})
+    return weights
+
+
+PRESETS: dict[str, RunPreset] = {
+    "cpu": RunPreset(model="tiny", weights=_mixture(VECTOR_TASKS), minutes=20.0, warmup_steps=50),
+    "full": RunPreset(
+        model="tiny", weights=_mixture(VECTOR_TASKS + ATARI_TASKS), minutes=180.0, steps=4000, warmup_steps=200,
+        episodes=200, eval_episodes=50, curve_points=8, curve_episodes=5, curve_scenes=50,
+    ),
+    "smoke": RunPreset(
+        model="tiny", weights={"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5}, minutes=1.0, steps=2,
+        warmup_steps=1, batch_size=2, sequence_length=128, bf16=False, episodes=2, eval_episodes=2,
+        caption_scenes=4, chat_samples=1, curve_points=2, curve_episodes=1, curve_scenes=2,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What `generalist run` does; unset fields take the preset's value."""
+
+    name: str = "default"
+    """the run's name: it lives in <runs-dir>/<name>"""
+    preset: str = "cpu"
+    """cpu (about 20 minutes of training on 2 cores), full (the 3-hour generalist), smoke (seconds)"""
+    minutes: float | None = None
+    """training time budget in minutes"""
+    steps: int | None = None
+    """train exactly this many steps instead of measuring how many fit the time budget"""
+    model: str | None = None
+    """model preset: tiny, small, gato-79m, ..."""
+    weights: Mapping[str, float] | None = None
+    """task mixture, name=weight pairs (see `generalist train --help`)"""
+    eval_episodes: int | None = None
+    """evaluation episodes per control task"""
+    runs_dir: Path = Path("runs")
+    """parent directory of runs"""
+    data_dir: Path = Path("data")
+    """parent directory of the recorded datasets; missing ones are recorded"""
+    seed: int = 0
+    """seed of the model, the data stream and the evaluation's demonstrations"""
+    num_workers: int = 1
+    """DataLoader worker processes"""
+    progress: bool = True
+    """progress bars"""
+
+
+def resolve_preset(config: RunConfig) -> RunPreset:
+    """The preset named by `config` with the config's overrides applied."""
+    if config.preset not in PRESETS:
+        raise ValueError(f"unknown preset {config.preset!r}; known: {', '.join(PRESETS)}")
+    overrides = {
+        name: value
+        for name in ("minutes", "steps", "model", "weights", "eval_episodes")
+        if (value := getattr(config, name)) is not None
+    }
+    return replace(PRESETS[config.preset], **overrides)
+
+
+def control_tasks(weights: Mapping[str, float]) -> list[str]:
+    """The environment tasks of a mixture, in registry order."""
+    from generalist.envs import TASKS
+
+    return [task for task in TASKS if weights.get(task, 0) > 0]
+
+
+# ------------------------------------------------------------------------------------------------ stages
+
+
+def record_missing(preset: RunPreset, data_dir: Path, progress: bool = True) -> list[str]:
+    """Record the datasets the mixture needs that `data_dir` lacks or holds too few episodes of; returns them."""
+    from generalist.datasets.recording import CollectConfig, collect, episodes_on_disk
+
+    recorded = []
+    for task in control_tasks(preset.weights):
+        atari = task in ATARI_TASKS
+        wanted = preset.atari_episodes if atari else preset.episodes
+        if episodes_on_disk(data_dir / task) >= wanted:
+            continue
+        print(f"recording {wanted} expert episodes of {task} into {data_dir / task}", flush=True)
+        collect(CollectConfig(
+            tasks=(task,), episodes=wanted, out=data_dir, progress=progress,
+            max_episode_steps=preset.atari_max_steps if atari else None,
+        ))
+        recorded.append(task)
+    return recorded
+
+
+def train_config(preset: RunPreset, config: RunConfig, steps: int) -> Any:
+    """The `TrainConfig` of a run of `steps` steps."""
+    from generalist.train import TrainConfig
+
+    curve_points = max(preset.curve_points, 1)
+    return TrainConfig(
+        run_dir=config.runs_dir / config.name, data_dir=config.data_dir, model=preset.model,
+        weights=dict(preset.weights), steps=steps, max_minutes=preset.minutes * 1.25 if preset.steps is None else
+        preset.minutes, batch_size=preset.batch_size, sequence_length=preset.sequence_length,
+        learning_rate=preset.learning_rate, warmup_steps=min(preset.warmup_steps, max(steps // 10, 1)),
+        bf16=preset.bf16, seed=config.seed, checkpoint_every=max(steps // curve_points, 1),
+        keep_checkpoints=curve_points + 1, log_every=max(min(10, steps // 50), 1), num_workers=config.num_workers,
+        progress=config.progress,
+    )
+
+
+def train_stage(preset: RunPreset, config: RunConfig) -> Path:
+    """Train the run, or resume it if it stopped early, or do nothing if it finished; its final checkpoint."""
+    from generalist.train import latest_checkpoint, measure_seconds_per_step, read_trainer_state, train
+
+    run_dir = config.runs_dir / config.name
+    try:
+        checkpoint = latest_checkpoint(run_dir)
+    except FileNotFoundError:
+        checkpoint = None
+    if checkpoint is not None:
+        state = read_trainer_state(checkpoint)
+        saved = state["train_config"]
+        out_of_time = saved.max_minutes is not None and state["minutes"] >= saved.max_minutes
+        if state["step"] >= saved.steps or out_of_time:
+            print(f"training finished: {checkpoint}", flush=True)
+            return checkpoint
+        print(f"resuming {run_dir} at step {state['step']} of {saved.steps}", flush=True)
+        return train(replace(saved, progress=config.progress, num_workers=config.num_workers), resume=True)
+    steps = preset.steps
+    if steps is None:
+        probe = train_config(preset, config, steps=1000)
+        seconds = measure_seconds_per_step(probe)
+        steps = max(int(preset.minutes * 60 / seconds), 1)
+        print(f"one step takes {seconds:.2f} s here: {steps} steps fit {preset.minutes:g} minutes", flush=True)
+    return train(train_config(preset, config, steps))
+
+
+@dataclass
+class CaptionReport:
+    """Caption scores on held-out scenes and examples of captions, scenes and real images."""
+
+    scores: CaptionScores
+    scene_examples: list[tuple[str, str]]  # (truth, prediction)
+    sample_images: list[tuple[str, str, str]]  # (source, description, prediction)
+
+
+@dataclass
+class ChatReport:
+    """Held-out chat perplexity and sample replies."""
+
+    perplexity: float
+    samples: list[tuple[str, str, str]]  # (user turn, reference reply, model reply)
+
+
+@dataclass
+class RunResults:
+    """Everything a run measured at its final checkpoint, and the learning curves."""
+
+    checkpoint: str
+    step: int
+    tokens: int
+    train_minutes: float
+    control: list[TaskResult]
+    captions: CaptionReport | None
+    chat: ChatReport | None
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> step -> value
+    stage_minutes: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The results as JSON."""
+        data = asdict(self)
+        for row, result in zip(data["control"], self.control, strict=True):
+            row["mean_return"], row["std_return"] = result.mean_return, result.std_return
+        return json.dumps(data, indent=2, default=float)
+
+
+def evaluate_captions_stage(model: Any, tokenizer: Any, scenes: int, seed: int) -> CaptionReport:
+    """Caption held-out scenes (scores and a few examples) and the real sample images."""
+    from generalist.datasets.captions import skimage_samples
+    from generalist.datasets.scenes import generate_scene
+    from generalist.evaluate import caption_images, evaluate_captions
+
+    scores, predictions = evaluate_captions(model, tokenizer, scenes, seed)
+    truths = [generate_scene(seed + i, "heldout").caption for i in range(min(scenes, 8))]
+    samples = skimage_samples()[:8]
+    captions = caption_images(model, tokenizer, [sample.image for sample in samples])
+    return CaptionReport(
+        scores,
+        list(zip(truths, predictions[: len(truths)], strict=True)),
+        [(s.source, s.caption, c) for s, c in zip(samples, captions, strict=True)],
+    )
+
+
+def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int) -> ChatReport:
+    """Perplexity over the held-out conversations and the model's reply to the first turn of a few of them."""
+    from generalist.datasets.text import chatterbot_conversations, split_conversations
+    from generalist.evaluate import chat_perplexity, chat_reply
+
+    _, heldout = split_conversations(chatterbot_conversations())
+    perplexity = chat_perplexity(model, tokenizer, heldout)
+    replies = [
+        (c[0], c[1] if len(c) > 1 else "", chat_reply(model, tokenizer, [c[0]])) for c in heldout[:samples]
+    ]
+    return ChatReport(perplexity, replies)
+
+
+def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str, dict[int, float]]:
+    """Scores of every kept checkpoint: each control task's normalized score and the caption attribute accuracy."""
+    from generalist.evaluate import evaluate, evaluate_captions, load_model
+
+    folder = config.runs_dir / config.name / "checkpoints"
+    curves: dict[str, dict[int, float]] = {}
+    tasks = control_tasks(preset.weights)
+    checkpoints = sorted(folder.glob("step-*"))
+    if len(checkpoints) > preset.curve_points + 1:  # a run that kept more: evenly spaced ones, the last included
+        keep = np.unique(np.linspace(0, len(checkpoints) - 1, preset.curve_points + 1).round().astype(int))
+        checkpoints = [checkpoints[i] for i in keep]
+    for checkpoint in checkpoints:
+        step = int(checkpoint.name.removeprefix("step-"))
+        model, tokenizer = load_model(checkpoint)
+        for result in evaluate(model, tasks, preset.curve_episodes, seed, data_dir=config.data_dir):
+            curves.setdefault(f"{result.task}/normalized", {})[step] = result.normalized
+        if preset.weights.get("scenes", 0) > 0:
+            scores, _ = evaluate_captions(model, tokenizer, preset.curve_scenes, seed)
+            curves.setdefault("captions/attribute_accuracy", {})[step] = scores.attribute_accuracy
+    return curves
+
+
+def run_pipeline(config: RunConfig) -> RunResults:
+    """Record what is missing, train (or resume), evaluate every task, write `report.md`; the results."""
+    from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model
+    from generalist.report import write_report
+    from generalist.train import read_trainer_state
+
+    preset = resolve_preset(config)
+    run_dir = config.runs_dir / config.name
+    timings: dict[str, float] = {}
+    clock = time.monotonic()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        timings[stage] = (time.monotonic() - clock) / 60
+        clock = time.monotonic()
+
+    record_missing(preset, config.data_dir, config.progress)
+    lap("record")
+    checkpoint = train_stage(preset, config)
+    lap("train")
+    state = read_trainer_state(checkpoint)
+    model, tokenizer = load_model(checkpoint)
+    seed = DEFAULT_SEED + config.seed
+    tasks = control_tasks(preset.weights)
+    print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
+    control = evaluate(model, tasks, preset.eval_episodes, seed, data_dir=config.data_dir)
+    captions = chat = None
+    if preset.weights.get("scenes", 0) > 0 or preset.weights.get("sample_images", 0) > 0:
+        captions = evaluate_captions_stage(model, tokenizer, preset.caption_scenes, seed)
+    if preset.weights.get("dialogue", 0) > 0:
+        chat = evaluate_chat_stage(model, tokenizer, preset.chat_samples)
+    lap("evaluate")
+    curves = learning_curves(preset, config, seed) if preset.curve_points else {}
+    lap("curves")
+    results = RunResults(
+        checkpoint=str(checkpoint), step=state["step"], tokens=state["tokens"], train_minutes=state["minutes"],
+        control=control, captions=captions, chat=chat, curves=curves, stage_minutes=timings,
+    )
+    (run_dir / "results.json").write_text(results.to_json() + "\n")
+    report = write_report(run_dir, results, preset, config, machine_description())
+    print(format_table(control))
+    if captions is not None:
+        s = captions.scores
+        print(f"captions ({s.n} held-out scenes): exact {s.exact:.1%}, attributes {s.attribute_accuracy:.1%}, "
+              f"BLEU-4 {s.bleu4:.1f}")
+    if chat is not None:
+        print(f"chat: held-out perplexity {chat.perplexity:.2f}")
+    print(f"report: {report}")
+    return results
+
+
+def machine_description() -> str:
+    """One line: CPU or GPU, cores, torch and Python versions."""
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name()
+    else:
+        cpuinfo = Path("/proc/cpuinfo")
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")] if cpuinfo.is_file() else []
+        device = names[0] if names else platform.processor() or "CPU"
+    return (f"{device}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, "
+            f"{platform.system()} {platform.release()}")
+
+
+def finite_mean(values: list[float]) -> float:
+    """The mean of the finite values, NaN if there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan

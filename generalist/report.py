@@ -1,0 +1,259 @@
+"""A run's report: `report.md` with its tables, and the plots beside it (matplotlib, PNG).
+
+Plots: `learning_curves.png` (training losses over steps, from metrics.csv), `scores.png` (each control task's
+expert-normalized score), `score_curves.png` (each task's score at the kept checkpoints) and `captions.png`
+(the real sample images with the model's captions).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from generalist.evaluate import TaskResult, format_table
+
+if TYPE_CHECKING:
+    from generalist.pipeline import RunConfig, RunPreset, RunResults
+
+
+def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """metrics.csv as metric -> (steps, values); a resumed run's repeated steps keep their last value."""
+    series: dict[str, dict[int, float]] = {}
+    with path.open(newline="") as file:
+        for row in csv.DictReader(file):
+            series.setdefault(row["metric"], {})[int(row["step"])] = float(row["value"])
+    return {
+        name: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
+        for name, points in series.items()
+    }
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a training machine
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _smooth(values: np.ndarray, width: int) -> np.ndarray:
+    """A trailing moving average (the first points average what there is)."""
+    if width <= 1 or len(values) < 2:
+        return values
+    sums = np.cumsum(np.insert(values, 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), width)
+    return (sums[1:] - sums[np.arange(1, len(values) + 1) - counts]) / counts
+
+
+def plot_losses(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path | None:
+    """Training loss, text loss and action loss over steps (smoothed), if the run logged any."""
+    names = [name for name in ("train/loss", "train/loss_text", "train/loss_action") if name in metrics]
+    if not names:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for name in names:
+        steps, values = metrics[name]
+        width = max(len(values) // 25, 1)
+        axis.plot(steps, _smooth(values, width), label=name.removeprefix("train/"))
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("cross-entropy (nats per target token)")
+    axis.set_yscale("log")
+    axis.set_title("training losses (moving average)")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_scores(results: Sequence[TaskResult], path: Path) -> Path | None:
+    """A bar per control task: its expert-normalized score, with the expert's 100% marked."""
+    rows = [r for r in results if r.returns and math.isfinite(r.normalized)]
+    if not rows:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
+    positions = np.arange(len(rows))
+    axis.barh(positions, [100 * r.normalized for r in rows], color="tab:blue")
+    axis.set_yticks(positions, [r.task for r in rows])
+    axis.invert_yaxis()
+    axis.axvline(100, color="black", linestyle="--", linewidth=1, label="expert")
+    axis.axvline(0, color="grey", linewidth=1)
+    axis.set_xlabel("expert-normalized score (%): 0 random, 100 expert")
+    axis.legend(loc="lower right")
+    axis.grid(axis="x", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_score_curves(curves: Mapping[str, Mapping[int, float]], path: Path) -> Path | None:
+    """Each task's score at the kept checkpoints, in percent, against the step."""
+    if not curves:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name, points in sorted(curves.items()):
+        steps = sorted(points)
+        axis.plot(steps, [100 * points[s] for s in steps], marker="o", label=name.split("/")[0])
+    axis.axhline(100, color="black", linestyle="--", linewidth=1)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("expert-normalized score / caption attribute accuracy (%)")
+    axis.set_title("scores over training")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small", ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+def plot_captions(images: Sequence[np.ndarray], titles: Sequence[str], path: Path) -> Path | None:
+    """The images in a row of panels, each titled with its caption."""
+    if not images:
+        return None
+    plt = _pyplot()
+    columns = min(len(images), 4)
+    rows = -(-len(images) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.4 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, title in zip(axes.flat, images, titles, strict=False):
+        axis.imshow(image)
+        axis.set_title("\n".join(textwrap.wrap(title, 28)[:4]), fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def _command(config: RunConfig) -> str:
+    """The `generalist run` command line that gives this config."""
+    from dataclasses import fields
+
+    from generalist.pipeline import RunConfig
+
+    defaults = RunConfig()
+    parts = ["generalist run"]
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if value == getattr(defaults, f.name) or f.name == "progress":
+            continue
+        if isinstance(value, Mapping):
+            value = ",".join(f"{k}={v:g}" for k, v in value.items())
+        parts.append(f"--{f.name.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+def _escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def write_report(
+    run_dir: Path, results: RunResults, preset: RunPreset, config: RunConfig, machine: str
+) -> Path:
+    """Write `run_dir/report.md` and its plots; returns the report's path."""
+    from generalist.pipeline import finite_mean
+
+    lines = [
+        f"# Run `{config.name}`",
+        "",
+        f"- Command: `{_command(config)}` (preset `{config.preset}`)",
+        f"- Machine: {machine}",
+        f"- Written: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Checkpoint: `{results.checkpoint}`: step {results.step:,}, {results.tokens:,} tokens, "
+        f"{results.train_minutes:.1f} minutes of training",
+        f"- Model `{preset.model}`; mixture {', '.join(f'{k}={v:g}' for k, v in preset.weights.items())}",
+        "- Time per stage (minutes): " + ", ".join(f"{k} {v:.1f}" for k, v in results.stage_minutes.items()),
+        "",
+        "## Training",
+        "",
+    ]
+    metrics_path = run_dir / "metrics.csv"
+    metrics = read_metrics(metrics_path) if metrics_path.is_file() else {}
+    if plot_losses(metrics, run_dir / "learning_curves.png"):
+        lines += ["![training losses](learning_curves.png)", ""]
+        final = {name: values[-1] for name, (_, values) in metrics.items() if name.startswith("train/loss")}
+        lines += ["Last logged: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items())), ""]
+
+    lines += ["## Control tasks", ""]
+    if results.control:
+        mean = finite_mean([r.normalized for r in results.control])
+        lines += [
+            f"{preset.eval_episodes} episodes per task, each opened by a recorded expert demonstration; greedy "
+            f"actions. Mean expert-normalized score: {mean:.1%}.",
+            "",
+            format_table(results.control),
+            "",
+        ]
+        if plot_scores(results.control, run_dir / "scores.png"):
+            lines += ["![expert-normalized scores](scores.png)", ""]
+    else:
+        lines += ["No control tasks in this run's mixture.", ""]
+
+    if results.curves:
+        lines += ["## Scores over training", ""]
+        plot_score_curves(results.curves, run_dir / "score_curves.png")
+        steps = sorted({s for points in results.curves.values() for s in points})
+        lines += [
+            f"Every kept checkpoint re-evaluated ({preset.curve_episodes} episodes per task, "
+            f"{preset.curve_scenes} held-out scenes).",
+            "",
+            "![scores over training](score_curves.png)",
+            "",
+            "| score | " + " | ".join(f"step {s:,}" for s in steps) + " |",
+            "| --- |" + " --- |" * len(steps),
+        ]
+        for name, points in sorted(results.curves.items()):
+            cells = [f"{points[s]:.1%}" if s in points and math.isfinite(points[s]) else "" for s in steps]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+
+    if results.captions is not None:
+        s = results.captions.scores
+        lines += [
+            "## Captions",
+            "",
+            f"{s.n} scenes whose colour-shape pairs never appear in training: exact captions {s.exact:.1%}, "
+            f"per-attribute accuracy {s.attribute_accuracy:.1%}, BLEU-4 {s.bleu4:.1f} (sacrebleu).",
+            "",
+            "| truth | caption |",
+            "| --- | --- |",
+        ]
+        lines += [f"| {_escape(t)} | {_escape(p)} |" for t, p in results.captions.scene_examples]
+        lines += ["", "Real images (scikit-image samples, 64x64):", "", "| image | description | caption |",
+                  "| --- | --- | --- |"]
+        lines += [f"| `{src}` | {_escape(d)} | {_escape(p)} |" for src, d, p in results.captions.sample_images]
+        from generalist.datasets.captions import skimage_samples
+
+        samples = skimage_samples()[: len(results.captions.sample_images)]
+        titles = [p for _, _, p in results.captions.sample_images]
+        if plot_captions([s.image for s in samples], titles, run_dir / "captions.png"):
+            lines += ["", "![captions of the sample images](captions.png)"]
+        lines.append("")
+
+    if results.chat is not None:
+        lines += [
+            "## Chat",
+            "",
+            f"Held-out perplexity per text token: {results.chat.perplexity:.2f}.",
+            "",
+            "| user | reference | model |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {_escape(u)} | {_escape(r)} | {_escape(m)} |" for u, r, m in results.chat.samples]
+        lines.append("")
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

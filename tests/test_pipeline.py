@@ -1,0 +1,87 @@
+"""The `generalist run` pipeline's pieces: presets, resuming, the report's plots and tables."""
+
+import math
+
+import numpy as np
+import pytest
+
+from generalist import train as train_module
+from generalist.evaluate import TaskResult
+from generalist.pipeline import (
+    PRESETS,
+    RunConfig,
+    control_tasks,
+    record_missing,
+    resolve_preset,
+    train_stage,
+)
+from generalist.report import _smooth, plot_scores, read_metrics
+from generalist.train import read_trainer_state
+
+
+def test_flags_override_the_preset_and_unknown_presets_are_errors():
+    preset = resolve_preset(RunConfig(preset="cpu", minutes=5, weights={"pendulum": 1.0, "scenes": 1.0}))
+    assert preset.minutes == 5 and preset.model == PRESETS["cpu"].model
+    assert control_tasks(preset.weights) == ["pendulum"]
+    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, full, smoke"):
+        resolve_preset(RunConfig(preset="x"))
+
+
+def test_the_full_preset_trains_every_task():
+    weights = PRESETS["full"].weights
+    assert len(control_tasks(weights)) == 9
+    assert {"scenes", "dialogue"} <= set(weights)
+
+
+def test_an_interrupted_run_resumes_to_its_last_step(tmp_path, monkeypatch, capsys):
+    config = RunConfig(preset="smoke", name="r", runs_dir=tmp_path, data_dir=tmp_path / "data", steps=3,
+                       progress=False, num_workers=0)
+    preset = resolve_preset(config)
+    assert record_missing(preset, config.data_dir, progress=False) == ["cartpole"]
+    assert record_missing(preset, config.data_dir, progress=False) == []
+
+    calls = []
+    original = train_module.save_checkpoint
+
+    def crash_after_first_checkpoint(*args, **kwargs):
+        calls.append(args[6])  # the step
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the machine went away after step 1's checkpoint
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_first_checkpoint)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(preset, config)
+    monkeypatch.setattr(train_module, "save_checkpoint", original)
+    assert read_trainer_state(tmp_path / "r" / "checkpoints" / "step-0000001")["step"] == 1
+
+    final = train_stage(preset, config)
+    assert "resuming" in capsys.readouterr().out
+    assert final.name == "step-0000003" and read_trainer_state(final)["step"] == 3
+    assert "training finished" not in capsys.readouterr().out
+    assert train_stage(preset, config) == final
+    assert "training finished" in capsys.readouterr().out
+
+
+def test_metrics_keep_the_last_value_of_a_repeated_step(tmp_path):
+    path = tmp_path / "metrics.csv"
+    path.write_text("step,metric,value\n1,train/loss,3\n2,train/loss,2\n2,train/loss,1.5\n1,eval/x,0.5\n")
+    metrics = read_metrics(path)
+    steps, values = metrics["train/loss"]
+    assert steps.tolist() == [1, 2] and values.tolist() == [3.0, 1.5]
+    assert metrics["eval/x"][1].tolist() == [0.5]
+
+
+def test_smoothing_is_a_trailing_mean():
+    values = np.array([1.0, 3.0, 5.0, 7.0])
+    assert np.allclose(_smooth(values, 2), [1.0, 2.0, 4.0, 6.0])
+    assert np.allclose(_smooth(values, 1), values)
+
+
+def test_score_plot_skips_tasks_without_scores(tmp_path):
+    failed = TaskResult("pong", error="RuntimeError: boom")
+    assert plot_scores([failed], tmp_path / "none.png") is None
+    played = TaskResult("cartpole", returns=[100.0], lengths=[100], normalized=0.16)
+    assert not math.isnan(played.normalized)
+    path = plot_scores([failed, played], tmp_path / "scores.png")
+    assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
