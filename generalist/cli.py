@@ -174,13 +174,15 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         description="Prompt-conditioned rollouts (a recorded expert demonstration opens each episode's context) "
         "over a vector of environments; raw, expert-normalized and (Atari) human-normalized scores.",
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
     parser.add_argument("--tasks", default="all", help="comma-separated task names, or all")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task")
     parser.add_argument("--seed", type=int, default=None, help="first evaluation seed (default: 5,000,000)")
     parser.add_argument("--prompt", choices=["demonstration", "none"], default="demonstration",
                         help="open each episode with a recorded demonstration, or with nothing")
-    parser.add_argument("--data-dir", default="data", help="where the recorded demonstrations are")
+    parser.add_argument("--data-dir", default=None,
+                        help="where the recorded demonstrations are (default: the checkpoint's own, else data)")
     parser.add_argument("--num-envs", type=int, default=8, help="environments stepped together per task")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 acts greedily; above 0 samples")
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
@@ -193,11 +195,19 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
     from generalist.envs import task_list
     from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model, record_video, results_json
+    from generalist.pretrained import default_checkpoint, demonstrations_dir
 
     tasks = task_list(args.tasks)
-    model, _ = load_model(args.checkpoint)
+    checkpoint = args.checkpoint or default_checkpoint()
+    model, _ = load_model(checkpoint)
     seed = DEFAULT_SEED if args.seed is None else args.seed
-    results = evaluate(model, tasks, args.episodes, seed, args.prompt, args.data_dir, args.num_envs, args.temperature)
+    data_dirs = {task: demonstrations_dir(checkpoint, args.data_dir, task) for task in tasks}
+    results = [
+        result
+        for task in tasks
+        for result in evaluate(model, [task], args.episodes, seed, args.prompt, data_dirs[task], args.num_envs,
+                               args.temperature)
+    ]
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(results_json(results) + "\n")
@@ -205,14 +215,15 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         Path(args.video).mkdir(parents=True, exist_ok=True)
         for task in tasks:
             path = Path(args.video) / f"{task}.gif"
-            episode_return = record_video(model, task, path, seed, args.prompt, args.data_dir)
+            episode_return = record_video(model, task, path, seed, args.prompt, data_dirs[task])
             print(f"wrote {path} (return {episode_return:g})")
     return 0
 
 
 def _add_caption(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
     parser.add_argument("--size", type=int, default=64, help="images are centre-cropped and resized to this")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.set_defaults(run=_run_caption)
@@ -221,9 +232,10 @@ def _add_caption(subparsers: argparse._SubParsersAction) -> None:
 def _run_caption(args: argparse.Namespace) -> int:
     from generalist.datasets.captions import read_image
     from generalist.evaluate import caption_images, load_model
+    from generalist.pretrained import default_checkpoint
 
     images = [read_image(path, args.size) for path in args.images]  # every file checked before the model loads
-    model, tokenizer = load_model(args.checkpoint)
+    model, tokenizer = load_model(args.checkpoint or default_checkpoint())
     for path, caption in zip(args.images, caption_images(model, tokenizer, images), strict=True):
         print(f"{path}: {caption}")
     return 0
@@ -235,7 +247,8 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
         description="Each line you type is a user turn; the model answers with the whole conversation as context. "
         "End with Ctrl-D (or the end of piped input).",
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
     parser.set_defaults(run=_run_chat)
@@ -245,8 +258,9 @@ def _run_chat(args: argparse.Namespace) -> int:
     import sys
 
     from generalist.evaluate import chat_reply, load_model
+    from generalist.pretrained import default_checkpoint
 
-    model, tokenizer = load_model(args.checkpoint)
+    model, tokenizer = load_model(args.checkpoint or default_checkpoint())
     interactive = sys.stdin.isatty()
     history: list[str] = []
     while True:
@@ -260,6 +274,38 @@ def _run_chat(args: argparse.Namespace) -> int:
         reply = chat_reply(model, tokenizer, history, args.max_new_tokens, args.temperature)
         history.append(reply)
         print(f"assistant> {reply}", flush=True)
+
+
+def _add_export(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write a checkpoint for shipping: bf16 weights plus demonstrations of its tasks",
+        description="Writes the model (bf16 by default), its config and text model, and the ends of a few recorded "
+        "expert episodes of each control task as demonstrations/<task>/, so that `generalist evaluate` can "
+        "prompt the model without recorded data.",
+    )
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint directory, or a run directory")
+    parser.add_argument("--out", required=True, help="a new directory")
+    parser.add_argument("--data-dir", default="data", help="where the recorded episodes are")
+    parser.add_argument("--tasks", default=None, help="control tasks to keep demonstrations of (default: trained)")
+    parser.add_argument("--episodes", type=int, default=4, help="demonstration episodes per task")
+    parser.add_argument("--steps", type=int, default=64, help="last timesteps kept of each")
+    parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="weight precision")
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from generalist.envs import task_list
+    from generalist.pretrained import export_checkpoint
+
+    tasks = task_list(args.tasks) if args.tasks else None
+    out = export_checkpoint(args.checkpoint, args.out, args.data_dir, tasks, args.episodes, args.steps,
+                            getattr(torch, args.dtype))
+    size = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    print(f"wrote {out} ({size / 2**20:.1f} MiB)")
+    return 0
 
 
 def _add_run(subparsers: argparse._SubParsersAction) -> None:
@@ -302,6 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_caption(subparsers)
     _add_chat(subparsers)
     _add_run(subparsers)
+    _add_export(subparsers)
     return parser
 
 

@@ -437,8 +437,14 @@ class Generalist(nn.Module):
 
     # ------------------------------------------------------------------------------------ checkpoints
 
-    def save_pretrained(self, directory: str | Path, text_tokenizer: TextTokenizer) -> Path:
-        """Write model.safetensors, config.json and the SentencePiece model (text.model) to `directory`."""
+    def save_pretrained(
+        self, directory: str | Path, text_tokenizer: TextTokenizer, dtype: torch.dtype | None = None
+    ) -> Path:
+        """Write model.safetensors, config.json and the SentencePiece model (text.model) to `directory`.
+
+        With `dtype` (bf16 to ship a checkpoint at half the size) the weights are stored in it; `from_pretrained`
+        casts them back to the model's float32.
+        """
         if text_tokenizer.vocab_size != self.config.text_vocab_size:
             raise ValueError(
                 f"the text tokenizer has {text_tokenizer.vocab_size} ids; the model was built for "
@@ -446,7 +452,11 @@ class Generalist(nn.Module):
             )
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
+        tensors = {
+            name: tensor.detach().to("cpu", dtype if dtype is not None and tensor.is_floating_point() else None)
+            .contiguous()
+            for name, tensor in self.state_dict().items()
+        }
         # Each file is written beside its final name and renamed: a crash never leaves a half-written file there.
         _write_atomically(directory / WEIGHTS_FILE,
                           lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))

@@ -1,0 +1,110 @@
+"""The checkpoint shipped inside the package, and `export`, which turns a run's checkpoint into one.
+
+An exported checkpoint is what `save_pretrained` writes (weights in bf16 to halve its size; they are cast back to
+float32 when loaded) plus `demonstrations/<task>/`: the ends of a few recorded expert episodes of every control
+task the model was trained on, in the recorded-dataset format. Evaluation prompts each episode with a
+demonstration (Gato section 4.1), so with these inside the checkpoint `generalist evaluate` works on a fresh
+clone that has recorded no data.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+PRETRAINED_DIR = Path(__file__).with_name("pretrained")
+DEMONSTRATIONS = "demonstrations"
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint shipped with the package; an error saying how to get one if it is not there."""
+    if not (PRETRAINED_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"no checkpoint shipped at {PRETRAINED_DIR}: pass --checkpoint (a run directory or a checkpoint)"
+        )
+    return PRETRAINED_DIR
+
+
+def demonstrations_dir(checkpoint: str | Path, data_dir: str | Path | None, task: str) -> Path:
+    """Where `task`'s demonstrations are: `data_dir` if given, else the checkpoint's own, else `data`."""
+    if data_dir is not None:
+        return Path(data_dir)
+    shipped = _checkpoint_dir(checkpoint) / DEMONSTRATIONS
+    return shipped if (shipped / task).is_dir() else Path("data")
+
+
+def _checkpoint_dir(checkpoint: str | Path) -> Path:
+    path = Path(checkpoint)
+    if (path / "checkpoints" / "latest").is_file():
+        from generalist.train import latest_checkpoint
+
+        return latest_checkpoint(path)
+    return path
+
+
+def trained_control_tasks(checkpoint: str | Path) -> list[str]:
+    """The control tasks of the mixture a training checkpoint was trained on (from its trainer.json)."""
+    from generalist.envs import TASKS
+
+    state = _checkpoint_dir(checkpoint) / "trainer.json"
+    if not state.is_file():
+        raise FileNotFoundError(f"{state}: not a training checkpoint; name the tasks to export")
+    weights = json.loads(state.read_text())["train_config"]["weights"]
+    return [task for task in TASKS if weights.get(task, 0) > 0]
+
+
+def export_demonstrations(source: Path, target: Path, episodes: int, steps: int) -> Path:
+    """Copy the last `steps` timesteps of the last `episodes` episodes of a recorded dataset to `target`."""
+    from generalist.datasets.recording import SETTINGS, open_writer
+    from generalist.datasets.storage import EpisodeDataset
+    from generalist.envs.rollout import Episode
+
+    dataset = EpisodeDataset(source)
+    if target.exists():
+        raise ValueError(f"{target} exists: export into a new directory")
+    index = dataset.index
+    chosen = range(max(len(dataset) - episodes, 0), len(dataset))
+    writer = open_writer(target, {key: index[key] for key in SETTINGS}, len(chosen), index["min_return"],
+                         index["baseline"])
+    for number in chosen:
+        info = dataset.episodes[number]
+        start = max(info.length - steps, 0)
+        window = dataset.window(number, start)
+        writer.add(Episode(
+            seed=info.seed, episode_return=float(window["rewards"].sum()), length=info.length - start,
+            terminated=info.terminated, observations=dict(window["observations"]),
+            actions=window["actions"], rewards=window["rewards"],
+        ))
+    writer.index["complete"] = True
+    writer.flush()
+    return target
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out: str | Path,
+    data_dir: str | Path = "data",
+    tasks: Sequence[str] | None = None,
+    episodes: int = 4,
+    steps: int = 64,
+    dtype: torch.dtype = torch.bfloat16,
+) -> Path:
+    """Write `checkpoint`'s model in `dtype` and demonstrations of `tasks` (default: those it trained on) to `out`."""
+    from generalist.evaluate import load_model
+
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty: export into a new directory")
+    model, tokenizer = load_model(checkpoint)
+    tasks = list(tasks) if tasks is not None else trained_control_tasks(checkpoint)
+    sources = [Path(data_dir) / task for task in tasks]
+    for source in sources:  # every source checked before anything is written
+        if not (source / "index.json").is_file():
+            raise FileNotFoundError(f"no recorded episodes at {source}: record them or pass --data-dir")
+    model.save_pretrained(out, tokenizer, dtype=dtype)
+    for task, source in zip(tasks, sources, strict=True):
+        export_demonstrations(source, out / DEMONSTRATIONS / task, episodes, steps)
+    return out
