@@ -318,8 +318,8 @@ def _add_run(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "run",
         help="the whole pipeline: record missing data, train for a time budget, evaluate every task, write a report",
-        description="Records the preset's datasets if they are missing, trains (the time budget is turned into a "
-        "step count by timing a few steps), evaluates every control task with demonstration prompts, captions "
+        description="Records the preset's datasets if they are missing, trains (the learning-rate schedule spans "
+        "the time budget), evaluates every control task with demonstration prompts, captions "
         "held-out scenes and real images, measures chat perplexity, and writes <runs-dir>/<name>/report.md with "
         "plots. Run it again to resume an interrupted run. Presets: " + presets + ".",
     )

@@ -4,9 +4,9 @@ Design choices:
 - A preset names a whole experiment: the model, the task mixture, how much data to record, how long to train
   and how to evaluate. `cpu` (the default) fits about half an hour of this 2-core machine; `full` is the
   three-hour generalist of docs/RESULTS.md; `smoke` checks the plumbing in seconds. Flags override a preset.
-- A time budget becomes a step count by timing a few real steps first (`train.measure_seconds_per_step`), so
-  the cosine schedule runs its whole course in the time given; `max_minutes` still stops a run that the
-  machine slows down, with a checkpoint.
+- A time budget is a schedule over time (`TrainConfig.schedule="time"`): the cosine spans the minutes given
+  and the run stops there, however fast the machine turns out to be (a step count measured up front is wrong
+  as soon as another process starts or stops sharing the cores). Checkpoints fall at even fractions of it.
 - Rerunning the same command continues where it stopped: missing data is recorded, an unfinished training
   resumes exactly from its latest checkpoint, and the evaluation and report are made again.
 - Learning curves of the scores come from re-evaluating the checkpoints kept along the way (few episodes
@@ -42,8 +42,8 @@ class RunPreset:
 
     model: str
     weights: Mapping[str, float]
-    minutes: float  # training time; the step count is measured from it unless `steps` is set
-    steps: int | None = None  # a fixed step count instead
+    minutes: float  # training time: the schedule spans it unless `steps` is set, which it then only bounds
+    steps: int | None = None  # a fixed step count instead (reproducible to the bit)
     learning_rate: float = 2e-3
     warmup_steps: int = 100
     batch_size: int = 8
@@ -151,25 +151,28 @@ def record_missing(preset: RunPreset, data_dir: Path, progress: bool = True) -> 
     return recorded
 
 
-def train_config(preset: RunPreset, config: RunConfig, steps: int) -> Any:
-    """The `TrainConfig` of a run of `steps` steps."""
+def train_config(preset: RunPreset, config: RunConfig) -> Any:
+    """The `TrainConfig` of a preset: a fixed step count, or a time budget the schedule spans."""
     from generalist.train import TrainConfig
 
     curve_points = max(preset.curve_points, 1)
+    by_time = preset.steps is None
+    steps = 10**9 if by_time else preset.steps  # under a time budget steps only bound the run
     return TrainConfig(
         run_dir=config.runs_dir / config.name, data_dir=config.data_dir, model=preset.model,
-        weights=dict(preset.weights), steps=steps, max_minutes=preset.minutes * 1.25 if preset.steps is None else
-        preset.minutes, batch_size=preset.batch_size, sequence_length=preset.sequence_length,
-        learning_rate=preset.learning_rate, warmup_steps=min(preset.warmup_steps, max(steps // 10, 1)),
-        bf16=preset.bf16, seed=config.seed, checkpoint_every=max(steps // curve_points, 1),
-        keep_checkpoints=curve_points + 1, log_every=max(min(10, steps // 50), 1), num_workers=config.num_workers,
-        progress=config.progress,
+        weights=dict(preset.weights), steps=steps, schedule="time" if by_time else "steps",
+        max_minutes=preset.minutes, batch_size=preset.batch_size, sequence_length=preset.sequence_length,
+        learning_rate=preset.learning_rate, warmup_steps=preset.warmup_steps, bf16=preset.bf16, seed=config.seed,
+        checkpoint_every=steps if by_time else max(steps // curve_points, 1),
+        checkpoint_minutes=preset.minutes / curve_points if by_time else None,
+        keep_checkpoints=curve_points + 1, log_every=10 if by_time else max(min(10, steps // 50), 1),
+        num_workers=config.num_workers, progress=config.progress,
     )
 
 
 def train_stage(preset: RunPreset, config: RunConfig) -> Path:
     """Train the run, or resume it if it stopped early, or do nothing if it finished; its final checkpoint."""
-    from generalist.train import latest_checkpoint, measure_seconds_per_step, read_trainer_state, train
+    from generalist.train import latest_checkpoint, read_trainer_state, train
 
     run_dir = config.runs_dir / config.name
     try:
@@ -185,13 +188,7 @@ def train_stage(preset: RunPreset, config: RunConfig) -> Path:
             return checkpoint
         print(f"resuming {run_dir} at step {state['step']} of {saved.steps}", flush=True)
         return train(replace(saved, progress=config.progress, num_workers=config.num_workers), resume=True)
-    steps = preset.steps
-    if steps is None:
-        probe = train_config(preset, config, steps=1000)
-        seconds = measure_seconds_per_step(probe)
-        steps = max(int(preset.minutes * 60 / seconds), 1)
-        print(f"one step takes {seconds:.2f} s here: {steps} steps fit {preset.minutes:g} minutes", flush=True)
-    return train(train_config(preset, config, steps))
+    return train(train_config(preset, config))
 
 
 @dataclass

@@ -66,7 +66,10 @@ class TrainConfig:
     """task mixture: name=weight pairs, control tasks by their registry names plus scenes, digits,
     sample_images, dialogue, prose"""
     steps: int = 1000
-    """optimizer steps; the learning-rate schedule spans them"""
+    """optimizer steps; the learning-rate schedule spans them (with schedule=steps)"""
+    schedule: str = "steps"
+    """steps: warm-up and cosine span `steps`, and a resumed run is bit-identical to an uninterrupted one; time:
+    the cosine spans `max_minutes` of training and the run ends there (a time budget; `steps` only bounds it)"""
     max_minutes: float | None = None
     """stop (with a checkpoint) once the run has trained this many minutes in all, resumes included, even if
     steps remain"""
@@ -100,6 +103,8 @@ class TrainConfig:
     """share of control sequences with a demonstration prompt (Gato: 0.25)"""
     checkpoint_every: int = 200
     """steps between checkpoints (and one at the end)"""
+    checkpoint_minutes: float | None = None
+    """also write a checkpoint each time this many more minutes of training have passed"""
     keep_checkpoints: int = 2
     """newest checkpoints kept on disk"""
     log_every: int = 10
@@ -121,12 +126,14 @@ class TrainConfig:
 # ------------------------------------------------------------------------------------------------ schedule
 
 
-def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to the peak, then cosine decay to `min_lr_ratio` of it at the last step."""
+def learning_rate(step: int, config: TrainConfig, minutes: float = 0.0) -> float:
+    """Linear warm-up to the peak, then cosine decay to `min_lr_ratio` of it at the last step (or minute)."""
     if step < config.warmup_steps:
         return config.learning_rate * (step + 1) / config.warmup_steps
-    span = max(config.steps - config.warmup_steps, 1)
-    progress = min((step - config.warmup_steps) / span, 1.0)
+    if config.schedule == "time":
+        progress = min(minutes / config.max_minutes, 1.0)  # type: ignore[operator]
+    else:
+        progress = min((step - config.warmup_steps) / max(config.steps - config.warmup_steps, 1), 1.0)
     floor = config.learning_rate * config.min_lr_ratio
     return floor + (config.learning_rate - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -321,32 +328,20 @@ def _optimizer_step(
     return totals
 
 
-def measure_seconds_per_step(config: TrainConfig, steps: int = 3) -> float:
-    """Median seconds of one optimizer step of `config` on this process, data included, after one warm-up step.
-
-    `generalist run` turns a time budget into a step count with it, so the learning-rate schedule runs its whole
-    course in the time given.
-    """
-    where = init_distributed(config.device)
-    tokenizer = TextTokenizer.default()
-    model = build_model(config, tokenizer).to(where.device).train()
-    optimizer = make_optimizer(model, config)
-    layout = model.config.layout
-    shards = list(range(config.accumulation))
-    sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability)
-    mixture = Mixture(sources, MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),
-                      layout, shards, config.accumulation)
-    seconds = []
-    for step in range(steps + 1):
-        started = time.monotonic()
-        _optimizer_step(model, model, optimizer, mixture.step(step), config, config.learning_rate, step, shards,
-                        config.accumulation, where)
-        seconds.append(time.monotonic() - started)
-    return float(sorted(seconds[1:])[steps // 2])
+def check_config(config: TrainConfig) -> None:
+    """Reject settings that cannot work, before any data is read."""
+    if config.schedule not in ("steps", "time"):
+        raise ValueError(f"schedule must be 'steps' or 'time', got {config.schedule!r}")
+    if config.schedule == "time" and not (config.max_minutes and config.max_minutes > 0):
+        raise ValueError("schedule='time' needs max_minutes > 0: the time the schedule spans")
+    if config.steps < 1 or config.batch_size < 1 or config.accumulation < 1:
+        raise ValueError(f"steps, batch_size and accumulation must be positive: {config.steps}, "
+                         f"{config.batch_size}, {config.accumulation}")
 
 
 def train(config: TrainConfig, resume: bool = False) -> Path:
     """Train per `config` (or continue the run in `config.run_dir`); returns the last checkpoint's directory."""
+    check_config(config)
     where = init_distributed(config.device)
     tokenizer = TextTokenizer.default()
     start_step, tokens_seen, minutes_before = 0, 0, 0.0
@@ -389,12 +384,23 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     steps: Iterator[list[Batch]] = iter(make_loader(mixture, config.num_workers))
     progress = _progress_bar(config, start_step, where.is_main)
     started = time.monotonic()
+
+    def elapsed_minutes() -> float:
+        # Under DDP every rank takes rank 0's clock: the learning rate and when to stop must agree across ranks.
+        minutes = minutes_before + (time.monotonic() - started) / 60
+        if where.world_size > 1:
+            value = torch.tensor([minutes], dtype=torch.float64)
+            dist.broadcast(value, src=0)
+            minutes = float(value)
+        return minutes
+
+    last_saved_minutes = minutes_before
     last_checkpoint = None
     step = start_step
     try:
         while step < config.steps:
             step_start = time.monotonic()
-            lr = learning_rate(step, config)
+            lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where)
             if where.world_size > 1:
                 dist.all_reduce(totals)
@@ -404,7 +410,11 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             loss = float(totals[0]) / (config.accumulation * where.world_size)
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tokens_per_s:,.0f}")
+                postfix = {"loss": f"{loss:.3f}", "tok_s": f"{tokens_per_s:,.0f}"}
+                if config.max_minutes is not None:
+                    left = config.max_minutes - minutes_before - (time.monotonic() - started) / 60
+                    postfix["min_left"] = f"{left:.1f}"
+                progress.set_postfix(postfix)
             if log is not None and (step % config.log_every == 0 or step == config.steps):
                 log.log(step, {
                     "train/loss": loss,
@@ -413,15 +423,15 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     "train/lr": lr,
                     "train/tokens_per_s": tokens_per_s,
                 })
-            minutes = minutes_before + (time.monotonic() - started) / 60
+            minutes = elapsed_minutes()
             out_of_time = config.max_minutes is not None and minutes > config.max_minutes
-            if where.world_size > 1:
-                flag = torch.tensor([float(out_of_time)])
-                dist.all_reduce(flag)
-                out_of_time = bool(flag.item())
             if log is not None and config.eval_every and config.eval_tasks and step % config.eval_every == 0:
                 log.log(step, evaluation_metrics(model, config))
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time:
+            on_the_minute = config.checkpoint_minutes is not None and (
+                minutes // config.checkpoint_minutes > last_saved_minutes // config.checkpoint_minutes
+            )
+            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time or on_the_minute:
+                last_saved_minutes = minutes
                 if where.is_main:
                     last_checkpoint = save_checkpoint(
                         config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen, minutes
@@ -457,4 +467,5 @@ def _progress_bar(config: TrainConfig, start_step: int, is_main: bool) -> Any:
         return None
     from tqdm import tqdm
 
-    return tqdm(total=config.steps, initial=start_step, desc="train", unit="step", dynamic_ncols=True)
+    total = None if config.schedule == "time" else config.steps  # a time budget: the step count is unknown
+    return tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True)

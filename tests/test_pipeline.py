@@ -85,3 +85,14 @@ def test_score_plot_skips_tasks_without_scores(tmp_path):
     assert not math.isnan(played.normalized)
     path = plot_scores([failed, played], tmp_path / "scores.png")
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_time_budget_becomes_a_time_schedule_with_evenly_spaced_checkpoints():
+    from generalist.pipeline import train_config
+
+    config = RunConfig(preset="cpu", minutes=12)
+    train = train_config(resolve_preset(config), config)
+    assert (train.schedule, train.max_minutes, train.checkpoint_minutes) == ("time", 12, 3)
+    assert train.keep_checkpoints == PRESETS["cpu"].curve_points + 1
+    fixed = train_config(resolve_preset(RunConfig(preset="full")), RunConfig(preset="full"))
+    assert (fixed.schedule, fixed.steps, fixed.checkpoint_every, fixed.checkpoint_minutes) == ("steps", 4000, 500, None)

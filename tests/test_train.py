@@ -123,3 +123,30 @@ def test_evaluation_during_training_is_logged(tmp_path):
     assert evaluated == {(s, f"eval/cartpole/{m}") for s in (2, 4) for m in ("return", "normalized")}
     returns = [float(r["value"]) for r in rows if r["metric"] == "eval/cartpole/return"]
     assert all(r >= 1 for r in returns)  # CartPole pays at least one point per episode
+
+
+def test_a_time_schedule_decays_over_the_minutes_and_stops_there(tmp_path):
+    config = replace(TINY, schedule="time", max_minutes=10.0, steps=10**9, warmup_steps=2)
+    assert learning_rate(0, config, minutes=0.0) == pytest.approx(5e-4)
+    assert learning_rate(5, config, minutes=0.0) == pytest.approx(1e-3)
+    assert learning_rate(5, config, minutes=5.0) == pytest.approx(1e-4 + 0.9e-3 * 0.5)
+    assert learning_rate(5, config, minutes=10.0) == learning_rate(9, config, minutes=99.0) == pytest.approx(1e-4)
+    with pytest.raises(ValueError, match="needs max_minutes"):
+        train(replace(config, max_minutes=None, run_dir=tmp_path))
+    with pytest.raises(ValueError, match="schedule must be"):
+        train(replace(TINY, schedule="epochs", run_dir=tmp_path))
+
+    # A budget of a fraction of a second: the run stops after its first step, with a checkpoint.
+    last = train(replace(config, max_minutes=1e-4, run_dir=tmp_path))
+    state = read_trainer_state(last)
+    assert state["step"] == 1 and state["minutes"] > 1e-4
+
+
+def test_checkpoints_every_few_minutes(tmp_path):
+    # Every step crosses a 1e-9-minute mark; step-based checkpoints alone would come every 1000 steps.
+    train(replace(TINY, steps=3, checkpoint_every=1000, checkpoint_minutes=1e-9, keep_checkpoints=5, run_dir=tmp_path))
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*")) == [
+        "step-0000001", "step-0000002", "step-0000003",
+    ]
+    minutes = [read_trainer_state(tmp_path / "checkpoints" / f"step-000000{i}")["minutes"] for i in (1, 2, 3)]
+    assert 0 < minutes[0] < minutes[1] < minutes[2]
