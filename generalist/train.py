@@ -348,11 +348,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if resume:
         checkpoint = latest_checkpoint(config.run_dir)
         state = read_trainer_state(checkpoint)
-        # The saved config decides everything that changes the result; how the run is watched may change.
+        # The saved config decides everything that changes the result; how the run is watched may change, and a
+        # time limit given now replaces the saved one.
         config = replace(
             state["train_config"],
-            max_minutes=config.max_minutes, progress=config.progress, num_workers=config.num_workers,
+            max_minutes=config.max_minutes if config.max_minutes is not None else state["train_config"].max_minutes,
+            progress=config.progress, num_workers=config.num_workers,
         )
+        check_config(config)
         start_step, tokens_seen, minutes_before = state["step"], state["tokens"], state["minutes"]
         model = Generalist.from_pretrained(checkpoint)
         tokenizer = TextTokenizer.load(checkpoint / "text.model")

@@ -70,7 +70,10 @@ def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path):
     # max_minutes=0 stops after the first step, with a checkpoint: a run killed right after it.
     stopped = train(replace(TINY, run_dir=tmp_path / "resumed", max_minutes=0.0))
     assert read_trainer_state(stopped)["step"] == 1
-    resumed = train(replace(TINY, run_dir=tmp_path / "resumed"), resume=True)
+    # The resumed run keeps its saved limit unless given a new one: the saved 0 minutes would stop it again.
+    again = train(replace(TINY, run_dir=tmp_path / "resumed"), resume=True)
+    assert read_trainer_state(again)["step"] == 2
+    resumed = train(replace(TINY, run_dir=tmp_path / "resumed", max_minutes=60.0), resume=True)
     assert read_trainer_state(resumed)["step"] == 4
     expected, got = weights_of(straight), weights_of(resumed)
     for name in expected:
