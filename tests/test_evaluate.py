@@ -1,6 +1,7 @@
 """Evaluation: prompt-conditioned rollouts, scores, failures reported in the table, the CLI."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -142,3 +143,14 @@ def test_caption_and_chat_commands(tmp_path, model):
                           input="hello\n\nhow are you?\n", capture_output=True, text=True, timeout=300)
     assert chat.returncode == 0, chat.stderr
     assert [line.startswith("assistant> ") for line in chat.stdout.splitlines()] == [True, True]
+
+
+def test_chat_handles_talk_longer_than_the_context(model):
+    from generalist.evaluate import chat_reply
+
+    tokenizer = TextTokenizer.default()
+    long_turn = " ".join(f"word{i}" for i in range(600))
+    assert len(tokenizer.encode(long_turn)) > 2 * model.config.context
+    reply = chat_reply(model, tokenizer, [long_turn, "a reply", long_turn], max_new_tokens=8)
+    assert isinstance(reply, str)
+    assert math.isfinite(chat_perplexity(model, tokenizer, [(long_turn, long_turn)]))

@@ -72,3 +72,16 @@ def test_no_shipped_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "PRETRAINED_DIR", tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="pass --checkpoint"):
         pretrained.default_checkpoint()
+
+
+def test_export_command(exported, tmp_path):
+    _, root, _ = exported
+    out = tmp_path / "shipped"
+    command = [sys.executable, "-m", "generalist.cli", "export", "--checkpoint", str(root / "ckpt"), "--out",
+               str(out), "--data-dir", str(root / "data"), "--tasks", "cartpole", "--episodes", "1", "--steps", "5"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"wrote {out} (") and "MiB)" in result.stdout
+    assert EpisodeDataset(out / DEMONSTRATIONS / "cartpole").episode_length(0) == 5
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and "is not empty" in again.stderr
