@@ -2,8 +2,9 @@
 
 Design choices:
 - A preset names a whole experiment: the model, the task mixture, how much data to record, how long to train
-  and how to evaluate. `cpu` (the default) fits about half an hour of this 2-core machine; `full` is the
-  three-hour generalist of docs/RESULTS.md; `smoke` checks the plumbing in seconds. Flags override a preset.
+  and how to evaluate. `cpu` (the default) fits about half an hour of this 2-core machine; `full` trains all
+  nine tasks for up to three hours (4,000 steps); `smoke` checks the plumbing in seconds. Flags override a
+  preset.
 - A time budget is a schedule over time (`TrainConfig.schedule="time"`): the cosine spans the minutes given
   and the run stops there, however fast the machine turns out to be (a step count measured up front is wrong
   as soon as another process starts or stops sharing the cores). Checkpoints fall at even fractions of it.
@@ -260,9 +261,41 @@ def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int) -> ChatReport:
     return ChatReport(perplexity, replies)
 
 
+EVALUATIONS = "evaluations.json"
+
+
+def cached_evaluate(
+    model: Any, checkpoint: Path, tasks: list[str], episodes: int, seed: int, data_dir: Path
+) -> list[TaskResult]:
+    """`evaluate`, one task at a time, keeping each task's result in the checkpoint's evaluations.json.
+
+    An evaluation of a large run takes long: one interrupted, or rerun for the report, repeats none of the tasks
+    already done. The file lives inside the checkpoint, so a checkpoint rewritten by training takes it along.
+    Failed tasks are not kept: a rerun tries them again.
+    """
+    from generalist.evaluate import evaluate
+
+    path = checkpoint / EVALUATIONS
+    cache = json.loads(path.read_text()) if path.is_file() else {}
+    results = []
+    for task in tasks:
+        key = f"{task}|episodes={episodes}|seed={seed}|prompt=demonstration"
+        if key in cache:
+            results.append(TaskResult(**cache[key]))
+            continue
+        (result,) = evaluate(model, [task], episodes, seed, data_dir=data_dir)
+        results.append(result)
+        if result.error is None:
+            cache[key] = asdict(result)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text(json.dumps(cache, indent=1, default=float) + "\n")
+            os.replace(partial, path)
+    return results
+
+
 def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str, dict[int, float]]:
     """Scores of every kept checkpoint: each control task's normalized score and the caption attribute accuracy."""
-    from generalist.evaluate import evaluate, evaluate_captions, load_model
+    from generalist.evaluate import evaluate_captions, load_model
 
     folder = config.runs_dir / config.name / "checkpoints"
     curves: dict[str, dict[int, float]] = {}
@@ -274,7 +307,7 @@ def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str
     for checkpoint in checkpoints:
         step = int(checkpoint.name.removeprefix("step-"))
         model, tokenizer = load_model(checkpoint)
-        for result in evaluate(model, tasks, preset.curve_episodes, seed, data_dir=config.data_dir):
+        for result in cached_evaluate(model, checkpoint, tasks, preset.curve_episodes, seed, config.data_dir):
             curves.setdefault(f"{result.task}/normalized", {})[step] = result.normalized
         if preset.weights.get("scenes", 0) > 0:
             scores, _ = evaluate_captions(model, tokenizer, preset.curve_scenes, seed)
@@ -284,7 +317,7 @@ def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str
 
 def run_pipeline(config: RunConfig) -> RunResults:
     """Record what is missing, train (or resume), evaluate every task, write `report.md`; the results."""
-    from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model
+    from generalist.evaluate import DEFAULT_SEED, format_table, load_model
     from generalist.report import write_report
     from generalist.train import read_trainer_state
 
@@ -307,7 +340,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
     seed = DEFAULT_SEED + config.seed
     tasks = control_tasks(preset.weights)
     print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
-    control = evaluate(model, tasks, preset.eval_episodes, seed, data_dir=config.data_dir)
+    control = cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir)
     captions = chat = None
     if preset.weights.get("scenes", 0) > 0 or preset.weights.get("sample_images", 0) > 0:
         captions = evaluate_captions_stage(model, tokenizer, preset.caption_scenes, seed)

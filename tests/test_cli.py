@@ -82,10 +82,13 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     assert results["step"] == 2 and len(results["control"][0]["returns"]) == 2
     assert set(results["curves"]["cartpole/normalized"]) == {"1", "2"}
 
-    # Again: the data is there and the training finished, so only the evaluation and the report run.
+    # Again: the data is there, the training finished and the control tasks' results are kept with the checkpoint.
+    assert "cartpole|episodes=2|" in (run_dir / "checkpoints" / "step-0000002" / "evaluations.json").read_text()
     again = run_cli(*args)
     assert again.returncode == 0, again.stderr
     assert "recording" not in again.stdout and "training finished" in again.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| cartpole |"))
+    assert row in again.stdout.splitlines()
 
 
 def test_run_rejects_an_unknown_preset(tmp_path):
