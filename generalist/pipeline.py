@@ -59,6 +59,7 @@ class RunPreset:
     curve_points: int = 4  # checkpoints kept and re-evaluated for the learning curves (0: none)
     curve_episodes: int = 3
     curve_scenes: int = 20
+    prompt_ablation: bool = False  # also evaluate every control task without the demonstration prompt
 
 
 def _mixture(control: tuple[str, ...], atari_weight: float = 2.0) -> dict[str, float]:
@@ -71,7 +72,7 @@ PRESETS: dict[str, RunPreset] = {
     "cpu": RunPreset(model="tiny", weights=_mixture(VECTOR_TASKS), minutes=20.0, warmup_steps=50),
     "full": RunPreset(
         model="tiny", weights=_mixture(VECTOR_TASKS + ATARI_TASKS), minutes=180.0, steps=4000, warmup_steps=200,
-        episodes=200, eval_episodes=50, curve_points=8, curve_episodes=5, curve_scenes=50,
+        episodes=200, eval_episodes=50, curve_points=8, curve_episodes=5, curve_scenes=50, prompt_ablation=True,
     ),
     "smoke": RunPreset(
         model="tiny", weights={"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5}, minutes=1.0, steps=2,
@@ -97,8 +98,14 @@ class RunConfig:
     """model preset: tiny, small, gato-79m, ..."""
     weights: Mapping[str, float] | None = None
     """task mixture, name=weight pairs (see `generalist train --help`)"""
+    learning_rate: float | None = None
+    """peak learning rate"""
+    warmup_steps: int | None = None
+    """linear warm-up steps"""
     eval_episodes: int | None = None
     """evaluation episodes per control task"""
+    prompt_ablation: bool | None = None
+    """also evaluate every control task without its demonstration prompt"""
     runs_dir: Path = Path("runs")
     """parent directory of runs"""
     data_dir: Path = Path("data")
@@ -117,7 +124,8 @@ def resolve_preset(config: RunConfig) -> RunPreset:
         raise ValueError(f"unknown preset {config.preset!r}; known: {', '.join(PRESETS)}")
     overrides = {
         name: value
-        for name in ("minutes", "steps", "model", "weights", "eval_episodes")
+        for name in ("minutes", "steps", "model", "weights", "learning_rate", "warmup_steps", "eval_episodes",
+                     "prompt_ablation")
         if (value := getattr(config, name)) is not None
     }
     return replace(PRESETS[config.preset], **overrides)
@@ -218,6 +226,7 @@ class RunResults:
     tokens: int
     train_minutes: float
     control: list[TaskResult]
+    control_unprompted: list[TaskResult]  # the same tasks without a demonstration prompt (if measured)
     captions: CaptionReport | None
     chat: ChatReport | None
     curves: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> step -> value
@@ -226,8 +235,9 @@ class RunResults:
     def to_json(self) -> str:
         """The results as JSON."""
         data = asdict(self)
-        for row, result in zip(data["control"], self.control, strict=True):
-            row["mean_return"], row["std_return"] = result.mean_return, result.std_return
+        for rows, results in ((data["control"], self.control), (data["control_unprompted"], self.control_unprompted)):
+            for row, result in zip(rows, results, strict=True):
+                row["mean_return"], row["std_return"] = result.mean_return, result.std_return
         return json.dumps(data, indent=2, default=float)
 
 
@@ -265,7 +275,8 @@ EVALUATIONS = "evaluations.json"
 
 
 def cached_evaluate(
-    model: Any, checkpoint: Path, tasks: list[str], episodes: int, seed: int, data_dir: Path
+    model: Any, checkpoint: Path, tasks: list[str], episodes: int, seed: int, data_dir: Path,
+    prompt: str = "demonstration",
 ) -> list[TaskResult]:
     """`evaluate`, one task at a time, keeping each task's result in the checkpoint's evaluations.json.
 
@@ -279,11 +290,11 @@ def cached_evaluate(
     cache = json.loads(path.read_text()) if path.is_file() else {}
     results = []
     for task in tasks:
-        key = f"{task}|episodes={episodes}|seed={seed}|prompt=demonstration"
+        key = f"{task}|episodes={episodes}|seed={seed}|prompt={prompt}"
         if key in cache:
             results.append(TaskResult(**cache[key]))
             continue
-        (result,) = evaluate(model, [task], episodes, seed, data_dir=data_dir)
+        (result,) = evaluate(model, [task], episodes, seed, prompt, data_dir=data_dir)
         results.append(result)
         if result.error is None:
             cache[key] = asdict(result)
@@ -341,6 +352,10 @@ def run_pipeline(config: RunConfig) -> RunResults:
     tasks = control_tasks(preset.weights)
     print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
     control = cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir)
+    unprompted = (
+        cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir, prompt="none")
+        if preset.prompt_ablation else []
+    )
     captions = chat = None
     if preset.weights.get("scenes", 0) > 0 or preset.weights.get("sample_images", 0) > 0:
         captions = evaluate_captions_stage(model, tokenizer, preset.caption_scenes, seed)
@@ -351,11 +366,12 @@ def run_pipeline(config: RunConfig) -> RunResults:
     lap("curves")
     results = RunResults(
         checkpoint=str(checkpoint), step=state["step"], tokens=state["tokens"], train_minutes=state["minutes"],
-        control=control, captions=captions, chat=chat, curves=curves, stage_minutes=timings,
+        control=control, control_unprompted=unprompted, captions=captions, chat=chat, curves=curves,
+        stage_minutes=timings,
     )
     (run_dir / "results.json").write_text(results.to_json() + "\n")
     report = write_report(run_dir, results, preset, config, machine_description())
-    print(format_table(control))
+    print(format_table(control + unprompted))
     if captions is not None:
         s = captions.scores
         print(f"captions ({s.n} held-out scenes): exact {s.exact:.1%}, attributes {s.attribute_accuracy:.1%}, "

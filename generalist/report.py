@@ -150,10 +150,24 @@ def _command(config: RunConfig) -> str:
         value = getattr(config, f.name)
         if value == getattr(defaults, f.name) or f.name == "progress":
             continue
+        flag = f"--{f.name.replace('_', '-')}"
+        if isinstance(value, bool):
+            parts.append(flag if value else f"--no-{flag[2:]}")
+            continue
         if isinstance(value, Mapping):
             value = ",".join(f"{k}={v:g}" for k, v in value.items())
-        parts.append(f"--{f.name.replace('_', '-')} {value}")
+        parts.append(f"{flag} {value}")
     return " ".join(parts)
+
+
+def _prompt_comparison(prompted: Sequence[TaskResult], unprompted: Sequence[TaskResult]) -> str:
+    """A table: each task's expert-normalized score with and without the prompt, and the difference."""
+    lines = ["| task | with prompt | without | difference |", "| --- | --- | --- | --- |"]
+    without = {r.task: r.normalized for r in unprompted}
+    for r in prompted:
+        other = without.get(r.task, math.nan)
+        lines.append(f"| {r.task} | {r.normalized:.1%} | {other:.1%} | {r.normalized - other:+.1%} |")
+    return "\n".join(lines)
 
 
 def _escape(text: str) -> str:
@@ -199,6 +213,10 @@ def write_report(
         ]
         if plot_scores(results.control, run_dir / "scores.png"):
             lines += ["![expert-normalized scores](scores.png)", ""]
+        if results.control_unprompted:
+            lines += ["The same checkpoint and seeds without the demonstration prompt (the context starts with the "
+                      "episode itself):", "", format_table(results.control_unprompted), "",
+                      _prompt_comparison(results.control, results.control_unprompted), ""]
     else:
         lines += ["No control tasks in this run's mixture.", ""]
 

@@ -64,7 +64,7 @@ def test_baselines_command_writes_its_json(tmp_path):
 
 
 def test_run_records_trains_evaluates_and_reports(tmp_path):
-    args = ("run", "--preset", "smoke", "--name", "smoke", "--runs-dir", str(tmp_path / "runs"),
+    args = ("run", "--preset", "smoke", "--name", "smoke", "--runs-dir", str(tmp_path / "runs"), "--prompt-ablation",
             "--data-dir", str(tmp_path / "data"), "--no-progress")
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
@@ -76,7 +76,8 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     for name in ("report.md", "results.json", "learning_curves.png", "scores.png", "score_curves.png", "captions.png"):
         assert (run_dir / name).stat().st_size > 0, name
     report = (run_dir / "report.md").read_text()
-    assert "--preset smoke" in report and "| cartpole | demo | 2 |" in report
+    assert "--preset smoke --prompt-ablation" in report and "| cartpole | demo | 2 |" in report
+    assert "| cartpole | none | 2 |" in result.stdout and "| task | with prompt | without | difference |" in report
     assert "step 2, " in report and "| cartpole/normalized |" in report and "skimage.data.astronaut" in report
     results = json.loads((run_dir / "results.json").read_text())
     assert results["step"] == 2 and len(results["control"][0]["returns"]) == 2
