@@ -88,6 +88,11 @@ def _add_collect(subparsers: argparse._SubParsersAction) -> None:
         help="cut episodes at this many steps instead of the task's cap (Pong experts play ~25,000 steps a game)",
     )
     parser.add_argument(
+        "--noise", type=float, default=0.0,
+        help="probability that a step executes a random action while the expert's is recorded (DART; "
+        "shows the expert recovering from mistakes; record into its own --out)",
+    )
+    parser.add_argument(
         "--shard-episodes", type=int, default=50, help="episodes per shard at most: what an interrupted run can lose"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -102,7 +107,8 @@ def _run_collect(args: argparse.Namespace) -> int:
 
     config = CollectConfig(
         task_list(args.tasks), args.episodes, Path(args.out), args.seed, args.min_return_fraction,
-        max_episode_steps=args.max_episode_steps, shard_episodes=args.shard_episodes, progress=not args.no_progress,
+        max_episode_steps=args.max_episode_steps, noise=args.noise, shard_episodes=args.shard_episodes,
+        progress=not args.no_progress,
     )
     for directory in collect(config):
         print(f"wrote {directory}")

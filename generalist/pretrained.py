@@ -58,7 +58,7 @@ def trained_control_tasks(checkpoint: str | Path) -> list[str]:
 
 def export_demonstrations(source: Path, target: Path, episodes: int, steps: int) -> Path:
     """Copy the last `steps` timesteps of the last `episodes` episodes of a recorded dataset to `target`."""
-    from generalist.datasets.recording import SETTINGS, open_writer
+    from generalist.datasets.recording import SETTINGS, open_writer, recorded_setting
     from generalist.datasets.storage import EpisodeDataset
     from generalist.envs.rollout import Episode
 
@@ -67,8 +67,8 @@ def export_demonstrations(source: Path, target: Path, episodes: int, steps: int)
         raise ValueError(f"{target} exists: export into a new directory")
     index = dataset.index
     chosen = range(max(len(dataset) - episodes, 0), len(dataset))
-    writer = open_writer(target, {key: index[key] for key in SETTINGS}, len(chosen), index["min_return"],
-                         index["baseline"])
+    settings = {key: recorded_setting(index, key) for key in SETTINGS}
+    writer = open_writer(target, settings, len(chosen), index["min_return"], index["baseline"])
     for number in chosen:
         info = dataset.episodes[number]
         start = max(info.length - steps, 0)

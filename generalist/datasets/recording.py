@@ -47,7 +47,10 @@ SETTINGS = (
     "expert_name",
     "first_seed",
     "min_return_fraction",
+    "noise",
 )
+# Settings added after datasets were first recorded: an index without them was recorded with these values.
+SETTING_DEFAULTS = {"noise": 0.0}
 
 
 @dataclass
@@ -66,6 +69,8 @@ class CollectConfig:
     """keep only episodes whose expert-normalized score is at least this (Gato: 0.8); None keeps all"""
     max_episode_steps: int | None = None
     """override the task's step cap (stored with the dataset); None keeps the task's"""
+    noise: float = 0.0
+    """probability that a step executes a random action while the expert's action is recorded (DART)"""
     baselines: Path = BASELINES_PATH
     """the score baselines the filter reads"""
     max_attempts_factor: float = 4.0
@@ -177,6 +182,7 @@ def dataset_settings(task: Task, config: CollectConfig) -> dict[str, Any]:
         "expert_name": task.expert_name(),
         "first_seed": config.first_seed,
         "min_return_fraction": config.min_return_fraction,
+        "noise": config.noise,
     }
 
 
@@ -229,14 +235,20 @@ def open_writer(
     return _Writer(directory, index)
 
 
+def recorded_setting(index: dict[str, Any], key: str) -> Any:
+    """One of a dataset's SETTINGS as its index records it (datasets older than a setting had its default)."""
+    return index.get(key, SETTING_DEFAULTS.get(key))
+
+
 def _check_same_settings(
     directory: Path, index: dict[str, Any], settings: dict[str, Any], versions: dict[str, str]
 ) -> None:
     path = directory / storage.INDEX
     for key in SETTINGS:
-        if index.get(key) != settings[key]:
+        value = recorded_setting(index, key)
+        if value != settings[key]:
             raise DatasetError(
-                f"{path}: recorded with {key}={index.get(key)!r}, this run asks {settings[key]!r}; "
+                f"{path}: recorded with {key}={value!r}, this run asks {settings[key]!r}; "
                 "use another --out directory or the same settings"
             )
     recorded = index.get("packages", {})
@@ -283,6 +295,8 @@ def collect_task(
     settings = dataset_settings(task, config)
     if config.min_return_fraction is not None and config.max_episode_steps is not None:
         raise ValueError("the return filter compares with full episodes: do not combine it with a step cap")
+    if config.min_return_fraction is not None and config.noise > 0:
+        raise ValueError("the return filter scores the expert: do not combine it with noise, which lowers returns")
     threshold = min_return(task.name, config.min_return_fraction, config.baselines)
     baseline = task_baseline(task.name, config.baselines)
     writer = open_writer(
@@ -302,7 +316,7 @@ def collect_task(
                     f"{directory / storage.INDEX}: the filter kept {writer.kept} of {max_seeds} episodes played, "
                     f"fewer than {config.episodes}; lower --min-return-fraction or improve the expert"
                 )
-            episode = run_episode(env, expert, writer.next_seed, record=True)
+            episode = run_episode(env, expert, writer.next_seed, record=True, noise=config.noise)
             kept = episode.episode_return >= threshold
             writer.add(episode) if kept else writer.reject(episode)
             if len(writer.pending) >= config.shard_episodes or writer.pending_bytes >= config.shard_bytes:

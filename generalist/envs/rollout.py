@@ -6,6 +6,10 @@ Design choices:
   observation-action pairs, and no action follows it.
 - The policy is reset with the episode's seed, so a seeded episode is the same whatever ran before it.
 - Observations are copied only when asked (`record=True`): score baselines need returns, not frames.
+- `noise` (DART, Laskey et al. 2017): at each step, with this probability, the environment executes a uniformly
+  random action while the recorded action stays the policy's. Behaviour cloning of clean expert data never
+  sees the states a small mistake leads to, and a cloned policy's errors compound there; noisy episodes show
+  what the expert does in them.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import gymnasium as gym
 import numpy as np
 
 from generalist.envs.contract import Observation
-from generalist.envs.policies import Policy
+from generalist.envs.policies import Policy, RandomPolicy
 
 
 @dataclass
@@ -32,9 +36,19 @@ class Episode:
     rewards: np.ndarray | None = None  # (T,) float32
 
 
-def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = False) -> Episode:
-    """Play one episode of `env` from `seed` with `policy`; with `record`, keep every timestep."""
+def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = False, noise: float = 0.0) -> Episode:
+    """Play one episode of `env` from `seed` with `policy`; with `record`, keep every timestep.
+
+    With `noise` > 0 the environment executes a random action instead of the policy's with that probability,
+    and the policy's action is what is recorded (see the module's notes).
+    """
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise is a probability, got {noise}")
     policy.reset(seed)
+    explorer = RandomPolicy(env.action_space) if noise > 0 else None
+    if explorer is not None:
+        explorer.reset(seed)
+    coins = np.random.default_rng([seed, 1])
     observation, info = env.reset(seed=seed)
     observations: list[Observation] = []
     actions: list[int | np.ndarray] = []
@@ -45,6 +59,8 @@ def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = False) -
         if record:
             observations.append(observation)
             actions.append(action)
+        if explorer is not None and coins.random() < noise:
+            action = explorer.act(observation, info)
         observation, reward, terminated, truncated, info = env.step(action)
         total += float(reward)
         rewards.append(float(reward))

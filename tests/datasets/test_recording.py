@@ -14,7 +14,7 @@ import pytest
 from generalist.datasets import recording, storage
 from generalist.datasets.recording import CollectConfig, collect, collect_task
 from generalist.datasets.storage import DatasetError, EpisodeDataset
-from generalist.envs import TASKS, make, run_episode
+from generalist.envs import TASKS, get_task, make, run_episode
 
 
 def _config(out: Path, **overrides: object) -> CollectConfig:
@@ -281,3 +281,36 @@ def test_package_versions_are_checked_on_resume(tmp_path: Path, monkeypatch: pyt
 def test_filter_and_step_cap_are_not_combined(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="do not combine"):
         collect_task("cartpole", _config(tmp_path, min_return_fraction=0.5, max_episode_steps=10))
+
+
+def test_noisy_recording_keeps_the_experts_actions_in_states_it_would_not_reach(tmp_path):
+    clean = collect_task("cartpole", _config(tmp_path / "clean", episodes=3, max_episode_steps=200))
+    noisy = collect_task("cartpole", _config(tmp_path / "noisy", episodes=3, max_episode_steps=200, noise=0.3))
+    expert = get_task("cartpole").expert()
+    data = EpisodeDataset(noisy)
+    assert json.loads((noisy / storage.INDEX).read_text())["noise"] == 0.3
+    for number in range(len(data)):
+        window = data.window(number)
+        states = window["observations"]["continuous"]
+        expected = [expert.act({"continuous": state}, {}) for state in states]
+        assert window["actions"].tolist() == expected  # the label is the expert's, whatever was executed
+    # The same seeds without noise: the executed random actions took the noisy episodes elsewhere.
+    first_clean, first_noisy = EpisodeDataset(clean).window(0), data.window(0)
+    n = min(len(first_clean["actions"]), len(first_noisy["actions"]))
+    clean_states, noisy_states = first_clean["observations"]["continuous"], first_noisy["observations"]["continuous"]
+    assert not np.array_equal(clean_states[:n], noisy_states[:n])
+
+
+def test_noise_is_a_setting_of_the_dataset_and_older_datasets_had_none(tmp_path):
+    directory = collect_task("cartpole", _config(tmp_path, episodes=2, max_episode_steps=20))
+    index = json.loads((directory / storage.INDEX).read_text())
+    del index["noise"]  # a dataset recorded before the setting existed
+    (directory / storage.INDEX).write_text(json.dumps(index))
+    collect_task("cartpole", _config(tmp_path, episodes=3, max_episode_steps=20))
+    assert len(EpisodeDataset(directory)) == 3
+    with pytest.raises(DatasetError, match="recorded with noise=0.0, this run asks 0.2"):
+        collect_task("cartpole", _config(tmp_path, episodes=4, max_episode_steps=20, noise=0.2))
+    with pytest.raises(ValueError, match="do not combine it with noise"):
+        collect_task("cartpole", _config(tmp_path / "f", min_return_fraction=0.8, noise=0.2))
+    with pytest.raises(ValueError, match="noise is a probability"):
+        run_episode(make("cartpole"), get_task("cartpole").expert(), seed=0, noise=1.5)
