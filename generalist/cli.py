@@ -295,7 +295,8 @@ def _add_export(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-dir", default="data", help="where the recorded episodes are")
     parser.add_argument("--tasks", default=None, help="control tasks to keep demonstrations of (default: trained)")
     parser.add_argument("--episodes", type=int, default=4, help="demonstration episodes per task")
-    parser.add_argument("--steps", type=int, default=64, help="last timesteps kept of each")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="last timesteps kept of each (default: as many as an evaluation prompt holds)")
     parser.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16", help="weight precision")
     parser.set_defaults(run=_run_export)
 

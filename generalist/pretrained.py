@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,16 +84,29 @@ def export_demonstrations(source: Path, target: Path, episodes: int, steps: int)
     return target
 
 
+def _prompt_steps(task: str, source: Path, model: Any) -> int:
+    """Timesteps of `task` that fit the evaluation's demonstration prompt (`evaluate_task`: half the context)."""
+    from generalist.datasets.mixture import ControlSource
+    from generalist.datasets.storage import EpisodeDataset
+
+    per_step = ControlSource(task, EpisodeDataset(source), model.config.layout).tokens_per_step()
+    return max(model.config.context // 2 // per_step, 1)
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out: str | Path,
     data_dir: str | Path = "data",
     tasks: Sequence[str] | None = None,
     episodes: int = 4,
-    steps: int = 64,
+    steps: int | None = None,
     dtype: torch.dtype = torch.bfloat16,
 ) -> Path:
-    """Write `checkpoint`'s model in `dtype` and demonstrations of `tasks` (default: those it trained on) to `out`."""
+    """Write `checkpoint`'s model in `dtype` and demonstrations of `tasks` (default: those it trained on) to `out`.
+
+    Each demonstration keeps its episode's last `steps` timesteps; by default as many as the evaluation's prompt
+    holds (half the context), so that prompting from the export equals prompting from the recorded data.
+    """
     from generalist.evaluate import load_model
 
     out = Path(out)
@@ -106,5 +120,6 @@ def export_checkpoint(
             raise FileNotFoundError(f"no recorded episodes at {source}: record them or pass --data-dir")
     model.save_pretrained(out, tokenizer, dtype=dtype)
     for task, source in zip(tasks, sources, strict=True):
-        export_demonstrations(source, out / DEMONSTRATIONS / task, episodes, steps)
+        kept = steps if steps is not None else _prompt_steps(task, source, model)
+        export_demonstrations(source, out / DEMONSTRATIONS / task, episodes, kept)
     return out

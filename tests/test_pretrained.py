@@ -85,3 +85,11 @@ def test_export_command(exported, tmp_path):
     assert EpisodeDataset(out / DEMONSTRATIONS / "cartpole").episode_length(0) == 5
     again = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert again.returncode == 2 and "is not empty" in again.stderr
+
+
+def test_demonstrations_keep_what_an_evaluation_prompt_holds_by_default(exported, tmp_path):
+    model, root, _ = exported
+    out = export_checkpoint(root / "ckpt", tmp_path / "out", root / "data", ["cartpole"], episodes=1)
+    per_step = 4 + 1 + 1  # four observation values, the separator, the action
+    fits = model.config.context // 2 // per_step
+    assert EpisodeDataset(out / DEMONSTRATIONS / "cartpole").episode_length(0) == fits == 21
