@@ -104,7 +104,9 @@ def evaluate_task(
         if prompt not in ("demonstration", "none"):
             raise ValueError(f"prompt must be 'demonstration' or 'none', got {prompt!r}")
         n = min(num_envs, episodes)
-        quota = -(-episodes // n)
+        # Each env plays a fixed share, so the episodes are always the same seeds: keeping the first `episodes` to
+        # finish would favour short episodes.
+        quotas = episodes // n + (np.arange(n) < episodes % n)
         rng = np.random.default_rng(seed)
         layout = model.config.layout
         budget = prompt_tokens if prompt_tokens is not None else model.config.context // 2
@@ -118,13 +120,13 @@ def evaluate_task(
             observations, _ = env.reset(seed=seed)
             policy.reset([new_prompt() for _ in range(n)])
             running, steps, played = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
-            while (played < quota).any():
+            while (played < quotas).any():
                 actions = policy.act(_split_observations(observations, n))
                 observations, rewards, terminated, truncated, _ = env.step(actions)
                 running += rewards
                 steps += 1
                 for i in np.flatnonzero(terminated | truncated):
-                    if played[i] < quota:
+                    if played[i] < quotas[i]:
                         result.returns.append(float(running[i]))
                         result.lengths.append(int(steps[i]))
                     played[i] += 1
@@ -132,7 +134,6 @@ def evaluate_task(
                     policy.reset([new_prompt()], episodes=[int(i)])
         finally:
             env.close()
-        result.returns, result.lengths = result.returns[:episodes], result.lengths[:episodes]
         result.normalized = expert_normalized(task, result.mean_return)
         if spec.human_scores is not None:
             result.human_normalized = human_normalized(task, result.mean_return)

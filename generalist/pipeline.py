@@ -106,6 +106,8 @@ class RunConfig:
     """evaluation episodes per control task"""
     prompt_ablation: bool | None = None
     """also evaluate every control task without its demonstration prompt"""
+    curve_points: int | None = None
+    """kept checkpoints re-evaluated for the learning curves (0: no curves)"""
     runs_dir: Path = Path("runs")
     """parent directory of runs"""
     data_dir: Path = Path("data")
@@ -125,7 +127,7 @@ def resolve_preset(config: RunConfig) -> RunPreset:
     overrides = {
         name: value
         for name in ("minutes", "steps", "model", "weights", "learning_rate", "warmup_steps", "eval_episodes",
-                     "prompt_ablation")
+                     "prompt_ablation", "curve_points")
         if (value := getattr(config, name)) is not None
     }
     return replace(PRESETS[config.preset], **overrides)

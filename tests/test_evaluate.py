@@ -46,6 +46,14 @@ def test_rollouts_count_exactly_the_episodes_asked(model, data_dir):
     assert again.returns == result.returns  # seeded
 
 
+def test_rollouts_play_the_same_seeds_however_many_envs_run_them(model, data_dir):
+    # Sub-env i of n plays seeds s+i, s+i+n, ...: 3 episodes on 2 envs are seeds s..s+2, as on 1 env, whichever
+    # episodes finish first (with this model seed s+3 ends before s+2: keeping the first three to end would differ).
+    alone = evaluate_task(model, "cartpole", episodes=3, seed=31, prompt="none", num_envs=1)
+    batched = evaluate_task(model, "cartpole", episodes=3, seed=31, prompt="none", num_envs=2)
+    assert sorted(batched.lengths) == sorted(alone.lengths)
+
+
 def test_demonstration_prompt_is_the_end_of_an_expert_episode(model, data_dir):
     layout = model.config.layout
     prompt = demonstration_prompt("cartpole", data_dir, layout, np.random.default_rng(0), 32)

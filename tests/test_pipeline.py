@@ -20,8 +20,9 @@ from generalist.train import read_trainer_state
 
 
 def test_flags_override_the_preset_and_unknown_presets_are_errors():
-    preset = resolve_preset(RunConfig(preset="cpu", minutes=5, weights={"pendulum": 1.0, "scenes": 1.0}))
-    assert preset.minutes == 5 and preset.model == PRESETS["cpu"].model
+    preset = resolve_preset(RunConfig(preset="cpu", minutes=5, weights={"pendulum": 1.0, "scenes": 1.0},
+                                      curve_points=0))
+    assert preset.minutes == 5 and preset.curve_points == 0 and preset.model == PRESETS["cpu"].model
     assert control_tasks(preset.weights) == ["pendulum"]
     with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, full, smoke"):
         resolve_preset(RunConfig(preset="x"))
