@@ -417,12 +417,15 @@ class Generalist(nn.Module):
         """Next-token logits at every position (b, t, v); for evaluation and tests, not for training."""
         return self.output_logits(self.hidden(batch, cache))
 
-    def forward(self, batch: Batch) -> LossOutput:
-        """Masked next-token cross-entropy: the token at t predicts t + 1, weighted by `loss_mask[t + 1]`."""
+    def forward(self, batch: Batch, targets: torch.Tensor | None = None) -> LossOutput:
+        """Masked next-token cross-entropy: the token at t predicts t + 1, weighted by `loss_mask[t + 1]`.
+
+        `targets` (b, t) are the ids to predict when they differ from the ids read (`shuffle_action_inputs`).
+        """
         hidden = self.hidden(batch)  # (b, t, d)
         rows, columns = batch.loss_mask[:, 1:].nonzero(as_tuple=True)  # (m,) each: positions that predict a target
         logits = self.output_logits(hidden[rows, columns])  # (m, v): only where a loss is taken
-        targets = batch.ids[rows, columns + 1]  # (m,)
+        targets = (batch.ids if targets is None else targets)[rows, columns + 1]  # (m,)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (m,)
         kinds = batch.kinds[rows, columns + 1]
         is_text, is_action = kinds == TokenKind.TEXT, kinds == TokenKind.ACTION

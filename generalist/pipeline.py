@@ -50,6 +50,7 @@ class RunPreset:
     batch_size: int = 8
     sequence_length: int = 1024
     bf16: bool = True
+    action_shuffle: float = 0.0  # share of action tokens read as another timestep's (`TrainConfig.action_shuffle`)
     episodes: int = 100  # recorded per vector task
     atari_episodes: int = 50
     atari_max_steps: int = 2000  # recorded Atari games are cut here (a Pong expert game lasts ~24,600 steps)
@@ -108,6 +109,8 @@ class RunConfig:
     """also evaluate every control task without its demonstration prompt"""
     curve_points: int | None = None
     """kept checkpoints re-evaluated for the learning curves (0: no curves)"""
+    action_shuffle: float | None = None
+    """share of action tokens the model reads as the action of another timestep, against copying the last one"""
     runs_dir: Path = Path("runs")
     """parent directory of runs"""
     data_dir: Path = Path("data")
@@ -127,7 +130,7 @@ def resolve_preset(config: RunConfig) -> RunPreset:
     overrides = {
         name: value
         for name in ("minutes", "steps", "model", "weights", "learning_rate", "warmup_steps", "eval_episodes",
-                     "prompt_ablation", "curve_points")
+                     "prompt_ablation", "curve_points", "action_shuffle")
         if (value := getattr(config, name)) is not None
     }
     return replace(PRESETS[config.preset], **overrides)
@@ -174,6 +177,7 @@ def train_config(preset: RunPreset, config: RunConfig) -> Any:
         weights=dict(preset.weights), steps=steps, schedule="time" if by_time else "steps",
         max_minutes=preset.minutes, batch_size=preset.batch_size, sequence_length=preset.sequence_length,
         learning_rate=preset.learning_rate, warmup_steps=preset.warmup_steps, bf16=preset.bf16, seed=config.seed,
+        action_shuffle=preset.action_shuffle,
         checkpoint_every=steps if by_time else max(steps // curve_points, 1),
         checkpoint_minutes=preset.minutes / curve_points if by_time else None,
         keep_checkpoints=curve_points + 1, log_every=10 if by_time else max(min(10, steps // 50), 1),

@@ -36,7 +36,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from generalist.config import from_json_dict, save_json, to_json_dict
-from generalist.datasets.batching import Batch
+from generalist.datasets.batching import Batch, shuffle_action_inputs
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
 from generalist.model import Generalist, ModelConfig, preset
 from generalist.tokenizers import TextTokenizer
@@ -101,6 +101,9 @@ class TrainConfig:
     """seed of the model initialization and the data stream"""
     prompt_probability: float = 0.25
     """share of control sequences with a demonstration prompt (Gato: 0.25)"""
+    action_shuffle: float = 0.0
+    """share of action tokens the model reads as the action of another timestep of the same sequence, their
+    targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
     checkpoint_every: int = 200
     """steps between checkpoints (and one at the end)"""
     checkpoint_minutes: float | None = None
@@ -313,7 +316,7 @@ def _optimizer_step(
         last = micro == len(shards) - 1
         sync = contextlib.nullcontext() if last or where.world_size == 1 else wrapped.no_sync()
         with sync, torch.autocast(where.device.type, dtype=torch.bfloat16, enabled=config.bf16):
-            output = wrapped(batch)
+            output = wrapped(shuffle_action_inputs(batch, config.action_shuffle), batch.ids)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
             output.loss.item(),

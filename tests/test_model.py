@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generalist.datasets.batching import collate
+from generalist.datasets.batching import collate, shuffle_action_inputs
 from generalist.model import (
     PRESETS,
     Generalist,
@@ -160,6 +160,21 @@ def test_gathered_loss_equals_the_masked_loss_over_every_position():
         is_kind = (target_kinds == kind).float() * mask
         assert count == int(is_kind.sum()) > 0
         torch.testing.assert_close(part, (losses * is_kind).sum() / is_kind.sum(), atol=1e-5, rtol=1e-5)
+
+
+def test_separate_targets_score_the_true_tokens_behind_shuffled_inputs():
+    model = _model()
+    rng = np.random.default_rng(3)
+    batch = collate([_episode(rng, 12, image=None, spec=ActionSpec("continuous", 2))], LAYOUT)
+    shuffled = shuffle_action_inputs(batch, 1.0, torch.Generator().manual_seed(0))
+    assert not torch.equal(shuffled.ids, batch.ids)
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch, batch.ids).loss, model(batch).loss, atol=0, rtol=0)
+        logits = model.logits(shuffled)[:, :-1]
+        losses = F.cross_entropy(logits.transpose(1, 2), batch.ids[:, 1:], reduction="none")
+        mask = batch.loss_mask[:, 1:].float()
+        torch.testing.assert_close(model(shuffled, batch.ids).loss, (losses * mask).sum() / mask.sum(),
+                                   atol=1e-5, rtol=1e-5)
 
 
 def test_targets_outside_the_mask_change_nothing():

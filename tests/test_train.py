@@ -13,6 +13,7 @@ import safetensors.torch
 import torch
 
 from generalist.config import from_json_dict, load_json
+from generalist.datasets.recording import CollectConfig, collect
 from generalist.tokenizers import TextTokenizer
 from generalist.train import (
     TrainConfig,
@@ -153,3 +154,14 @@ def test_checkpoints_every_few_minutes(tmp_path):
     ]
     minutes = [read_trainer_state(tmp_path / "checkpoints" / f"step-000000{i}")["minutes"] for i in (1, 2, 3)]
     assert 0 < minutes[0] < minutes[1] < minutes[2]
+
+
+def test_action_shuffle_changes_what_the_model_reads_and_is_seeded(tmp_path):
+    collect(CollectConfig(tasks=("cartpole",), episodes=3, out=tmp_path / "data", max_episode_steps=40,
+                          progress=False))
+    base = replace(TINY, weights={"cartpole": 1.0}, data_dir=tmp_path / "data", steps=2, checkpoint_every=2)
+    runs = {name: weights_of(train(replace(base, run_dir=tmp_path / name, action_shuffle=share)))
+            for name, share in (("a", 1.0), ("b", 1.0), ("plain", 0.0))}
+    for name in runs["a"]:
+        torch.testing.assert_close(runs["b"][name], runs["a"][name], rtol=0, atol=0, msg=name)
+    assert any(not torch.equal(runs["plain"][name], runs["a"][name]) for name in runs["a"])

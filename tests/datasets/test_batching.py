@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.datasets.batching import collate
+from generalist.datasets.batching import collate, shuffle_action_inputs
 from generalist.tokenizers import (
     NO_POSITION,
     ActionSpec,
@@ -77,3 +77,36 @@ def test_a_batch_without_patches_and_to_device():
     assert batch.patches.shape == (0, 3, 16, 16) and batch.patch_batch_index.shape == (0,)
     moved = batch.to("cpu")
     assert torch.equal(moved.ids, batch.ids) and torch.equal(moved.lengths, batch.lengths)
+
+
+def _two_slot_episode(steps: int, rng: np.random.Generator):
+    # Continuous actions of 2 slots whose first slot is always negative and second always positive: a token
+    # moved to another slot would show.
+    actions = np.stack([-rng.uniform(0.2, 1, steps), rng.uniform(0.2, 1, steps)], axis=1)
+    observations = {"continuous": rng.normal(size=(steps, 3))}
+    return tokenize_episode(observations, actions, ActionSpec("continuous", 2), LAYOUT)
+
+
+def test_shuffled_actions_come_from_the_same_slot_of_the_same_row():
+    rng = np.random.default_rng(1)
+    batch = collate([_two_slot_episode(40, rng), _two_slot_episode(25, rng), tokenize_text(np.arange(9), LAYOUT)],
+                    LAYOUT)
+    assert shuffle_action_inputs(batch, 0.0) is batch
+    shuffled = shuffle_action_inputs(batch, 1.0, torch.Generator().manual_seed(0))
+    is_action = batch.kinds == TokenKind.ACTION
+    assert torch.equal(shuffled.ids[~is_action], batch.ids[~is_action])  # observations, text, padding kept
+    for row in range(2):
+        actions = batch.ids[row][is_action[row]].view(-1, 2)
+        moved = shuffled.ids[row][is_action[row]].view(-1, 2)
+        for slot in range(2):
+            assert set(moved[:, slot].tolist()) <= set(actions[:, slot].tolist())
+        assert (moved != actions).float().mean() > 0.8  # nearly all changed: the source is its own 1 time in n
+    assert torch.equal(shuffled.kinds, batch.kinds) and torch.equal(shuffled.loss_mask, batch.loss_mask)
+
+
+def test_about_the_given_share_of_actions_is_shuffled():
+    rng = np.random.default_rng(2)
+    batch = collate([_two_slot_episode(100, rng) for _ in range(4)], LAYOUT)
+    shuffled = shuffle_action_inputs(batch, 0.3, torch.Generator().manual_seed(0))
+    changed = (shuffled.ids != batch.ids)[batch.kinds == TokenKind.ACTION].float().mean().item()
+    assert 0.25 < changed < 0.32  # 0.3 x (1 - 1/100): a token drawn to its own timestep keeps its value
