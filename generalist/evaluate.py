@@ -5,8 +5,9 @@ Design choices:
 - Control (Gato section 4.1): the context of every episode opens with a demonstration of the same task, the
   last `prompt_tokens` tokens of a recorded expert episode (whole timesteps), then the agent acts step by step
   through the KV-cached `Policy`; `prompt="none"` measures the agent without it. Episodes run on a vector of
-  environments; environment `i` of `n` plays seeds `seed + i, seed + i + n, ...` and exactly `ceil(episodes / n)`
-  of them count, so long episodes weigh as much as short ones. The default seed is far from the seeds of
+  environments; environment `i` of `n` plays seeds `seed + i, seed + i + n, ...` and a fixed share of the
+  episodes (the first `episodes % n` environments one more), so the evaluated episodes are always the seeds
+  `seed .. seed + episodes - 1`, long ones as much as short ones. The default seed is far from the seeds of
   recording (0, 1, ...) and of the score baselines (1,000,000, ...).
 - Scores: raw return, expert-normalized `(agent - random) / (expert - random)` with the stored baselines, and
   for Atari human-normalized with the published human scores.
