@@ -226,6 +226,36 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "diagnose",
+        help="does a control policy read its observations or copy its last action? (behaviour-cloning diagnosis)",
+        description="Per task: teacher-forced action accuracy on recorded episodes with the true and with a "
+        "shuffled action history, the agent's agreement with the expert on the states the agent visits, and how "
+        "often agent and expert repeat their previous action (see generalist/diagnose.py).",
+    )
+    parser.add_argument("--checkpoint", default=None,
+                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
+    parser.add_argument("--tasks", required=True, help="comma-separated control task names, or all")
+    parser.add_argument("--episodes", type=int, default=3, help="on-policy episodes per task")
+    parser.add_argument("--data-dir", default="data", help="recorded episodes of the tasks (and the prompts)")
+    parser.add_argument("--no-prompt", action="store_true", help="act without a demonstration prompt")
+    parser.set_defaults(run=_run_diagnose)
+
+
+def _run_diagnose(args: argparse.Namespace) -> int:
+    from generalist.diagnose import diagnose, format_diagnoses
+    from generalist.envs import task_list
+    from generalist.evaluate import load_model
+    from generalist.pretrained import default_checkpoint
+
+    tasks = task_list(args.tasks)
+    model, _ = load_model(args.checkpoint or default_checkpoint())
+    rows = [diagnose(model, task, args.data_dir, args.episodes, prompt=not args.no_prompt) for task in tasks]
+    print(format_diagnoses(rows))
+    return 0
+
+
 def _add_caption(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
     parser.add_argument("--checkpoint", default=None,
@@ -352,6 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_baselines(subparsers)
     _add_train(subparsers)
     _add_evaluate(subparsers)
+    _add_diagnose(subparsers)
     _add_caption(subparsers)
     _add_chat(subparsers)
     _add_run(subparsers)

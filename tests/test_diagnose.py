@@ -1,0 +1,66 @@
+"""The copycat diagnosis: repeat rates, teacher-forced accuracy over the valid action tokens, the command."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from generalist.datasets.recording import CollectConfig, collect
+from generalist.datasets.storage import EpisodeDataset
+from generalist.diagnose import repeat_rate, teacher_forced_accuracy
+from generalist.model import Generalist, preset
+from generalist.tokenizers import TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data")
+    collect(CollectConfig(tasks=("cartpole",), episodes=3, out=out, max_episode_steps=50, progress=False))
+    return out
+
+
+def _model():
+    torch.manual_seed(0)
+    return Generalist(preset("tiny", text_vocab_size=TextTokenizer.default().vocab_size, context=256)).eval()
+
+
+def test_repeat_rate_skips_the_first_step_of_every_episode():
+    ids = np.array([[1], [1], [2], [2], [2]])
+    assert repeat_rate(ids, [0, 3]) == pytest.approx(2 / 3)  # steps 1, 2, 4 count; 1 and 4 repeat
+    assert repeat_rate(np.array([[0, 1], [0, 2]]), [0]) == 0.0  # every slot must repeat
+
+
+def test_teacher_forced_accuracy_chooses_among_the_valid_action_tokens(data_dir):
+    model = _model()
+    with torch.no_grad():
+        model.norm.weight.zero_()
+        model.norm.bias.zero_()
+    # Every logit is now 0: the choice falls on the first valid token, action 0 (a choice over the whole table
+    # would pick id 0, a text token, and score 0). So the accuracy is the recorded windows' share of action 0.
+    episodes = EpisodeDataset(data_dir / "cartpole")
+    steps = model.config.context // 6  # 4 values, separator, action
+    zeros = []
+    for episode in range(len(episodes)):
+        length = episodes.episode_length(episode)
+        start = max(0, (length - steps) // 2)
+        _, actions = episodes.read(episode, start, min(length, start + steps))
+        zeros.append(np.asarray(actions).ravel() == 0)
+    expected = np.concatenate(zeros).mean()
+    assert 0 < expected < 1
+    assert teacher_forced_accuracy(model, "cartpole", data_dir) == pytest.approx(expected)
+
+
+def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
+    checkpoint = _model().save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
+    result = subprocess.run(
+        [sys.executable, "-m", "generalist.cli", "diagnose", "--checkpoint", str(checkpoint), "--tasks", "cartpole",
+         "--episodes", "2", "--data-dir", str(data_dir)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    (row,) = [line for line in result.stdout.splitlines() if line.startswith("| cartpole")]
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    shares = [float(cell.rstrip("%")) for cell in cells[1:6]]
+    assert all(0 <= share <= 100 for share in shares) and int(cells[6]) > 2
