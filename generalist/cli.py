@@ -244,15 +244,17 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:
-    from generalist.diagnose import diagnose, format_diagnoses
+    from generalist.diagnose import DIAGNOSIS_HEADER, diagnose, format_diagnosis
     from generalist.envs import task_list
     from generalist.evaluate import load_model
     from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
     model, _ = load_model(args.checkpoint or default_checkpoint())
-    rows = [diagnose(model, task, args.data_dir, args.episodes, prompt=not args.no_prompt) for task in tasks]
-    print(format_diagnoses(rows))
+    print(DIAGNOSIS_HEADER, flush=True)
+    for task in tasks:  # a row as soon as it is measured: a task's rollouts take a while
+        print(format_diagnosis(diagnose(model, task, args.data_dir, args.episodes, prompt=not args.no_prompt)),
+              flush=True)
     return 0
 
 

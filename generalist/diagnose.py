@@ -140,16 +140,13 @@ def diagnose(
     )
 
 
-def format_diagnoses(rows: list[Diagnosis]) -> str:
-    """A markdown table of diagnoses."""
-    lines = [
-        "| task | teacher-forced | with shuffled history | on-policy agreement | agent repeats | expert repeats "
-        "| steps |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {d.task} | {d.teacher_forced:.1%} | {d.teacher_forced_shuffled:.1%} | {d.on_policy_agreement:.1%} | "
-        f"{d.agent_repeats:.1%} | {d.expert_repeats:.1%} | {d.steps} |"
-        for d in rows
-    ]
-    return "\n".join(lines)
+DIAGNOSIS_HEADER = (
+    "| task | teacher-forced | with shuffled history | on-policy agreement | agent repeats | expert repeats | steps |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+)
+
+
+def format_diagnosis(d: Diagnosis) -> str:
+    """One markdown row of the table under `DIAGNOSIS_HEADER`."""
+    return (f"| {d.task} | {d.teacher_forced:.1%} | {d.teacher_forced_shuffled:.1%} | {d.on_policy_agreement:.1%} | "
+            f"{d.agent_repeats:.1%} | {d.expert_repeats:.1%} | {d.steps} |")
