@@ -19,7 +19,7 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -142,6 +142,34 @@ class SeedEveryReset(gym.Wrapper, gym.utils.RecordConstructorArgs):
         observation, info = self.env.reset(seed=seed, options=options)
         self._next_seed = seed + self._stride
         return observation, {**info, "seed": seed}
+
+
+class TruncateWithoutReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
+    """End an episode (truncated) once `steps` steps in a row have paid no reward.
+
+    Breakout serves the ball only on FIRE: an agent that never fires would otherwise play on to the 27,000-step
+    cap without a single event, hours of evaluation on a CPU. The step count is ``info["steps_without_reward"]``.
+    """
+
+    def __init__(self, env: gym.Env, steps: int) -> None:
+        if steps < 1:
+            raise ValueError(f"steps must be positive, got {steps}")
+        gym.utils.RecordConstructorArgs.__init__(self, steps=steps)
+        gym.Wrapper.__init__(self, env)
+        self._limit, self._quiet = steps, 0
+
+    def reset(self, **kwargs: Any) -> tuple[Observation, dict[str, Any]]:
+        """Reset the env and the count."""
+        self._quiet = 0
+        return self.env.reset(**kwargs)
+
+    def step(self, action: Any) -> tuple[Observation, SupportsFloat, bool, bool, dict[str, Any]]:
+        """Step, counting steps without reward; at the limit the episode is truncated."""
+        observation, reward, terminated, truncated, info = self.env.step(action)
+        self._quiet = 0 if reward != 0 else self._quiet + 1
+        return observation, reward, terminated, truncated or self._quiet >= self._limit, {
+            **info, "steps_without_reward": self._quiet
+        }
 
 
 def _fresh_seed() -> int:

@@ -16,6 +16,9 @@ Design choices:
   emulator, bounds evaluation.
 - Sub-env ``i`` of a vector env seeded with ``s`` plays seeds ``s + i``, ``s + i + n``, ``s + i + 2n``, ...
   (n envs), so episodes never share a seed and each can be replayed alone with `make`.
+- A task may end episodes that go `steps_without_reward` steps without any reward (Breakout only: an agent
+  that never presses FIRE is never served a ball and would play to the 27,000-step cap). Expert and random
+  players never come near the limit.
 - Atari tasks carry the human and random scores in common use across the Atari literature (Pong 14.6 and
   -20.7, Breakout 30.5 and 1.7) for the human-normalized score. Their random scores were measured under other
   protocols and differ a little from ours, which is why the expert-normalized score uses our own.
@@ -36,7 +39,7 @@ from gymnasium.wrappers import RescaleAction
 
 from generalist.envs import experts
 from generalist.envs.atari import AtariFrame
-from generalist.envs.contract import SeedEveryReset, VectorObservation
+from generalist.envs.contract import SeedEveryReset, TruncateWithoutReward, VectorObservation
 from generalist.envs.policies import Policy
 from generalist.tokenizers import ActionSpec
 
@@ -64,6 +67,7 @@ class Task:
     max_episode_steps: int
     env_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     human_scores: HumanScores | None = None
+    steps_without_reward: int | None = None  # truncate an episode after this many steps with no reward
 
     def action_space(self) -> spaces.Space:
         """The action space the agent sees: Discrete(n), or Box(-1, 1, (n,)) float32."""
@@ -150,6 +154,9 @@ TASKS: Mapping[str, Task] = MappingProxyType(
                 ATARI_STEP_CAP,
                 env_kwargs=ATARI_V5_KWARGS,
                 human_scores=HumanScores(human=30.5, random=1.7),
+                # Five times the longest stretch without reward in 50 recorded expert games (206 steps): ends
+                # only the games of an agent that stopped serving the ball.
+                steps_without_reward=1000,
             ),
         )
     }
@@ -196,6 +203,8 @@ def make(
     cap = spec.max_episode_steps if max_episode_steps is None else max_episode_steps
     env = gym.make(spec.env_id, max_episode_steps=cap, render_mode=render_mode, **spec.env_kwargs)
     env = spec.wrapper(env)
+    if spec.steps_without_reward is not None:
+        env = TruncateWithoutReward(env, spec.steps_without_reward)
     if spec.action_kind == "continuous":
         env = RescaleAction(env, np.float32(-1.0), np.float32(1.0))
     return SeedEveryReset(env, seed, stride=seed_stride)

@@ -9,7 +9,7 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 from generalist.envs import TASKS, RandomPolicy, check_observation, make, make_vector, run_episode, task_list
-from generalist.envs.contract import DiscreteObservation, SeedEveryReset
+from generalist.envs.contract import DiscreteObservation, SeedEveryReset, TruncateWithoutReward
 from generalist.envs.rollout import sub_env_view
 
 ATARI = {"pong", "breakout"}
@@ -179,3 +179,45 @@ def test_sub_env_view_gives_each_expert_its_own_ram() -> None:
         np.testing.assert_array_equal(info["ram"], infos["ram"][i])
         assert info["ram"].shape == (128,) and "_ram" not in info
     assert not np.array_equal(infos["ram"][0], infos["ram"][1])  # paddles moved opposite ways
+
+
+class _Paying(gym.Env):
+    """Pays 1 on the listed steps (counted from 1), 0 otherwise, and never ends by itself."""
+
+    observation_space = gym.spaces.Discrete(1)
+    action_space = gym.spaces.Discrete(1)
+
+    def __init__(self, paying_steps):
+        self.paying_steps, self.t = set(paying_steps), 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return 0, {}
+
+    def step(self, action):
+        self.t += 1
+        return 0, float(self.t in self.paying_steps), False, False, {}
+
+
+def test_an_episode_without_reward_for_too_long_is_truncated():
+    env = TruncateWithoutReward(_Paying({3, 6}), steps=4)
+    env.reset()
+    truncated = [env.step(0)[3] for _ in range(10)]
+    assert truncated.index(True) == 9  # the 4th quiet step after the reward at step 6 is step 10
+    env.reset()  # the count starts again
+    assert not any(env.step(0)[3] for _ in range(2))
+    with pytest.raises(ValueError, match="positive"):
+        TruncateWithoutReward(_Paying(()), steps=0)
+
+
+def test_breakout_ends_a_game_whose_ball_is_never_served():
+    env = make("breakout", seed=0)
+    env.reset()
+    ended = []
+    for _ in range(1100):  # NOOP forever: the ball is never served, no brick is ever hit
+        *_, terminated, truncated, info = env.step(0)
+        ended.append(terminated or truncated)
+        if ended[-1]:
+            break
+    assert truncated and len(ended) == 1000 and info["steps_without_reward"] == 1000
