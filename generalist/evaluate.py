@@ -340,5 +340,9 @@ def chat_reply(
     prompt = tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER} ")
     prompt = prompt[-(model.config.context - max_new_tokens) :]  # the latest turns, if the talk is long
     (ids,) = generate(model, [prompt], max_new_tokens, temperature)
-    # The model writes on into the user's next turn when it does not stop: the reply ends where that starts.
-    return tokenizer.decode(ids).split(f"\n{USER_MARKER}")[0].strip()
+    # The model writes on into a next turn (the user's, or its own again) when it does not stop: the reply ends
+    # at the first turn marker.
+    text = tokenizer.decode(ids)
+    for marker in (USER_MARKER, ASSISTANT_MARKER):
+        text = text.split(marker)[0]
+    return text.strip()

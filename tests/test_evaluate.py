@@ -162,3 +162,16 @@ def test_chat_handles_talk_longer_than_the_context(model):
     reply = chat_reply(model, tokenizer, [long_turn, "a reply", long_turn], max_new_tokens=8)
     assert isinstance(reply, str)
     assert math.isfinite(chat_perplexity(model, tokenizer, [(long_turn, long_turn)]))
+
+
+@pytest.mark.parametrize("marker", ["<|user|>", "<|assistant|>"])
+def test_a_chat_reply_ends_at_the_next_turn_marker(model, monkeypatch, marker):
+    import generalist.policy
+    from generalist.evaluate import chat_reply
+
+    tokenizer = TextTokenizer.default()
+    written = tokenizer.encode(f"fine, thanks\n{marker} and you?")
+    monkeypatch.setattr(generalist.policy, "generate", lambda *args, **kwargs: [written])
+    reply = chat_reply(model, tokenizer, ["how are you?"])
+    assert reply == "fine, thanks"
+    chat_reply(model, tokenizer, ["how are you?", reply, "good"])  # a valid turn of the next history
