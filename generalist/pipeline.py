@@ -55,6 +55,7 @@ class RunPreset:
     atari_episodes: int = 50
     atari_max_steps: int = 2000  # recorded Atari games are cut here (a Pong expert game lasts ~24,600 steps)
     eval_episodes: int = 10
+    eval_envs: int = 8  # environments stepped together: more rows per forward pass make each step cheaper
     caption_scenes: int = 100
     chat_samples: int = 3
     curve_points: int = 4  # checkpoints kept and re-evaluated for the learning curves (0: none)
@@ -73,7 +74,8 @@ PRESETS: dict[str, RunPreset] = {
     "cpu": RunPreset(model="tiny", weights=_mixture(VECTOR_TASKS), minutes=20.0, warmup_steps=50),
     "full": RunPreset(
         model="tiny", weights=_mixture(VECTOR_TASKS + ATARI_TASKS), minutes=180.0, steps=4000, warmup_steps=200,
-        episodes=200, eval_episodes=50, curve_points=8, curve_episodes=5, curve_scenes=50, prompt_ablation=True,
+        episodes=200, eval_episodes=50, eval_envs=50, curve_points=8, curve_episodes=5, curve_scenes=50,
+        prompt_ablation=True,
     ),
     "smoke": RunPreset(
         model="tiny", weights={"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5}, minutes=1.0, steps=2,
@@ -282,13 +284,14 @@ EVALUATIONS = "evaluations.json"
 
 def cached_evaluate(
     model: Any, checkpoint: Path, tasks: list[str], episodes: int, seed: int, data_dir: Path,
-    prompt: str = "demonstration",
+    prompt: str = "demonstration", num_envs: int = 8,
 ) -> list[TaskResult]:
     """`evaluate`, one task at a time, keeping each task's result in the checkpoint's evaluations.json.
 
     An evaluation of a large run takes long: one interrupted, or rerun for the report, repeats none of the tasks
     already done. The file lives inside the checkpoint, so a checkpoint rewritten by training takes it along.
-    Failed tasks are not kept: a rerun tries them again.
+    Failed tasks are not kept: a rerun tries them again. The episodes are the same seeds whatever `num_envs` is,
+    so it is not part of the key.
     """
     from generalist.evaluate import evaluate
 
@@ -300,7 +303,7 @@ def cached_evaluate(
         if key in cache:
             results.append(TaskResult(**cache[key]))
             continue
-        (result,) = evaluate(model, [task], episodes, seed, prompt, data_dir=data_dir)
+        (result,) = evaluate(model, [task], episodes, seed, prompt, data_dir=data_dir, num_envs=num_envs)
         results.append(result)
         if result.error is None:
             cache[key] = asdict(result)
@@ -324,7 +327,9 @@ def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str
     for checkpoint in checkpoints:
         step = int(checkpoint.name.removeprefix("step-"))
         model, tokenizer = load_model(checkpoint)
-        for result in cached_evaluate(model, checkpoint, tasks, preset.curve_episodes, seed, config.data_dir):
+        for result in cached_evaluate(
+            model, checkpoint, tasks, preset.curve_episodes, seed, config.data_dir, num_envs=preset.eval_envs
+        ):
             curves.setdefault(f"{result.task}/normalized", {})[step] = result.normalized
         if preset.weights.get("scenes", 0) > 0:
             scores, _ = evaluate_captions(model, tokenizer, preset.curve_scenes, seed)
@@ -357,9 +362,11 @@ def run_pipeline(config: RunConfig) -> RunResults:
     seed = DEFAULT_SEED + config.seed
     tasks = control_tasks(preset.weights)
     print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
-    control = cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir)
+    control = cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir,
+                              num_envs=preset.eval_envs)
     unprompted = (
-        cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir, prompt="none")
+        cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir, prompt="none",
+                        num_envs=preset.eval_envs)
         if preset.prompt_ablation else []
     )
     captions = chat = None
