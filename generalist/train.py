@@ -337,6 +337,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"schedule must be 'steps' or 'time', got {config.schedule!r}")
     if config.schedule == "time" and not (config.max_minutes and config.max_minutes > 0):
         raise ValueError("schedule='time' needs max_minutes > 0: the time the schedule spans")
+    if not 0.0 <= config.action_shuffle <= 1.0:
+        raise ValueError(f"action_shuffle is a share of action tokens in [0, 1], got {config.action_shuffle}")
     if config.steps < 1 or config.batch_size < 1 or config.accumulation < 1:
         raise ValueError(f"steps, batch_size and accumulation must be positive: {config.steps}, "
                          f"{config.batch_size}, {config.accumulation}")

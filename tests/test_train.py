@@ -165,3 +165,5 @@ def test_action_shuffle_changes_what_the_model_reads_and_is_seeded(tmp_path):
     for name in runs["a"]:
         torch.testing.assert_close(runs["b"][name], runs["a"][name], rtol=0, atol=0, msg=name)
     assert any(not torch.equal(runs["plain"][name], runs["a"][name]) for name in runs["a"])
+    with pytest.raises(ValueError, match="action_shuffle"):
+        train(replace(base, run_dir=tmp_path / "bad", action_shuffle=1.5))
