@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generalist.datasets.batching import collate, shuffle_action_inputs
+from generalist.datasets.batching import action_slots, collate, shuffle_action_inputs
 from generalist.model import Generalist
 from generalist.tokenizers import TokenKind, tokenize_actions
 
@@ -59,17 +59,10 @@ def teacher_forced_accuracy(
     inputs = shuffle_action_inputs(batch, shuffle, torch.Generator().manual_seed(seed))
     rows, columns = (batch.kinds[:, 1:] == TokenKind.ACTION).nonzero(as_tuple=True)
     allowed = torch.as_tensor(get_task(task).action_spec().valid_id_mask(layout))  # (slots, v)
-    slots = _slots(batch.kinds)[rows, columns + 1]
+    slots = action_slots(batch.kinds)[rows, columns + 1]
     with torch.no_grad():
         logits = model.logits(inputs)[rows, columns].masked_fill(~allowed[slots], -torch.inf)
     return float((logits.argmax(-1) == batch.ids[rows, columns + 1]).float().mean())
-
-
-def _slots(kinds: torch.Tensor) -> torch.Tensor:
-    """Each token's index after its timestep's separator minus one: an action token's slot."""
-    index = torch.arange(kinds.shape[1]).expand_as(kinds)
-    last_separator = torch.where(kinds == TokenKind.SEPARATOR, index, -1).cummax(dim=1).values
-    return (index - last_separator - 1).clamp(min=0)
 
 
 def on_policy(

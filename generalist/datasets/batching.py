@@ -98,6 +98,13 @@ def collate(
     )
 
 
+def action_slots(kinds: torch.Tensor) -> torch.Tensor:
+    """(B, T) kinds to each action token's place among its timestep's action tokens (other tokens: meaningless)."""
+    index = torch.arange(kinds.shape[1], device=kinds.device).expand_as(kinds)
+    last_separator = torch.where(kinds == TokenKind.SEPARATOR, index, -1).cummax(dim=1).values
+    return index - last_separator - 1
+
+
 def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Generator | None = None) -> Batch:
     """The batch with each action token, with `probability`, read as the same slot of a random timestep of its row.
 
@@ -114,8 +121,7 @@ def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Gen
     n_rows, width = ids.shape
     index = torch.arange(width, device=ids.device).expand(n_rows, width)
     is_separator = kinds == TokenKind.SEPARATOR
-    last_separator = torch.where(is_separator, index, -1).cummax(dim=1).values
-    slot = index - last_separator - 1  # an action token's place among its timestep's action tokens
+    slot = action_slots(kinds)
     separators = torch.where(is_separator, index, width).sort(dim=1).values  # each row's separators first
     n_separators = is_separator.sum(dim=1, keepdim=True)
     uniform = torch.rand(n_rows, width, generator=generator, device=ids.device)
