@@ -238,7 +238,9 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
                         help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
     parser.add_argument("--tasks", required=True, help="comma-separated control task names, or all")
     parser.add_argument("--episodes", type=int, default=3, help="on-policy episodes per task")
-    parser.add_argument("--data-dir", default="data", help="recorded episodes of the tasks (and the prompts)")
+    parser.add_argument("--data-dir", default=None,
+                        help="recorded episodes of the tasks, also the prompts (default: the checkpoint's "
+                        "demonstrations, else data)")
     parser.add_argument("--no-prompt", action="store_true", help="act without a demonstration prompt")
     parser.set_defaults(run=_run_diagnose)
 
@@ -247,13 +249,15 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     from generalist.diagnose import DIAGNOSIS_HEADER, diagnose, format_diagnosis
     from generalist.envs import task_list
     from generalist.evaluate import load_model
-    from generalist.pretrained import default_checkpoint
+    from generalist.pretrained import default_checkpoint, demonstrations_dir
 
     tasks = task_list(args.tasks)
-    model, _ = load_model(args.checkpoint or default_checkpoint())
+    checkpoint = args.checkpoint or default_checkpoint()
+    model, _ = load_model(checkpoint)
     print(DIAGNOSIS_HEADER, flush=True)
     for task in tasks:  # a row as soon as it is measured: a task's rollouts take a while
-        print(format_diagnosis(diagnose(model, task, args.data_dir, args.episodes, prompt=not args.no_prompt)),
+        data_dir = demonstrations_dir(checkpoint, args.data_dir, task)
+        print(format_diagnosis(diagnose(model, task, data_dir, args.episodes, prompt=not args.no_prompt)),
               flush=True)
     return 0
 

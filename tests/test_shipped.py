@@ -41,3 +41,10 @@ def test_caption_and_chat_with_the_shipped_checkpoint(tmp_path):
     assert caption.startswith(f"{image}: ") and len(caption.split(": ", 1)[1].split()) >= 2
     reply = _generalist("chat", "--max-new-tokens", "16", cwd=tmp_path, stdin="hello\n")
     assert reply.startswith("assistant> ")
+
+
+def test_diagnose_with_the_shipped_checkpoint_reads_its_demonstrations(tmp_path):
+    out = _generalist("diagnose", "--tasks", "mountaincar_continuous", "--episodes", "1", cwd=tmp_path)
+    (row,) = [line for line in out.splitlines() if line.startswith("| mountaincar_continuous")]
+    teacher_forced = float(row.split("|")[2].strip().rstrip("%"))
+    assert teacher_forced > 50  # the shipped model predicts its expert's actions here (100% in RESULTS.md)
