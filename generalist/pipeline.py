@@ -266,12 +266,21 @@ def evaluate_captions_stage(model: Any, tokenizer: Any, scenes: int, seed: int) 
     )
 
 
+PERPLEXITY_CURVE = "chat/perplexity"
+
+
+def heldout_conversations() -> list[tuple[str, ...]]:
+    """The conversations chat perplexity is measured on: the share of the corpus training never reads."""
+    from generalist.datasets.text import chatterbot_conversations, split_conversations
+
+    return split_conversations(chatterbot_conversations())[1]
+
+
 def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int) -> ChatReport:
     """Perplexity over the held-out conversations and the model's reply to the first turn of a few of them."""
-    from generalist.datasets.text import chatterbot_conversations, split_conversations
     from generalist.evaluate import chat_perplexity, chat_reply
 
-    _, heldout = split_conversations(chatterbot_conversations())
+    heldout = heldout_conversations()
     perplexity = chat_perplexity(model, tokenizer, heldout)
     replies = [
         (c[0], c[1] if len(c) > 1 else "", chat_reply(model, tokenizer, [c[0]])) for c in heldout[:samples]
@@ -314,8 +323,8 @@ def cached_evaluate(
 
 
 def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str, dict[int, float]]:
-    """Scores of every kept checkpoint: each control task's normalized score and the caption attribute accuracy."""
-    from generalist.evaluate import evaluate_captions, load_model
+    """Scores of every kept checkpoint: control tasks' normalized scores, caption accuracy, chat perplexity."""
+    from generalist.evaluate import chat_perplexity, evaluate_captions, load_model
 
     folder = config.runs_dir / config.name / "checkpoints"
     curves: dict[str, dict[int, float]] = {}
@@ -334,6 +343,8 @@ def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str
         if preset.weights.get("scenes", 0) > 0:
             scores, _ = evaluate_captions(model, tokenizer, preset.curve_scenes, seed)
             curves.setdefault("captions/attribute_accuracy", {})[step] = scores.attribute_accuracy
+        if preset.weights.get("dialogue", 0) > 0:
+            curves.setdefault(PERPLEXITY_CURVE, {})[step] = chat_perplexity(model, tokenizer, heldout_conversations())
     return curves
 
 

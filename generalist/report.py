@@ -99,20 +99,37 @@ def plot_scores(results: Sequence[TaskResult], path: Path) -> Path | None:
 
 
 def plot_score_curves(curves: Mapping[str, Mapping[int, float]], path: Path) -> Path | None:
-    """Each task's score at the kept checkpoints, in percent, against the step."""
-    if not curves:
+    """Each task's score at the kept checkpoints, in percent, against the step; chat perplexity in its own panel."""
+    from generalist.pipeline import PERPLEXITY_CURVE
+
+    scores = {name: points for name, points in curves.items() if name != PERPLEXITY_CURVE}
+    perplexity = curves.get(PERPLEXITY_CURVE)
+    if not scores and not perplexity:
         return None
     plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(7, 4.5))
-    for name, points in sorted(curves.items()):
-        steps = sorted(points)
-        axis.plot(steps, [100 * points[s] for s in steps], marker="o", label=name.split("/")[0])
-    axis.axhline(100, color="black", linestyle="--", linewidth=1)
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("expert-normalized score / caption attribute accuracy (%)")
-    axis.set_title("scores over training")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize="small", ncol=2)
+    panels = int(bool(scores)) + int(bool(perplexity))
+    figure, axes = plt.subplots(1, panels, figsize=(7 * panels, 4.5), squeeze=False)
+    axes = list(axes.flat)
+    if scores:
+        axis = axes.pop(0)
+        for name, points in sorted(scores.items()):
+            steps = sorted(points)
+            axis.plot(steps, [100 * points[s] for s in steps], marker="o", label=name.split("/")[0])
+        axis.axhline(100, color="black", linestyle="--", linewidth=1)
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel("expert-normalized score / caption attribute accuracy (%)")
+        axis.set_title("scores over training")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="small", ncol=2)
+    if perplexity:
+        axis = axes.pop(0)
+        steps = sorted(perplexity)
+        axis.plot(steps, [perplexity[s] for s in steps], marker="o", color="tab:purple")
+        axis.set_yscale("log")
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel("held-out chat perplexity (lower is better)")
+        axis.set_title("chat perplexity over training")
+        axis.grid(alpha=0.3, which="both")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -178,7 +195,7 @@ def write_report(
     run_dir: Path, results: RunResults, preset: RunPreset, config: RunConfig, machine: str
 ) -> Path:
     """Write `run_dir/report.md` and its plots; returns the report's path."""
-    from generalist.pipeline import finite_mean
+    from generalist.pipeline import PERPLEXITY_CURVE, finite_mean
 
     lines = [
         f"# Run `{config.name}`",
@@ -234,7 +251,8 @@ def write_report(
             "| --- |" + " --- |" * len(steps),
         ]
         for name, points in sorted(results.curves.items()):
-            cells = [f"{points[s]:.1%}" if s in points and math.isfinite(points[s]) else "" for s in steps]
+            form = "{:.1f}" if name == PERPLEXITY_CURVE else "{:.1%}"
+            cells = [form.format(points[s]) if s in points and math.isfinite(points[s]) else "" for s in steps]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
 

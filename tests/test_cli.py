@@ -82,6 +82,10 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["step"] == 2 and len(results["control"][0]["returns"]) == 2
     assert set(results["curves"]["cartpole/normalized"]) == {"1", "2"}
+    # The mixture holds dialogue: every kept checkpoint's held-out chat perplexity, written as a number, not a %.
+    perplexity = results["curves"]["chat/perplexity"]
+    assert set(perplexity) == {"1", "2"} and all(p > 1 for p in perplexity.values())
+    assert f"| chat/perplexity | {perplexity['1']:.1f} | {perplexity['2']:.1f} |" in report
 
     # Again: the data is there, the training finished and the control tasks' results are kept with the checkpoint.
     assert "cartpole|episodes=2|" in (run_dir / "checkpoints" / "step-0000002" / "evaluations.json").read_text()

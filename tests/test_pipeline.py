@@ -1,6 +1,7 @@
 """The `generalist run` pipeline's pieces: presets, resuming, the report's plots and tables."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from generalist.pipeline import (
     resolve_preset,
     train_stage,
 )
-from generalist.report import _smooth, plot_scores, read_metrics
+from generalist.report import _smooth, plot_score_curves, plot_scores, read_metrics
 from generalist.train import read_trainer_state
 
 
@@ -86,6 +87,22 @@ def test_score_plot_skips_tasks_without_scores(tmp_path):
     assert not math.isnan(played.normalized)
     path = plot_scores([failed, played], tmp_path / "scores.png")
     assert path is not None and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_score_curve_plot_draws_perplexity_in_its_own_panel(tmp_path):
+    scores_only = plot_score_curves({"cartpole/normalized": {1: 0.2, 2: 0.5}}, tmp_path / "scores.png")
+    both = plot_score_curves(
+        {"cartpole/normalized": {1: 0.2, 2: 0.5}, "chat/perplexity": {1: 900.0, 2: 60.0}}, tmp_path / "both.png"
+    )
+    perplexity_only = plot_score_curves({"chat/perplexity": {1: 900.0}}, tmp_path / "perplexity.png")
+    assert plot_score_curves({}, tmp_path / "none.png") is None
+    widths = [_png_width(path) for path in (scores_only, both, perplexity_only)]
+    assert widths[1] == 2 * widths[0] and widths[2] == widths[0]
+
+
+def _png_width(path: Path | None) -> int:
+    assert path is not None
+    return int.from_bytes(path.read_bytes()[16:20], "big")
 
 
 def test_a_time_budget_becomes_a_time_schedule_with_evenly_spaced_checkpoints():
