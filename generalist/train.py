@@ -110,6 +110,9 @@ class TrainConfig:
     """also write a checkpoint each time this many more minutes of training have passed"""
     keep_checkpoints: int = 2
     """newest checkpoints kept on disk"""
+    interim_minutes: float | None = 10.0
+    """also write an interim checkpoint each time this many minutes pass without one, so that a crash loses at
+    most that much; each replaces the last and none counts toward `keep_checkpoints` (None: never)"""
     log_every: int = 10
     """steps between log lines"""
     eval_every: int = 0
@@ -154,25 +157,42 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
 
 def save_checkpoint(
     run_dir: Path, model: Generalist, optimizer: torch.optim.Optimizer, tokenizer: TextTokenizer,
-    config: TrainConfig, step: int, tokens: int, minutes: float = 0.0,
+    config: TrainConfig, step: int, tokens: int, minutes: float = 0.0, milestone: bool = True,
 ) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it; drop checkpoints past `keep_checkpoints`."""
+    """Write checkpoint `step` atomically and point `latest` at it; drop checkpoints past `keep_checkpoints`.
+
+    An interim checkpoint (not `milestone`) only guards against a crash: the next checkpoint of either kind
+    replaces it, and it does not push a milestone (a learning-curve point) out of the ones kept.
+    """
     folder = run_dir / CHECKPOINTS
     final = folder / f"step-{step:07d}"
     partial = folder / f".step-{step:07d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial, tokenizer)
     safetensors.torch.save_file(_optimizer_tensors(optimizer), partial / OPTIMIZER_STATE)
-    state = {"step": step, "tokens": tokens, "minutes": minutes, "train_config": to_json_dict(config)}
+    state = {
+        "step": step, "tokens": tokens, "minutes": minutes, "milestone": milestone,
+        "train_config": to_json_dict(config),
+    }
     (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
     pointer = folder / f".{LATEST}.partial"
     pointer.write_text(final.name + "\n")
     os.replace(pointer, folder / LATEST)
-    for old in sorted(folder.glob("step-*"))[: -config.keep_checkpoints]:
-        shutil.rmtree(old)
+    milestones = [c for c in sorted(folder.glob("step-*")) if c != final and _is_milestone(c)]
+    kept = set(milestones[max(len(milestones) - config.keep_checkpoints + milestone, 0) :]) | {final}
+    for old in folder.glob("step-*"):
+        if old not in kept:
+            shutil.rmtree(old)
     return final
+
+
+def _is_milestone(checkpoint: Path) -> bool:
+    try:
+        return bool(json.loads((checkpoint / TRAINER_STATE).read_text()).get("milestone", True))
+    except (OSError, json.JSONDecodeError):
+        return True  # unreadable: not this function's to delete
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
@@ -438,11 +458,13 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             on_the_minute = config.checkpoint_minutes is not None and (
                 minutes // config.checkpoint_minutes > last_saved_minutes // config.checkpoint_minutes
             )
-            if step % config.checkpoint_every == 0 or step == config.steps or out_of_time or on_the_minute:
+            milestone = step % config.checkpoint_every == 0 or step == config.steps or out_of_time or on_the_minute
+            interim = config.interim_minutes is not None and minutes - last_saved_minutes >= config.interim_minutes
+            if milestone or interim:
                 last_saved_minutes = minutes
                 if where.is_main:
                     last_checkpoint = save_checkpoint(
-                        config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen, minutes
+                        config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen, minutes, milestone
                     )
             if out_of_time:
                 break

@@ -46,7 +46,7 @@ def test_an_interrupted_run_resumes_to_its_last_step(tmp_path, monkeypatch, caps
     original = train_module.save_checkpoint
 
     def crash_after_first_checkpoint(*args, **kwargs):
-        calls.append(args[6])  # the step
+        calls.append(args[5])  # the step
         if len(calls) == 2:
             raise KeyboardInterrupt  # the machine went away after step 1's checkpoint
         return original(*args, **kwargs)

@@ -12,6 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 
+from generalist import train as train_module
 from generalist.config import from_json_dict, load_json
 from generalist.datasets.recording import CollectConfig, collect
 from generalist.tokenizers import TextTokenizer
@@ -154,6 +155,34 @@ def test_checkpoints_every_few_minutes(tmp_path):
     ]
     minutes = [read_trainer_state(tmp_path / "checkpoints" / f"step-000000{i}")["minutes"] for i in (1, 2, 3)]
     assert 0 < minutes[0] < minutes[1] < minutes[2]
+
+
+def test_an_interim_checkpoint_guards_a_crash_without_displacing_milestones(tmp_path, monkeypatch):
+    # An interim checkpoint after every step; milestones every 2 steps, of which only the newest 2 are kept.
+    config = replace(TINY, steps=6, checkpoint_every=2, keep_checkpoints=2, interim_minutes=1e-9, run_dir=tmp_path)
+    original = train_module.save_checkpoint
+
+    def crash_after_step_3(*args, **kwargs):
+        checkpoint = original(*args, **kwargs)
+        if args[5] == 3:  # the step
+            raise KeyboardInterrupt  # the machine went away
+        return checkpoint
+
+    monkeypatch.setattr(train_module, "save_checkpoint", crash_after_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        train(config)
+    monkeypatch.setattr(train_module, "save_checkpoint", original)
+    folder = tmp_path / "checkpoints"
+    assert sorted(p.name for p in folder.glob("step-*")) == ["step-0000002", "step-0000003"]
+    assert read_trainer_state(latest_checkpoint(tmp_path))["milestone"] is False
+
+    resumed = train(config, resume=True)  # step 5's interim checkpoint does not push out step 4's
+    assert sorted(p.name for p in folder.glob("step-*")) == ["step-0000004", "step-0000006"]
+    assert read_trainer_state(resumed)["step"] == 6 and read_trainer_state(resumed)["milestone"] is True
+    straight = train(replace(config, interim_minutes=None, run_dir=tmp_path / "straight"))
+    expected, got = weights_of(straight), weights_of(resumed)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
 def test_action_shuffle_changes_what_the_model_reads_and_is_seeded(tmp_path):
