@@ -293,16 +293,23 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
                         help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
     parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
+    parser.add_argument("--perplexity", action="store_true",
+                        help="print the perplexity per text token over the held-out conversations, then exit")
     parser.set_defaults(run=_run_chat)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
     import sys
 
-    from generalist.evaluate import chat_reply, load_model
+    from generalist.evaluate import chat_perplexity, chat_reply, load_model
+    from generalist.pipeline import heldout_conversations
     from generalist.pretrained import default_checkpoint
 
     model, tokenizer = load_model(args.checkpoint or default_checkpoint())
+    if args.perplexity:
+        heldout = heldout_conversations()
+        print(f"held-out perplexity: {chat_perplexity(model, tokenizer, heldout):.2f} ({len(heldout)} conversations)")
+        return 0
     interactive = sys.stdin.isatty()
     history: list[str] = []
     while True:
