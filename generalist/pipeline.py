@@ -372,7 +372,8 @@ def run_pipeline(config: RunConfig) -> RunResults:
     model, tokenizer = load_model(checkpoint)
     seed = DEFAULT_SEED + config.seed
     tasks = control_tasks(preset.weights)
-    print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
+    if tasks:
+        print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
     control = cached_evaluate(model, checkpoint, tasks, preset.eval_episodes, seed, config.data_dir,
                               num_envs=preset.eval_envs)
     unprompted = (
@@ -395,7 +396,8 @@ def run_pipeline(config: RunConfig) -> RunResults:
     )
     (run_dir / "results.json").write_text(results.to_json() + "\n")
     report = write_report(run_dir, results, preset, config, machine_description())
-    print(format_table(control + unprompted))
+    if control:
+        print(format_table(control + unprompted))
     if captions is not None:
         s = captions.scores
         print(f"captions ({s.n} held-out scenes): exact {s.exact:.1%}, attributes {s.attribute_accuracy:.1%}, "

@@ -96,6 +96,14 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     assert row in again.stdout.splitlines()
 
 
+def test_a_run_without_control_tasks_prints_no_empty_score_table(tmp_path):
+    result = run_cli("run", "--preset", "smoke", "--name", "text", "--weights", "dialogue=1", "--steps", "1",
+                     "--runs-dir", str(tmp_path / "runs"), "--data-dir", str(tmp_path / "data"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    assert "chat: held-out perplexity" in result.stdout
+    assert "control tasks" not in result.stdout and "| task |" not in result.stdout
+
+
 def test_run_rejects_an_unknown_preset(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "generalist.cli", "run", "--preset", "huge"], capture_output=True, text=True,
