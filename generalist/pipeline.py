@@ -330,6 +330,7 @@ def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str
     curves: dict[str, dict[int, float]] = {}
     tasks = control_tasks(preset.weights)
     checkpoints = sorted(folder.glob("step-*"))
+    conversations = heldout_conversations() if preset.weights.get("dialogue", 0) > 0 else []
     if len(checkpoints) > preset.curve_points + 1:  # a run that kept more: evenly spaced ones, the last included
         keep = np.unique(np.linspace(0, len(checkpoints) - 1, preset.curve_points + 1).round().astype(int))
         checkpoints = [checkpoints[i] for i in keep]
@@ -343,8 +344,8 @@ def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str
         if preset.weights.get("scenes", 0) > 0:
             scores, _ = evaluate_captions(model, tokenizer, preset.curve_scenes, seed)
             curves.setdefault("captions/attribute_accuracy", {})[step] = scores.attribute_accuracy
-        if preset.weights.get("dialogue", 0) > 0:
-            curves.setdefault(PERPLEXITY_CURVE, {})[step] = chat_perplexity(model, tokenizer, heldout_conversations())
+        if conversations:
+            curves.setdefault(PERPLEXITY_CURVE, {})[step] = chat_perplexity(model, tokenizer, conversations)
     return curves
 
 
