@@ -301,8 +301,8 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
 def _run_chat(args: argparse.Namespace) -> int:
     import sys
 
+    from generalist.datasets.text import heldout_conversations
     from generalist.evaluate import chat_perplexity, chat_reply, load_model
-    from generalist.pipeline import heldout_conversations
     from generalist.pretrained import default_checkpoint
 
     model, tokenizer = load_model(args.checkpoint or default_checkpoint())

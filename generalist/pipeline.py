@@ -269,15 +269,9 @@ def evaluate_captions_stage(model: Any, tokenizer: Any, scenes: int, seed: int) 
 PERPLEXITY_CURVE = "chat/perplexity"
 
 
-def heldout_conversations() -> list[tuple[str, ...]]:
-    """The conversations chat perplexity is measured on: the share of the corpus training never reads."""
-    from generalist.datasets.text import chatterbot_conversations, split_conversations
-
-    return split_conversations(chatterbot_conversations())[1]
-
-
 def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int) -> ChatReport:
     """Perplexity over the held-out conversations and the model's reply to the first turn of a few of them."""
+    from generalist.datasets.text import heldout_conversations
     from generalist.evaluate import chat_perplexity, chat_reply
 
     heldout = heldout_conversations()
@@ -324,6 +318,7 @@ def cached_evaluate(
 
 def learning_curves(preset: RunPreset, config: RunConfig, seed: int) -> dict[str, dict[int, float]]:
     """Scores of every kept checkpoint: control tasks' normalized scores, caption accuracy, chat perplexity."""
+    from generalist.datasets.text import heldout_conversations
     from generalist.evaluate import chat_perplexity, evaluate_captions, load_model
 
     folder = config.runs_dir / config.name / "checkpoints"

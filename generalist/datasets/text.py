@@ -85,6 +85,11 @@ def split_conversations(
     return train, heldout
 
 
+def heldout_conversations() -> list[Conversation]:
+    """The conversations chat perplexity is measured on: the share of the corpus training never reads."""
+    return split_conversations(chatterbot_conversations())[1]
+
+
 def jokes() -> list[str]:
     """pyjokes' English one-liners."""
     import pyjokes
