@@ -355,6 +355,8 @@ class LossOutput:
     action_loss: torch.Tensor  # () mean over action targets
     n_text: int  # text targets in the batch
     n_action: int  # action targets in the batch
+    row_loss: torch.Tensor  # (b,) summed cross-entropy of each row's targets, detached: the loss per task
+    row_targets: torch.Tensor  # (b,) targets in each row
 
 
 WEIGHTS_FILE = "model.safetensors"
@@ -430,12 +432,15 @@ class Generalist(nn.Module):
         kinds = batch.kinds[rows, columns + 1]
         is_text, is_action = kinds == TokenKind.TEXT, kinds == TokenKind.ACTION
         n_text, n_action = int(is_text.sum()), int(is_action.sum())
+        n_rows = batch.ids.shape[0]
         return LossOutput(
             loss=losses.sum() / max(len(losses), 1),
             text_loss=(losses * is_text).sum() / n_text if n_text else losses.new_tensor(math.nan),
             action_loss=(losses * is_action).sum() / n_action if n_action else losses.new_tensor(math.nan),
             n_text=n_text,
             n_action=n_action,
+            row_loss=losses.detach().new_zeros(n_rows).index_add_(0, rows, losses.detach()),
+            row_targets=torch.bincount(rows, minlength=n_rows),
         )
 
     # ------------------------------------------------------------------------------------ checkpoints

@@ -1,8 +1,8 @@
 """A run's report: `report.md` with its tables, and the plots beside it (matplotlib, PNG).
 
-Plots: `learning_curves.png` (training losses over steps, from metrics.csv), `scores.png` (each control task's
-expert-normalized score), `score_curves.png` (each task's score at the kept checkpoints) and `captions.png`
-(the real sample images with the model's captions).
+Plots: `learning_curves.png` (training losses over steps, from metrics.csv), `task_losses.png` (the training
+loss of each task), `scores.png` (each control task's expert-normalized score), `score_curves.png` (each task's
+score at the kept checkpoints) and `captions.png` (the real sample images with the model's captions).
 """
 
 from __future__ import annotations
@@ -70,6 +70,50 @@ def plot_losses(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path
     axis.set_title("training losses (moving average)")
     axis.grid(alpha=0.3)
     axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
+
+
+TASK_LOSS_PREFIX = "task_loss/"
+
+
+def task_loss_series(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The per-task training losses of metrics.csv, by task name."""
+    return {
+        name.removeprefix(TASK_LOSS_PREFIX): series
+        for name, series in sorted(metrics.items())
+        if name.startswith(TASK_LOSS_PREFIX)
+    }
+
+
+def final_task_losses(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]], fraction: float = 0.1) -> dict[str, float]:
+    """Each task's training loss averaged over the last `fraction` of the run's logged steps."""
+    series = task_loss_series(metrics)
+    if not series:
+        return {}
+    cutoff = (1 - fraction) * max(int(steps[-1]) for steps, _ in series.values())
+    return {task: float(values[steps >= cutoff].mean()) for task, (steps, values) in series.items()
+            if (steps >= cutoff).any()}
+
+
+def plot_task_losses(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path) -> Path | None:
+    """Each task's training loss over steps (smoothed over a tenth of its points), if the run logged them."""
+    series = task_loss_series(metrics)
+    if not series:
+        return None
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(8, 5))
+    colours = plt.get_cmap("tab20")
+    for i, (task, (steps, values)) in enumerate(series.items()):
+        axis.plot(steps, _smooth(values, max(len(values) // 10, 1)), label=task, color=colours(i % 20))
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("cross-entropy (nats per target token)")
+    axis.set_yscale("log")
+    axis.set_title("training loss per task (moving average)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small", ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
@@ -217,6 +261,17 @@ def write_report(
         lines += ["![training losses](learning_curves.png)", ""]
         final = {name: values[-1] for name, (_, values) in metrics.items() if name.startswith("train/loss")}
         lines += ["Last logged: " + ", ".join(f"{k} {v:.3f}" for k, v in sorted(final.items())), ""]
+    if plot_task_losses(metrics, run_dir / "task_losses.png"):
+        lines += [
+            "![training loss per task](task_losses.png)",
+            "",
+            "Training loss per target token (text or action) of each task, averaged over the last tenth of the run:",
+            "",
+            "| task | loss |",
+            "| --- | ---: |",
+            *(f"| {task} | {loss:.3f} |" for task, loss in final_task_losses(metrics).items()),
+            "",
+        ]
 
     lines += ["## Control tasks", ""]
     if results.control:

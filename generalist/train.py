@@ -13,7 +13,9 @@ Design choices:
   and text tokenizer (`Generalist.save_pretrained`), optimizer moments (safetensors, never pickle) and
   `trainer.json` (step, tokens seen, the resolved training config). `latest` names the newest one.
 - Logs: TensorBoard event files (tensorboardX) and `metrics.csv` (step, metric, value) with fixed names:
-  `train/loss`, `train/loss_text`, `train/loss_action`, `train/lr`, `train/tokens_per_s`.
+  `train/loss`, `train/loss_text`, `train/loss_action`, `train/lr`, `train/tokens_per_s` of the logged step, and
+  `task_loss/<task>`: each task's mean loss per target token over every step since the previous log (one batch
+  holds few tasks, so a single step's would be mostly missing).
 """
 
 from __future__ import annotations
@@ -324,12 +326,13 @@ def _seed_micro_batch(config: TrainConfig, step: int, shard: int, n_shards: int)
 
 def _optimizer_step(
     wrapped: torch.nn.Module, model: Generalist, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
-    config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed,
+    config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed, n_tasks: int,
 ) -> torch.Tensor:
-    """One optimizer step over this process's micro-batches; returns its sums (see `totals` below)."""
+    """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     totals = torch.zeros(6, dtype=torch.float64)  # loss, text sum, text n, action sum, action n, tokens
+    per_task = torch.zeros(2, n_tasks, dtype=torch.float64)  # each task's summed target loss, its targets
     for micro, batch in enumerate(micro_batches):
         _seed_micro_batch(config, step, shards[micro], n_shards)
         batch = batch.to(where.device)
@@ -344,11 +347,20 @@ def _optimizer_step(
             output.action_loss.nan_to_num().item() * output.n_action, output.n_action,
             batch.n_tokens,
         ], dtype=torch.float64)
+        labelled = batch.tasks >= 0
+        task_index = batch.tasks[labelled].cpu()
+        per_task[0].index_add_(0, task_index, output.row_loss[labelled].cpu().double())
+        per_task[1].index_add_(0, task_index, output.row_targets[labelled].cpu().double())
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return totals
+    return torch.cat([totals, per_task.flatten()])
+
+
+def task_losses(tasks: list[str], sums: torch.Tensor) -> dict[str, float]:
+    """`task_loss/<task>`: each task's mean target loss over the (2, tasks) sums; tasks with no targets left out."""
+    return {f"task_loss/{task}": float(sums[0, i] / sums[1, i]) for i, task in enumerate(tasks) if sums[1, i] > 0}
 
 
 def check_config(config: TrainConfig) -> None:
@@ -422,6 +434,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             minutes = float(value)
         return minutes
 
+    task_sums = torch.zeros(2, len(mixture.tasks), dtype=torch.float64)  # since the last log: loss sums, targets
     last_saved_minutes = minutes_before
     last_checkpoint = None
     step = start_step
@@ -429,9 +442,12 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         while step < config.steps:
             step_start = time.monotonic()
             lr = learning_rate(step, config, elapsed_minutes())
-            totals = _optimizer_step(wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where)
+            totals = _optimizer_step(
+                wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks)
+            )
             if where.world_size > 1:
                 dist.all_reduce(totals)
+            task_sums += totals[6:].view(2, -1)
             step += 1
             tokens_seen += int(totals[5])
             tokens_per_s = float(totals[5]) / (time.monotonic() - step_start)
@@ -450,7 +466,9 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     "train/loss_action": float(totals[3] / totals[4]) if totals[4] else math.nan,
                     "train/lr": lr,
                     "train/tokens_per_s": tokens_per_s,
+                    **task_losses(mixture.tasks, task_sums),
                 })
+                task_sums.zero_()
             minutes = elapsed_minutes()
             out_of_time = config.max_minutes is not None and minutes > config.max_minutes
             if log is not None and config.eval_every and config.eval_tasks and step % config.eval_every == 0:

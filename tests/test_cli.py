@@ -73,9 +73,11 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     assert "| cartpole | demo | 2 |" in result.stdout
     assert "captions (4 held-out scenes)" in result.stdout and "chat: held-out perplexity" in result.stdout
     assert f"report: {run_dir / 'report.md'}" in result.stdout
-    for name in ("report.md", "results.json", "learning_curves.png", "scores.png", "score_curves.png", "captions.png"):
+    for name in ("report.md", "results.json", "learning_curves.png", "task_losses.png", "scores.png",
+                 "score_curves.png", "captions.png"):
         assert (run_dir / name).stat().st_size > 0, name
     report = (run_dir / "report.md").read_text()
+    assert "| task | loss |" in report and "| cartpole | " in report.split("| task | loss |")[1]
     assert "--preset smoke --prompt-ablation" in report and "| cartpole | demo | 2 |" in report
     assert "| cartpole | none | 2 |" in result.stdout and "| task | with prompt | without | difference |" in report
     assert "step 2, " in report and "| cartpole/normalized |" in report and "skimage.data.astronaut" in report

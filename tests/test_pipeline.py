@@ -16,7 +16,14 @@ from generalist.pipeline import (
     resolve_preset,
     train_stage,
 )
-from generalist.report import _smooth, plot_score_curves, plot_scores, read_metrics
+from generalist.report import (
+    _smooth,
+    final_task_losses,
+    plot_score_curves,
+    plot_scores,
+    plot_task_losses,
+    read_metrics,
+)
 from generalist.train import read_trainer_state
 
 
@@ -72,6 +79,19 @@ def test_metrics_keep_the_last_value_of_a_repeated_step(tmp_path):
     steps, values = metrics["train/loss"]
     assert steps.tolist() == [1, 2] and values.tolist() == [3.0, 1.5]
     assert metrics["eval/x"][1].tolist() == [0.5]
+
+
+def test_task_losses_average_the_last_tenth_of_the_run(tmp_path):
+    path = tmp_path / "metrics.csv"
+    rows = [f"{step},task_loss/pong,{100 - step}" for step in range(10, 101, 10)]
+    rows += ["20,task_loss/digits,7", "95,train/loss,1"]  # digits logged only early; not a task loss
+    path.write_text("step,metric,value\n" + "\n".join(rows) + "\n")
+    metrics = read_metrics(path)
+    assert final_task_losses(metrics) == {"pong": 5.0}  # steps 90 and 100: 10 and 0
+    assert final_task_losses(metrics, fraction=0.25) == pytest.approx({"pong": 10.0})  # steps 80, 90, 100
+    assert final_task_losses({}) == {}
+    assert plot_task_losses(metrics, tmp_path / "tasks.png").read_bytes()[:4] == b"\x89PNG"
+    assert plot_task_losses({"train/loss": metrics["train/loss"]}, tmp_path / "none.png") is None
 
 
 def test_smoothing_is_a_trailing_mean():

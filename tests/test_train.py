@@ -63,8 +63,26 @@ def test_a_run_writes_checkpoints_and_logs(tmp_path):
     names = {row["metric"] for row in rows}
     assert {"train/loss", "train/loss_text", "train/lr", "train/tokens_per_s"} <= names
     assert [int(r["step"]) for r in rows if r["metric"] == "train/loss"] == [1, 2, 3, 4]
+    assert {name for name in names if name.startswith("task_loss/")} == {"task_loss/scenes", "task_loss/dialogue"}
     assert any(p.name.startswith("events.out.tfevents") for p in (tmp_path / "tensorboard").iterdir())
     assert load_json(TrainConfig, tmp_path / "train_config.json") == replace(TINY, run_dir=tmp_path)
+
+
+def test_a_task_loss_is_the_mean_over_the_steps_since_the_last_log(tmp_path):
+    # Dialogue alone: every step's loss is the dialogue's, so its logged task loss is the mean of the steps'.
+    train(replace(TINY, run_dir=tmp_path, weights={"dialogue": 1.0}, log_every=2))
+    rows = list(csv.DictReader((tmp_path / "metrics.csv").open()))
+    steps = {name: {int(r["step"]): float(r["value"]) for r in rows if r["metric"] == name}
+             for name in ("train/loss", "task_loss/dialogue")}
+    assert sorted(steps["task_loss/dialogue"]) == [2, 4]
+    # Only every other step's own loss is logged, so compare against what a step-by-step run logs.
+    every = tmp_path / "every"
+    train(replace(TINY, run_dir=every, weights={"dialogue": 1.0}, log_every=1))
+    losses = {int(r["step"]): float(r["value"]) for r in csv.DictReader((every / "metrics.csv").open())
+              if r["metric"] == "train/loss"}
+    assert steps["task_loss/dialogue"][4] != pytest.approx(losses[4])  # not the last step alone
+    # Rows hold different numbers of targets, so the mean is per target: between the two steps' losses.
+    assert min(losses[3], losses[4]) <= steps["task_loss/dialogue"][4] <= max(losses[3], losses[4])
 
 
 def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path):

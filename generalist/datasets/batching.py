@@ -32,6 +32,7 @@ class Batch:
     patch_batch_index: torch.Tensor  # (N,) int64, the row of the batch each patch sits in
     patch_token_index: torch.Tensor  # (N,) int64, the token each patch sits at
     lengths: torch.Tensor  # (B,) int64, tokens of each sequence before padding
+    tasks: torch.Tensor  # (B,) int64, each row's task as an index into the mixture's tasks; -1 when none
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -53,11 +54,19 @@ class Batch:
 
 
 def collate(
-    sequences: Sequence[TokenizedSequence], layout: TokenLayout, length: int | None = None
+    sequences: Sequence[TokenizedSequence],
+    layout: TokenLayout,
+    length: int | None = None,
+    tasks: Sequence[int] | None = None,
 ) -> Batch:
-    """Sequences to a right-padded `Batch` of length `length` (default: the longest sequence)."""
+    """Sequences to a right-padded `Batch` of length `length` (default: the longest sequence).
+
+    `tasks` labels each row with its task's index, so training can report a loss per task.
+    """
     if not sequences:
         raise ValueError("collate: no sequences")
+    if tasks is not None and len(tasks) != len(sequences):
+        raise ValueError(f"collate: {len(tasks)} task labels for {len(sequences)} sequences")
     lengths = np.array([len(s) for s in sequences], np.int64)
     width = int(lengths.max()) if length is None else length
     if lengths.max() > width:
@@ -95,6 +104,7 @@ def collate(
         patch_batch_index=torch.from_numpy(np.repeat(np.arange(n_rows, dtype=np.int64), n_patches)),
         patch_token_index=torch.from_numpy(patch_token_index.astype(np.int64)),
         lengths=torch.from_numpy(lengths),
+        tasks=torch.full((n_rows,), -1, dtype=torch.int64) if tasks is None else torch.tensor(tasks, dtype=torch.int64),
     )
 
 

@@ -277,7 +277,9 @@ class Mixture(IterableDataset):
         shard = shard or self.shards[0]
         rng = np.random.default_rng([self.config.seed, shard.index, index])
         drawn = [self.sequence(rng, shard) for _ in range(self.config.batch_size)]
-        return [task for task, _ in drawn], collate([seq for _, seq in drawn], self.layout)
+        tasks = [task for task, _ in drawn]
+        labels = [self.tasks.index(task) for task in tasks]
+        return tasks, collate([seq for _, seq in drawn], self.layout, tasks=labels)
 
     def step(self, index: int) -> list[Batch]:
         """Batch `index` of every shard of this process."""

@@ -70,6 +70,14 @@ def test_fixed_length_and_errors():
         collate(sequences, LAYOUT, length=5)
     with pytest.raises(ValueError, match="no sequences"):
         collate([], LAYOUT)
+    with pytest.raises(ValueError, match="2 task labels for 3 sequences"):
+        collate(sequences, LAYOUT, tasks=[0, 1])
+
+
+def test_rows_carry_their_task_labels_or_none():
+    sequences = _sequences()
+    assert collate(sequences, LAYOUT, tasks=[2, 0, 1]).tasks.tolist() == [2, 0, 1]
+    assert collate(sequences, LAYOUT).tasks.tolist() == [-1, -1, -1]
 
 
 def test_a_batch_without_patches_and_to_device():

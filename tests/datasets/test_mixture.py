@@ -74,6 +74,15 @@ def test_task_frequencies_match_the_weights():
         assert abs(counts[task] / n - p) < 4 * np.sqrt(p * (1 - p) / n)
 
 
+def test_each_row_is_labelled_with_its_task():
+    mixture = make_mixture({"control": 1.0, "scenes": 2.0, "dialogue": 1.0}, config={"batch_size": 16})
+    tasks, batch = mixture.batch(0)
+    assert batch.tasks.tolist() == [mixture.tasks.index(task) for task in tasks]
+    assert len(set(tasks)) > 1  # 16 rows of three tasks: a wrong label would show
+    is_control = batch.tasks == mixture.tasks.index("control")
+    assert ((batch.kinds == TokenKind.SEPARATOR).any(dim=1) == is_control).all()
+
+
 def test_control_windows_and_prompts():
     mixture = make_mixture({"control": 1.0}, lengths=(10, 40, 25, 60))
     rng = np.random.default_rng(1)
