@@ -17,7 +17,6 @@ Design choices:
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import time
@@ -415,9 +414,3 @@ def machine_description() -> str:
         device = names[0] if names else platform.processor() or "CPU"
     return (f"{device}, {os.cpu_count()} cores, torch {torch.__version__}, Python {platform.python_version()}, "
             f"{platform.system()} {platform.release()}")
-
-
-def finite_mean(values: list[float]) -> float:
-    """The mean of the finite values, NaN if there are none."""
-    finite = [v for v in values if math.isfinite(v)]
-    return float(np.mean(finite)) if finite else math.nan

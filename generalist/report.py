@@ -35,6 +35,12 @@ def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     }
 
 
+def finite_mean(values: list[float]) -> float:
+    """The mean of the finite values, NaN if there are none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def _pyplot() -> Any:
     import matplotlib
 
@@ -239,7 +245,7 @@ def write_report(
     run_dir: Path, results: RunResults, preset: RunPreset, config: RunConfig, machine: str
 ) -> Path:
     """Write `run_dir/report.md` and its plots; returns the report's path."""
-    from generalist.pipeline import PERPLEXITY_CURVE, finite_mean
+    from generalist.pipeline import PERPLEXITY_CURVE
 
     lines = [
         f"# Run `{config.name}`",
