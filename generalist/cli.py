@@ -412,6 +412,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as error:
         # Bad input from the user: a one-line message, not a traceback.
         parser.exit(2, f"generalist {args.command}: error: {error}\n")
+    except KeyboardInterrupt as stopped:
+        # Training says where it saved its last step (TrainingInterrupted); anything else was just interrupted.
+        parser.exit(130, f"generalist {args.command}: {stopped or 'interrupted'}\n")
 
 
 if __name__ == "__main__":

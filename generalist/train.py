@@ -26,6 +26,8 @@ import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -363,6 +365,41 @@ def task_losses(tasks: list[str], sums: torch.Tensor) -> dict[str, float]:
     return {f"task_loss/{task}": float(sums[0, i] / sums[1, i]) for i, task in enumerate(tasks) if sums[1, i] > 0}
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped by SIGINT or SIGTERM after saving the step it had reached; the same command resumes."""
+
+
+class _StopSignals:
+    """Once installed, the first SIGINT or SIGTERM asks the loop to stop at the end of its step; a second one stops now.
+
+    Stopping between steps, never inside one, is what lets the loop checkpoint the step it reached: a cluster's
+    preemption (SIGTERM) or a Ctrl-C then loses nothing. Outside the main thread signals cannot be caught, so
+    there this does nothing.
+    """
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, number: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(number).name
+
+    def install(self) -> _StopSignals:
+        """Catch SIGINT and SIGTERM (from the main thread only: elsewhere Python cannot)."""
+        if threading.current_thread() is threading.main_thread():
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self._previous[number] = signal.signal(number, self._handle)
+        return self
+
+    def restore(self) -> None:
+        """Put back the handlers that were there before."""
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous.clear()
+
+
 def check_config(config: TrainConfig) -> None:
     """Reject settings that cannot work, before any data is read."""
     if config.schedule not in ("steps", "time"):
@@ -438,6 +475,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     last_saved_minutes = minutes_before
     last_checkpoint = None
     step = start_step
+    stop = _StopSignals().install()
     try:
         while step < config.steps:
             step_start = time.monotonic()
@@ -486,7 +524,17 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
                     )
             if out_of_time:
                 break
+            if _stop_requested(stop, where):
+                if where.is_main and not (milestone or interim):
+                    last_checkpoint = save_checkpoint(
+                        config.run_dir, model, optimizer, tokenizer, config, step, tokens_seen, minutes, False
+                    )
+                raise TrainingInterrupted(
+                    f"training stopped by {stop.received or 'a signal'} at step {step}; saved "
+                    f"{last_checkpoint or latest_checkpoint(config.run_dir)}; the same command resumes from it"
+                )
     finally:
+        stop.restore()
         if progress is not None:
             progress.close()
         if log is not None:
@@ -494,6 +542,15 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if where.world_size > 1:
         dist.barrier()
     return last_checkpoint or latest_checkpoint(config.run_dir)
+
+
+def _stop_requested(stop: _StopSignals, where: Distributed) -> bool:
+    # Under DDP a signal may reach the ranks at different steps: they stop together when any has one.
+    if where.world_size == 1:
+        return stop.received is not None
+    flag = torch.tensor([float(stop.received is not None)], device=where.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag)
 
 
 def evaluation_metrics(model: Generalist, config: TrainConfig) -> dict[str, float]:

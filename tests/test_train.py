@@ -3,8 +3,10 @@
 import csv
 import itertools
 import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -108,6 +110,39 @@ def test_resume_needs_a_checkpoint(tmp_path):
 def test_unknown_config_keys_are_errors():
     with pytest.raises(ValueError, match=r"unknown keys \['stepz'\]"):
         from_json_dict(TrainConfig, {"stepz": 3})
+
+
+@pytest.mark.parametrize(("number", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+def test_a_signal_stops_training_at_a_step_boundary_with_that_step_saved(tmp_path, number, whole_group):
+    # Ctrl-C reaches the whole process group, data workers included; a cluster's SIGTERM may reach the trainer only.
+    command = [
+        sys.executable, "-m", "generalist.cli", "train", "--run-dir", str(tmp_path), "--weights", "dialogue=1",
+        "--steps", "100000", "--batch-size", "2", "--sequence-length", "96", "--warmup-steps", "1",
+        "--checkpoint-every", "100000", "--log-every", "1", "--num-workers", "2", "--no-progress",
+    ]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    metrics, deadline = tmp_path / "metrics.csv", time.monotonic() + 120
+    while not (metrics.is_file() and metrics.read_text().count("train/loss,") >= 3):
+        assert process.poll() is None and time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+    if whole_group:
+        os.killpg(process.pid, number)
+    else:
+        process.send_signal(number)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert f"training stopped by {signal.Signals(number).name} at step" in stderr and "Traceback" not in stderr
+    logged = [int(r["step"]) for r in csv.DictReader(metrics.open()) if r["metric"] == "train/loss"]
+    state = read_trainer_state(latest_checkpoint(tmp_path))
+    assert state["step"] == logged[-1] >= 3 and state["milestone"] is False
+
+
+def test_a_second_signal_interrupts_at_once():
+    stop = train_module._StopSignals()
+    stop._handle(signal.SIGTERM, None)
+    assert stop.received == "SIGTERM"
+    with pytest.raises(KeyboardInterrupt):
+        stop._handle(signal.SIGINT, None)
 
 
 def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):

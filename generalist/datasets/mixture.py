@@ -20,6 +20,7 @@ the same sequence.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,6 +310,9 @@ def make_loader(mixture: Mixture, num_workers: int = 2, prefetch_factor: int = 4
 def _single_threaded_worker(_: int) -> None:
     # Workers tokenize with numpy; torch threads in each worker would only fight the trainer for the cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the trainer finishes its step and checkpoints, which needs the
+    # workers alive until it shuts them down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
