@@ -112,9 +112,11 @@ def test_unknown_config_keys_are_errors():
         from_json_dict(TrainConfig, {"stepz": 3})
 
 
-@pytest.mark.parametrize(("number", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, False)])
+@pytest.mark.parametrize(
+    ("number", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGTERM, False)]
+)
 def test_a_signal_stops_training_at_a_step_boundary_with_that_step_saved(tmp_path, number, whole_group):
-    # Ctrl-C reaches the whole process group, data workers included; a cluster's SIGTERM may reach the trainer only.
+    # Ctrl-C reaches the whole process group, data workers included; a SIGTERM may reach every process or the trainer.
     command = [
         sys.executable, "-m", "generalist.cli", "train", "--run-dir", str(tmp_path), "--weights", "dialogue=1",
         "--steps", "100000", "--batch-size", "2", "--sequence-length", "96", "--warmup-steps", "1",

@@ -310,9 +310,11 @@ def make_loader(mixture: Mixture, num_workers: int = 2, prefetch_factor: int = 4
 def _single_threaded_worker(_: int) -> None:
     # Workers tokenize with numpy; torch threads in each worker would only fight the trainer for the cores.
     torch.set_num_threads(1)
-    # Ctrl-C reaches the whole process group: the trainer finishes its step and checkpoints, which needs the
-    # workers alive until it shuts them down.
+    # Ctrl-C reaches the whole process group, and a SIGTERM may too (a cluster's preemption, `pkill -f`): the
+    # trainer finishes its step and checkpoints, which needs the workers alive until it shuts them down (a worker
+    # left over exits when its parent does).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
