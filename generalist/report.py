@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from generalist.evaluate import TaskResult, format_table
+from generalist.train import TASK_LOSS_PREFIX
 
 if TYPE_CHECKING:
     from generalist.pipeline import RunConfig, RunPreset, RunResults
@@ -80,9 +81,6 @@ def plot_losses(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]], path: Path
     figure.savefig(path, dpi=120)
     plt.close(figure)
     return path
-
-
-TASK_LOSS_PREFIX = "task_loss/"
 
 
 def task_loss_series(metrics: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, tuple[np.ndarray, np.ndarray]]:

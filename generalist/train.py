@@ -360,9 +360,14 @@ def _optimizer_step(
     return torch.cat([totals, per_task.flatten()])
 
 
+TASK_LOSS_PREFIX = "task_loss/"
+
+
 def task_losses(tasks: list[str], sums: torch.Tensor) -> dict[str, float]:
     """`task_loss/<task>`: each task's mean target loss over the (2, tasks) sums; tasks with no targets left out."""
-    return {f"task_loss/{task}": float(sums[0, i] / sums[1, i]) for i, task in enumerate(tasks) if sums[1, i] > 0}
+    return {
+        f"{TASK_LOSS_PREFIX}{task}": float(sums[0, i] / sums[1, i]) for i, task in enumerate(tasks) if sums[1, i] > 0
+    }
 
 
 class TrainingInterrupted(KeyboardInterrupt):
