@@ -42,6 +42,11 @@ def test_the_full_preset_trains_every_task():
     assert {"scenes", "dialogue"} <= set(weights)
 
 
+def test_the_full_preset_keeps_the_text_share_its_text_only_baselines_were_trained_for():
+    weights = PRESETS["full"].weights
+    assert (weights["dialogue"] + weights["prose"]) / sum(weights.values()) == pytest.approx(0.45 / 12.6)
+
+
 def test_an_interrupted_run_resumes_to_its_last_step(tmp_path, monkeypatch, capsys):
     config = RunConfig(preset="smoke", name="r", runs_dir=tmp_path, data_dir=tmp_path / "data", steps=3,
                        progress=False, num_workers=0)
