@@ -1,8 +1,13 @@
 """The `generalist` command line: thin commands over the library.
 
 Each command is a `_add_<name>(subparsers)` function that declares its arguments and a `_run_<name>(args)`
-function of a few lines that calls the library. Imports happen inside these functions, so that a command
-loads only what it uses (`train` builds its flags from the training config, which imports torch).
+function of a few lines that calls the library. Flags come from the config tree (generalist/config.py), which
+imports nothing heavy: every parser is built without torch or gymnasium, so `--help` answers at once. The
+library is imported inside the `_run_` functions, when a command runs (a measured cost: torch and gymnasium
+take about 2 s to import here).
+
+Nested settings are dotted flags: `generalist run --train.steps 100 --eval.episodes 20`; a setting whose name
+occurs once in a command's tree may also be given bare (`--steps 100`).
 """
 
 from __future__ import annotations
@@ -10,6 +15,20 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+
+from generalist.config import (
+    RUN_PRESETS,
+    CollectConfig,
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+    cpu,
+    run_preset,
+)
+from generalist.flags import add_arguments, from_arguments, load_json
+
+CHECKPOINT_HELP = "a checkpoint or run directory (default: the checkpoint shipped in the package)"
 
 
 def _add_tokenize(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +48,7 @@ def _add_tokenize(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_tokenize(args: argparse.Namespace) -> int:
-    from generalist.tokenizers.demo import run_demo
+    from generalist.tokens_demo import run_demo
 
     run_demo(seed=args.seed, text=args.text, max_rows=args.max_rows)
     return 0
@@ -69,47 +88,20 @@ def _add_collect(subparsers: argparse._SubParsersAction) -> None:
         "collect",
         help="record expert episodes, one memory-mapped dataset per task",
         description="Run each task's scripted expert and write its episodes to OUT/<task>. Writes are atomic: "
-        "a rerun resumes an interrupted dataset at the next seed and skips a finished one.",
+        "a rerun resumes an interrupted dataset at the next seed and skips a finished one. --tasks all records "
+        "every task.",
     )
-    parser.add_argument("--tasks", default="cartpole", help="comma-separated task names, e.g. cartpole,pong")
-    parser.add_argument("--episodes", type=int, default=200, help="episodes to keep per task")
-    parser.add_argument("--out", default="data", help="parent directory of the per-task datasets")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first episode; episode i plays seed+i")
-    parser.add_argument(
-        "--min-return-fraction",
-        type=float,
-        default=None,
-        help="keep episodes whose expert-normalized score is at least this (Gato: 0.8; needs baselines.json)",
-    )
-    parser.add_argument(
-        "--max-episode-steps",
-        type=int,
-        default=None,
-        help="cut episodes at this many steps instead of the task's cap (Pong experts play ~25,000 steps a game)",
-    )
-    parser.add_argument(
-        "--noise", type=float, default=0.0,
-        help="probability that a step executes a random action while the expert's is recorded (DART; "
-        "shows the expert recovering from mistakes; record into its own --out)",
-    )
-    parser.add_argument(
-        "--shard-episodes", type=int, default=50, help="episodes per shard at most: what an interrupted run can lose"
-    )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_arguments(parser, CollectConfig, exclude=("tasks",))
+    parser.add_argument("--tasks", dest="task_names", default="cartpole", help="comma-separated task names, or all")
+    parser.add_argument("--seed", dest="first_seed", type=int, default=None, help="the same as --first-seed")
     parser.set_defaults(run=_run_collect)
 
 
 def _run_collect(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from generalist.datasets.recording import CollectConfig, collect
+    from generalist.datasets.recording import collect
     from generalist.envs import task_list
 
-    config = CollectConfig(
-        task_list(args.tasks), args.episodes, Path(args.out), args.seed, args.min_return_fraction,
-        max_episode_steps=args.max_episode_steps, noise=args.noise, shard_episodes=args.shard_episodes,
-        progress=not args.no_progress,
-    )
+    config = from_arguments(CollectConfig, args, CollectConfig(tasks=task_list(args.task_names)))
     for directory in collect(config):
         print(f"wrote {directory}")
     return 0
@@ -131,8 +123,6 @@ def _add_baselines(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_baselines(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from generalist.envs import task_list
     from generalist.envs.baselines import BASELINES_PATH, BaselineConfig, format_table, run_baselines
 
@@ -142,32 +132,38 @@ def _run_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(subparsers: argparse._SubParsersAction) -> None:
-    from generalist.config import add_arguments
-    from generalist.train import TrainConfig
+def _add_bf16_alias(parser: argparse.ArgumentParser, dest: str) -> None:
+    # The old flag, from before the precision was chosen by the machine.
+    parser.add_argument("--bf16", dest=dest, action="store_const", const="bf16",
+                        help="the same as --precision bf16 (the default, auto, picks bf16 where it is faster)")
 
+
+def _add_train(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train the generalist offline on the task mixture (one process, or many under torchrun)",
         description="Train on recorded episodes, captions and text. Under `torchrun --nproc_per_node N -m "
-        "generalist.cli train ...` it runs DistributedDataParallel. Every field of the training config is a flag.",
+        "generalist.cli train ...` it runs DistributedDataParallel. Every field of the training config is a flag; "
+        "--eval.* set the evaluations during training (--eval-every).",
     )
     parser.add_argument("--config", default=None, help="JSON file of training settings; flags override it")
     parser.add_argument(
         "--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint, exactly"
     )
     add_arguments(parser, TrainConfig)
+    add_arguments(parser, EvalConfig, prefix="eval.", short_names=False)
+    _add_bf16_alias(parser, "precision")
     parser.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
     import os
 
-    from generalist.config import from_arguments, load_json
-    from generalist.train import TrainConfig, train
+    from generalist.train import train
 
     base = load_json(TrainConfig, args.config) if args.config else None
-    checkpoint = train(from_arguments(TrainConfig, args, base), resume=args.resume)
+    eval_config = from_arguments(EvalConfig, args, prefix="eval.")
+    checkpoint = train(from_arguments(TrainConfig, args, base), resume=args.resume, eval_config=eval_config)
     if os.environ.get("RANK", "0") == "0":
         print(f"checkpoint: {checkpoint}")
     return 0
@@ -180,40 +176,25 @@ def _add_evaluate(subparsers: argparse._SubParsersAction) -> None:
         description="Prompt-conditioned rollouts (a recorded expert demonstration opens each episode's context) "
         "over a vector of environments; raw, expert-normalized and (Atari) human-normalized scores.",
     )
-    parser.add_argument("--checkpoint", default=None,
-                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
+    parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--tasks", default="all", help="comma-separated task names, or all")
-    parser.add_argument("--episodes", type=int, default=10, help="episodes per task")
-    parser.add_argument("--seed", type=int, default=None, help="first evaluation seed (default: 5,000,000)")
-    parser.add_argument("--prompt", choices=["demonstration", "none"], default="demonstration",
-                        help="open each episode with a recorded demonstration, or with nothing")
-    parser.add_argument("--data-dir", default=None,
-                        help="where the recorded demonstrations are (default: the checkpoint's own, else data)")
-    parser.add_argument("--num-envs", type=int, default=8, help="environments stepped together per task")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 acts greedily; above 0 samples")
+    add_arguments(parser, EvalConfig)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--video", default=None, help="also write one episode per task as DIR/<task>.gif")
     parser.set_defaults(run=_run_evaluate)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from generalist.checkpoint import demonstrations_dir, load_model
     from generalist.envs import task_list
-    from generalist.evaluate import DEFAULT_SEED, evaluate, format_table, load_model, record_video, results_json
-    from generalist.pretrained import default_checkpoint, demonstrations_dir
+    from generalist.evaluate import evaluate, format_table, record_video, results_json
+    from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
     checkpoint = args.checkpoint or default_checkpoint()
     model, _ = load_model(checkpoint)
-    seed = DEFAULT_SEED if args.seed is None else args.seed
-    data_dirs = {task: demonstrations_dir(checkpoint, args.data_dir, task) for task in tasks}
-    results = [
-        result
-        for task in tasks
-        for result in evaluate(model, [task], args.episodes, seed, args.prompt, data_dirs[task], args.num_envs,
-                               args.temperature)
-    ]
+    config, demonstrations = from_arguments(EvalConfig, args), demonstrations_dir(checkpoint)
+    results = evaluate(model, tasks, config, demonstrations)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(results_json(results) + "\n")
@@ -221,9 +202,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
         Path(args.video).mkdir(parents=True, exist_ok=True)
         for task in tasks:
             path = Path(args.video) / f"{task}.gif"
-            episode_return = record_video(model, task, path, seed, args.prompt, data_dirs[task])
+            episode_return = record_video(model, task, path, config, demonstrations)
             print(f"wrote {path} (return {episode_return:g})")
     return 0
+
+
+DIAGNOSIS_DEFAULTS = EvalConfig(episodes=3, seed=7_000_000)
+"""On-policy episodes of a diagnosis: few, on seeds of their own."""
 
 
 def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
@@ -232,48 +217,45 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
         help="does a control policy read its observations or copy its last action? (behaviour-cloning diagnosis)",
         description="Per task: teacher-forced action accuracy on recorded episodes with the true and with a "
         "shuffled action history, the agent's agreement with the expert on the states the agent visits, and how "
-        "often agent and expert repeat their previous action (see generalist/diagnose.py).",
+        "often agent and expert repeat their previous action (see generalist/diagnose.py). --data-dir holds the "
+        "recorded episodes, also the prompts (default: the checkpoint's demonstrations, else data).",
     )
-    parser.add_argument("--checkpoint", default=None,
-                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
+    parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--tasks", required=True, help="comma-separated control task names, or all")
-    parser.add_argument("--episodes", type=int, default=3, help="on-policy episodes per task")
-    parser.add_argument("--data-dir", default=None,
-                        help="recorded episodes of the tasks, also the prompts (default: the checkpoint's "
-                        "demonstrations, else data)")
-    parser.add_argument("--no-prompt", action="store_true", help="act without a demonstration prompt")
+    add_arguments(parser, EvalConfig, base=DIAGNOSIS_DEFAULTS)
+    parser.add_argument("--no-prompt", dest="prompt", action="store_const", const="none",
+                        help="the same as --prompt none")
     parser.set_defaults(run=_run_diagnose)
 
 
 def _run_diagnose(args: argparse.Namespace) -> int:
+    from generalist.checkpoint import demonstrations_dir, load_model
     from generalist.diagnose import DIAGNOSIS_HEADER, diagnose, format_diagnosis
     from generalist.envs import task_list
-    from generalist.evaluate import load_model
-    from generalist.pretrained import default_checkpoint, demonstrations_dir
+    from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
     checkpoint = args.checkpoint or default_checkpoint()
     model, _ = load_model(checkpoint)
+    config, demonstrations = from_arguments(EvalConfig, args, DIAGNOSIS_DEFAULTS), demonstrations_dir(checkpoint)
     print(DIAGNOSIS_HEADER, flush=True)
     for task in tasks:  # a row as soon as it is measured: a task's rollouts take a while
-        data_dir = demonstrations_dir(checkpoint, args.data_dir, task)
-        print(format_diagnosis(diagnose(model, task, data_dir, args.episodes, prompt=not args.no_prompt)),
-              flush=True)
+        print(format_diagnosis(diagnose(model, task, config, demonstrations)), flush=True)
     return 0
 
 
 def _add_caption(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
-    parser.add_argument("--checkpoint", default=None,
-                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
+    parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--size", type=int, default=64, help="images are centre-cropped and resized to this")
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.set_defaults(run=_run_caption)
 
 
 def _run_caption(args: argparse.Namespace) -> int:
+    from generalist.checkpoint import load_model
     from generalist.datasets.captions import read_image
-    from generalist.evaluate import caption_images, load_model
+    from generalist.evaluate import caption_images
     from generalist.pretrained import default_checkpoint
 
     images = [read_image(path, args.size) for path in args.images]  # every file checked before the model loads
@@ -289,8 +271,7 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
         description="Each line you type is a user turn; the model answers with the whole conversation as context. "
         "End with Ctrl-D (or the end of piped input).",
     )
-    parser.add_argument("--checkpoint", default=None,
-                        help="a checkpoint or run directory (default: the checkpoint shipped in the package)")
+    parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
     parser.add_argument("--perplexity", action="store_true",
@@ -299,10 +280,9 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_chat(args: argparse.Namespace) -> int:
-    import sys
-
+    from generalist.checkpoint import load_model
     from generalist.datasets.text import heldout_conversations
-    from generalist.evaluate import chat_perplexity, chat_reply, load_model
+    from generalist.evaluate import chat_perplexity, chat_reply
     from generalist.pretrained import default_checkpoint
 
     model, tokenizer = load_model(args.checkpoint or default_checkpoint())
@@ -358,30 +338,33 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_run(subparsers: argparse._SubParsersAction) -> None:
-    from generalist.config import add_arguments
-    from generalist.pipeline import PRESETS, RunConfig
+RUN_DERIVED = ("train.run_dir", "train.checkpoint_every", "train.checkpoint_minutes", "train.keep_checkpoints",
+               "train.log_every")
+"""Training settings a run derives (its directory, checkpoints spaced for the learning curves): not flags of run."""
 
-    presets = "; ".join(
-        f"{name}: {p.model}, {len(p.weights)} tasks, {p.minutes:g} min" for name, p in PRESETS.items()
-    )
+
+def _add_run(subparsers: argparse._SubParsersAction) -> None:
+    presets = "; ".join(f"{name}: {function.__doc__}" for name, function in RUN_PRESETS.items())
     parser = subparsers.add_parser(
         "run",
         help="the whole pipeline: record missing data, train for a time budget, evaluate every task, write a report",
         description="Records the preset's datasets if they are missing, trains (the learning-rate schedule spans "
         "the time budget), evaluates every control task with demonstration prompts, captions "
         "held-out scenes and real images, measures chat perplexity, and writes <runs-dir>/<name>/report.md with "
-        "plots. Run it again to resume an interrupted run. Presets: " + presets + ".",
+        "plots. Run it again to resume an interrupted run. Settings start from the preset (defaults shown are the "
+        "cpu preset's) and flags override them; --train.*, --eval.*, --record.*, --report.* name the parts of the "
+        "config, and a setting whose name occurs once may be given bare (--steps, --weights). Presets: "
+        + presets,
     )
-    add_arguments(parser, RunConfig)
+    add_arguments(parser, RunConfig, base=cpu(), exclude=RUN_DERIVED, aliases={"train.data_dir": "data-dir"})
+    _add_bf16_alias(parser, "train.precision")
     parser.set_defaults(run=_run_run)
 
 
 def _run_run(args: argparse.Namespace) -> int:
-    from generalist.config import from_arguments
-    from generalist.pipeline import RunConfig, run_pipeline
+    from generalist.pipeline import run_pipeline
 
-    run_pipeline(from_arguments(RunConfig, args))
+    run_pipeline(from_arguments(RunConfig, args, run_preset(args.preset or "cpu")))
     return 0
 
 

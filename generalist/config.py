@@ -1,158 +1,291 @@
-"""Typed configs as the one source of truth: dataclass fields become command-line flags, and JSON files.
+"""The config tree: every setting of every command, defined once, as dataclasses.
 
-A field's docstring (the string literal under it, CleanRL's `Args` style) is its `--help` text. Configs are
-saved as JSON beside what they produced, and read back with unknown keys rejected, never silently dropped.
-Supported field types: bool, int, float, str, Path, optionals of those, tuples of str and str -> float mappings
-(written `a=1,b=2.5` on the command line).
+`RunConfig` (what `generalist run` does) is built of the others: a `TrainConfig` (the training run), an
+`EvalConfig` (how control tasks are evaluated: also what `generalist evaluate`, `diagnose`, videos and the
+evaluation inside training read), a `RecordConfig` (what the run records if it is missing) and a `ReportConfig`
+(what the run's report measures). `CollectConfig` is what `generalist collect` records. Each field's docstring
+is its `--help` text (`generalist.flags`); nested fields are flags with a dotted name (`--eval.episodes`).
+
+Run presets are named functions returning a `RunConfig`, like the model presets `model.tiny()`.
+
+This module imports nothing of the package and nothing heavy, so that every command parses its flags without
+importing torch or gymnasium; the lower layers import their config types from here.
 """
 
 from __future__ import annotations
 
-import argparse
-import ast
-import dataclasses
-import inspect
-import itertools
-import json
-import textwrap
-import types
-import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
 
-T = TypeVar("T")
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """Each field's docstring: the string literal that follows its annotated assignment in the class body."""
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for statement, following in itertools.pairwise(body):
-        if (
-            isinstance(statement, ast.AnnAssign)
-            and isinstance(statement.target, ast.Name)
-            and isinstance(following, ast.Expr)
-            and isinstance(following.value, ast.Constant)
-            and isinstance(following.value.value, str)
-        ):
-            docs[statement.target.id] = " ".join(following.value.value.split())
-    return docs
+DEFAULT_EVAL_SEED = 5_000_000
+"""First evaluation seed: recording starts at 0 and the score baselines at 1,000,000."""
 
 
-def _strip_optional(hint: Any) -> tuple[Any, bool]:
-    args = typing.get_args(hint)
-    if typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in args:
-        rest = [a for a in args if a is not type(None)]
-        return rest[0], True
-    return hint, False
+def default_weights() -> dict[str, float]:
+    """The default task mixture of `generalist train`: CartPole, captions, dialogue and prose."""
+    return {"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5, "prose": 0.25}
 
 
-def parse_weights(text: str) -> dict[str, float]:
-    """`a=1,b=2.5` to {"a": 1.0, "b": 2.5}."""
-    weights = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise argparse.ArgumentTypeError(f"expected name=weight, got {item!r}")
-        try:
-            weights[name.strip()] = float(value)
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(f"weight of {name!r} is not a number: {value!r}") from error
-    return weights
+@dataclass(frozen=True)
+class EvalConfig:
+    """How control tasks are evaluated: prompt-conditioned rollouts over a vector of environments."""
+
+    episodes: int = 10
+    """episodes per task"""
+    num_envs: int = 8
+    """environments stepped together per task: more rows per forward pass make each step cheaper"""
+    seed: int = DEFAULT_EVAL_SEED
+    """first evaluation seed: the episodes play seeds seed .. seed + episodes - 1"""
+    prompt: str = "demonstration"
+    """demonstration: open each episode with the end of a recorded expert episode; none: with nothing"""
+    prompt_tokens: int | None = None
+    """the demonstration prompt's token budget, whole timesteps (None: half the model's context)"""
+    temperature: float = 0.0
+    """0 acts greedily; above 0 samples the action tokens"""
+    keep_prompt: bool = True
+    """keep the prompt in the context when the episode outgrows it (else its timesteps slide out too)"""
+    slide_fraction: float = 0.25
+    """share of the context freed at once when an episode outgrows it (0: only what the step needs)"""
+    data_dir: Path | None = None
+    """where the recorded demonstrations are (None: the checkpoint's own, else the training data)"""
+
+    def prompt_budget(self, context: int) -> int:
+        """Tokens of the demonstration prompt for a model of `context` tokens."""
+        return self.prompt_tokens if self.prompt_tokens is not None else context // 2
 
 
-def _parser_for(hint: Any) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is tuple:
-        return lambda text: tuple(filter(None, (part.strip() for part in text.split(","))))
-    if origin in (dict, Mapping) or hint is Mapping:
-        return parse_weights
-    if hint is Path:
-        return Path
-    if hint in (int, float, str):
-        return hint
-    raise TypeError(f"unsupported config field type {hint!r}")
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs; saved with every checkpoint and restored by `--resume`."""
+
+    run_dir: Path = Path("runs/default")
+    """directory of the run: checkpoints, logs, the final model"""
+    data_dir: Path = Path("data")
+    """parent directory of the recorded datasets (`generalist collect --out`)"""
+    model: str = "tiny"
+    """model preset: tiny, small, gato-79m, gato-364m, gato-1.18b"""
+    weights: Mapping[str, float] = field(default_factory=default_weights)
+    """task mixture: name=weight pairs, control tasks by their registry names plus scenes, digits,
+    sample_images, dialogue, prose"""
+    steps: int = 1000
+    """optimizer steps; the learning-rate schedule spans them (with schedule=steps)"""
+    schedule: str = "steps"
+    """steps: warm-up and cosine span `steps`, and a resumed run is bit-identical to an uninterrupted one; time:
+    the cosine spans `max_minutes` of training and the run ends there (a time budget; `steps` only bounds it)"""
+    max_minutes: float | None = None
+    """stop (with a checkpoint) once the run has trained this many minutes in all, resumes included, even if
+    steps remain"""
+    batch_size: int = 8
+    """sequences per micro-batch per process"""
+    accumulation: int = 1
+    """micro-batches per optimizer step per process (the global batch is processes x accumulation x batch)"""
+    sequence_length: int = 1024
+    """tokens per sequence at most (Gato: 1024)"""
+    learning_rate: float = 1e-3
+    """peak learning rate after warm-up"""
+    min_lr_ratio: float = 0.1
+    """the cosine decays to this fraction of the peak (Gato: a tenth)"""
+    warmup_steps: int = 100
+    """linear warm-up steps"""
+    weight_decay: float = 0.1
+    """AdamW weight decay on weight matrices (Gato: 0.1)"""
+    beta1: float = 0.9
+    """AdamW beta1 (Gato: 0.9)"""
+    beta2: float = 0.95
+    """AdamW beta2 (Gato: 0.95)"""
+    grad_clip: float = 1.0
+    """gradient norm clipping (Gato: 1.0); 0 disables it"""
+    dropout: float = 0.0
+    """model dropout during training"""
+    precision: str = "auto"
+    """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, or a CPU with
+    native bf16 that a start-up test finds faster), fp32 or bf16"""
+    seed: int = 0
+    """seed of the model initialization and the data stream"""
+    prompt_probability: float = 0.25
+    """share of control sequences with a demonstration prompt (Gato: 0.25)"""
+    action_shuffle: float = 0.0
+    """share of action tokens the model reads as the action of another timestep of the same sequence, their
+    targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
+    checkpoint_every: int = 200
+    """steps between checkpoints (and one at the end)"""
+    checkpoint_minutes: float | None = None
+    """also write a checkpoint each time this many more minutes of training have passed"""
+    keep_checkpoints: int = 2
+    """newest checkpoints kept on disk"""
+    interim_minutes: float | None = 10.0
+    """also write an interim checkpoint each time this many minutes pass without one, so that a crash loses at
+    most that much; each replaces the last and none counts toward `keep_checkpoints` (None: never)"""
+    log_every: int = 10
+    """steps between log lines"""
+    eval_every: int = 0
+    """steps between evaluations of `eval_tasks` in their environments (0: none); logged as eval/<task>/..."""
+    eval_tasks: tuple[str, ...] = ()
+    """control tasks evaluated during training (with the evaluation settings), prompted by recorded
+    demonstrations"""
+    num_workers: int = 1
+    """DataLoader worker processes making batches"""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available)"""
+    progress: bool = True
+    """show a progress bar"""
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """One `--flag` per field of a dataclass, with its docstring as help and its default shown."""
-    docs = field_docs(cls)
-    hints = typing.get_type_hints(cls)
-    for field in dataclasses.fields(cls):
-        if field.name in exclude or not field.init:
-            continue
-        hint, optional = _strip_optional(hints[field.name])
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        flag = "--" + field.name.replace("_", "-")
-        help_text = docs.get(field.name, "")
-        shown = ",".join(f"{k}={v:g}" for k, v in default.items()) if isinstance(default, Mapping) else default
-        if isinstance(default, tuple):
-            shown = ",".join(default)
-        help_text = f"{help_text} (default: {shown})".replace("%", "%%")
-        if hint is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        else:
-            parser.add_argument(flag, type=_parser_for(hint), default=None, help=help_text,
-                                metavar="NONE|" + field.name.upper() if optional else field.name.upper())
+@dataclass(frozen=True)
+class CollectConfig:
+    """What `generalist collect` records."""
+
+    tasks: tuple[str, ...] = ("cartpole",)
+    """tasks to record, one dataset directory each"""
+    episodes: int = 200
+    """episodes to keep per task (a rerun with more extends the dataset)"""
+    out: Path = Path("data")
+    """parent directory of the per-task datasets"""
+    first_seed: int = 0
+    """seed of the first episode; episode i plays first_seed + i"""
+    min_return_fraction: float | None = None
+    """keep only episodes whose expert-normalized score is at least this (Gato: 0.8); None keeps all"""
+    max_episode_steps: int | None = None
+    """override the task's step cap (stored with the dataset); None keeps the task's"""
+    noise: float = 0.0
+    """probability that a step executes a random action while the expert's action is recorded (DART)"""
+    baselines: Path | None = None
+    """the score baselines the filter reads (None: the package's baselines.json)"""
+    max_attempts_factor: float = 4.0
+    """with the filter, give up after this many times `episodes` seeds played"""
+    shard_episodes: int = 50
+    """episodes per shard at most: what a killed run can lose"""
+    shard_bytes: int = 256 * 2**20
+    """bytes per shard at most (a longer episode gets a shard of its own)"""
+    progress: bool = True
+    """show a progress bar"""
 
 
-def from_arguments(cls: type[T], args: argparse.Namespace, base: T | None = None) -> T:
-    """A config from parsed flags: flags given override `base` (or the defaults)."""
-    config = base if base is not None else cls()
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(cls)  # type: ignore[arg-type]
-        if getattr(args, f.name, None) is not None
-    }
-    return dataclasses.replace(config, **given)  # type: ignore[type-var]
+@dataclass(frozen=True)
+class RecordConfig:
+    """What `generalist run` records into the training data directory when it is missing."""
+
+    episodes: int = 100
+    """expert episodes recorded per state-vector control task"""
+    atari_episodes: int = 50
+    """expert episodes recorded per Atari task"""
+    atari_max_steps: int = 2000
+    """recorded Atari games are cut here (a Pong expert game lasts about 24,600 steps)"""
 
 
-def to_json_dict(config: Any) -> dict[str, Any]:
-    """A config as plain JSON values."""
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, tuple):
-            return list(value)
-        if isinstance(value, Mapping):
-            return dict(value)
-        return value
+@dataclass(frozen=True)
+class ReportConfig:
+    """What `generalist run` measures for its report beyond the control scores."""
 
-    return {f.name: plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
-
-
-def from_json_dict(cls: type[T], values: Mapping[str, Any], source: str = "config") -> T:
-    """A config from JSON values; an unknown key is a `ValueError` naming it."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown keys {unknown}; known: {sorted(names)}")
-    hints = typing.get_type_hints(cls)
-    converted = {}
-    for name, value in values.items():
-        hint, _ = _strip_optional(hints[name])
-        if value is not None and hint is Path:
-            value = Path(value)
-        elif value is not None and typing.get_origin(hint) is tuple:
-            value = tuple(value)
-        converted[name] = value
-    return cls(**converted)
+    caption_scenes: int = 100
+    """held-out scenes captioned"""
+    chat_samples: int = 3
+    """held-out conversations whose first turn the model answers in the report"""
+    curve_points: int = 4
+    """kept checkpoints re-evaluated for the learning curves (0: none); checkpoints fall at even fractions of
+    the run"""
+    curve_episodes: int = 3
+    """evaluation episodes per control task at each curve point"""
+    curve_scenes: int = 20
+    """held-out scenes captioned at each curve point"""
+    prompt_ablation: bool = False
+    """also evaluate every control task without its demonstration prompt"""
 
 
-def save_json(config: Any, path: str | Path) -> None:
-    """Write a config to a JSON file."""
-    Path(path).write_text(json.dumps(to_json_dict(config), indent=2) + "\n")
+@dataclass(frozen=True)
+class RunConfig:
+    """What `generalist run` does: record what is missing, train, evaluate, report."""
+
+    name: str = "default"
+    """the run's name: it lives in <runs-dir>/<name>"""
+    preset: str = "cpu"
+    """the preset the settings start from: cpu (about 20 minutes of training on 2 cores), full (the 3-hour
+    generalist), smoke (seconds)"""
+    runs_dir: Path = Path("runs")
+    """parent directory of runs"""
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run lives."""
+        return self.runs_dir / self.name
 
 
-def load_json(cls: type[T], path: str | Path) -> T:
-    """Read a config from a JSON file written by `save_json`."""
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"config file {path} does not exist") from error
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path}: not valid JSON ({error})") from error
-    return from_json_dict(cls, values, str(path))
+# ---------------------------------------------------------------------------------------------- presets
+
+CPU_WEIGHTS = {
+    "cartpole": 1.0, "acrobot": 1.0, "mountaincar": 1.0, "mountaincar_continuous": 1.0, "pendulum": 1.0,
+    "lunarlander": 1.0, "lunarlander_continuous": 1.0, "scenes": 1.0, "digits": 0.1, "sample_images": 0.05,
+    "dialogue": 0.3, "prose": 0.15,
+}
+
+# The full run's tokens, moved (docs/RESULTS.md, full-v2) from the Atari games, flat at 0% with 2 of 12.6 each,
+# and from the tasks at the expert by mid-run, to the three control tasks that failed and to captions; the text's
+# share (0.45 of 12.6) is unchanged, so the text-only baselines still apply.
+FULL_WEIGHTS = {
+    "cartpole": 1.0, "acrobot": 0.75, "mountaincar": 0.75, "mountaincar_continuous": 0.5, "pendulum": 2.0,
+    "lunarlander": 2.0, "lunarlander_continuous": 2.0, "pong": 0.5, "breakout": 0.5,
+    "scenes": 2.0, "digits": 0.1, "sample_images": 0.05, "dialogue": 0.3, "prose": 0.15,
+}
+
+# A run trains for a time budget unless it fixes a step count: the cosine spans the minutes given (a step count
+# measured up front is wrong as soon as another process shares the cores); `steps` then only bounds the run.
+TIME_BUDGET_STEPS = 10**9
+
+
+def cpu() -> RunConfig:
+    """About 20 minutes of training on a 2-core CPU: the seven state-vector tasks, captions and text."""
+    return RunConfig(
+        preset="cpu",
+        train=TrainConfig(
+            model="tiny", weights=CPU_WEIGHTS, steps=TIME_BUDGET_STEPS, schedule="time", max_minutes=20.0,
+            learning_rate=2e-3, warmup_steps=50,
+        ),
+    )
+
+
+def full() -> RunConfig:
+    """The shipped generalist: all nine tasks, 4,000 steps (about three hours here), 50 episodes per task."""
+    return RunConfig(
+        preset="full",
+        train=TrainConfig(
+            model="tiny", weights=FULL_WEIGHTS, steps=4000, max_minutes=180.0, learning_rate=2e-3,
+            warmup_steps=200, action_shuffle=0.5,
+        ),
+        eval=EvalConfig(episodes=50, num_envs=50),
+        record=RecordConfig(episodes=200),
+        report=ReportConfig(curve_points=8, curve_episodes=5, curve_scenes=50, prompt_ablation=True),
+    )
+
+
+def smoke() -> RunConfig:
+    """Every stage of the pipeline in seconds: two steps of a tiny mixture."""
+    return RunConfig(
+        preset="smoke",
+        train=TrainConfig(
+            model="tiny", weights={"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5}, steps=2, max_minutes=1.0,
+            learning_rate=2e-3, warmup_steps=1, batch_size=2, sequence_length=128, precision="fp32",
+        ),
+        eval=EvalConfig(episodes=2),
+        record=RecordConfig(episodes=2),
+        report=ReportConfig(caption_scenes=4, chat_samples=1, curve_points=2, curve_episodes=1, curve_scenes=2),
+    )
+
+
+RUN_PRESETS: dict[str, Callable[[], RunConfig]] = {"cpu": cpu, "full": full, "smoke": smoke}
+
+
+def run_preset(name: str) -> RunConfig:
+    """The run preset called `name`; a clear error naming the known ones otherwise."""
+    if name not in RUN_PRESETS:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(RUN_PRESETS)}")
+    return RUN_PRESETS[name]()
+
+
+def with_run_dir(config: RunConfig) -> RunConfig:
+    """The config with its training writing into the run's own directory."""
+    return replace(config, train=replace(config.train, run_dir=config.run_dir))

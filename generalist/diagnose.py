@@ -15,13 +15,16 @@ from compounding error or a bug, per task:
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from generalist.datasets.batching import action_slots, collate, shuffle_action_inputs
+from generalist.batch import action_slots, collate, shuffle_action_inputs
+from generalist.config import EvalConfig
+from generalist.envs.rollout import LabelledActor, ScriptedActor, Transition, rollout, single_env
 from generalist.model import Generalist
 from generalist.tokenizers import TokenKind, tokenize_actions
 
@@ -66,43 +69,36 @@ def teacher_forced_accuracy(
 
 
 def on_policy(
-    model: Generalist, task: str, episodes: int = 3, seed: int = 7_000_000, data_dir: str | Path | None = "data",
-    max_steps: int = 1000,
+    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None, max_steps: int = 1000
 ) -> tuple[float, float, float, int]:
-    """Agreement with the expert on the agent's own states, the agent's and the expert's repeat rates, steps."""
+    """Agreement with the expert on the agent's own states, the agent's and the expert's repeat rates, steps.
+
+    `config.episodes` episodes on seeds config.seed, config.seed + 1, ..., each cut at `max_steps`; the expert
+    labels every state the agent reaches (`LabelledActor`).
+    """
     from generalist.envs import get_task, make
-    from generalist.evaluate import demonstration_prompt
-    from generalist.policy import Policy
+    from generalist.evaluate import agent_actor
 
     spec = get_task(task)
     layout, action_spec = model.config.layout, spec.action_spec()
-    rng = np.random.default_rng(seed)
-    expert = spec.expert()
+    env = make(task)
+    actor = LabelledActor(agent_actor(model, task, config, demonstrations),
+                          ScriptedActor([spec.expert()], env.action_space))
     agent_ids, expert_ids, starts = [], [], []
-    for episode in range(episodes):
-        env = make(task, seed + episode)
-        try:
-            observation, info = env.reset()
-            expert.reset(seed + episode)
-            prompt = None
-            if data_dir is not None:
-                prompt = demonstration_prompt(task, data_dir, layout, rng, model.config.context // 2)
-            policy = Policy(model, action_spec)
-            policy.reset([prompt])
-            starts.append(len(agent_ids))
-            for _ in range(max_steps):
-                with torch.no_grad():
-                    (action,) = policy.act([observation])
-                agent_ids.append(tokenize_actions(np.asarray([action]), action_spec, layout)[0])
-                expert_ids.append(tokenize_actions(np.asarray([expert.act(observation, info)]), action_spec,
-                                                   layout)[0])
-                observation, _, terminated, truncated, info = env.step(action)
-                if terminated or truncated:
-                    break
-        finally:
-            env.close()
+
+    def keep(step: Transition) -> None:
+        agent_ids.append(tokenize_actions(step.actions.executed[:1], action_spec, layout)[0])
+        expert_ids.append(tokenize_actions(step.actions.labels[:1], action_spec, layout)[0])
+
+    try:
+        rollout(single_env(env), actor, [itertools.count(config.seed)], quotas=[config.episodes],
+                max_steps=max_steps, on_start=lambda rows, observations: starts.append(len(agent_ids)),
+                on_step=keep)
+    finally:
+        env.close()
     agent, labels = np.stack(agent_ids), np.stack(expert_ids)  # (steps, slots)
     agreement = float((agent == labels).all(axis=1).mean())
+    starts = starts[: config.episodes]  # the loop starts no episode after the last, but be exact
     return agreement, repeat_rate(agent, starts), repeat_rate(labels, starts), len(agent)
 
 
@@ -114,14 +110,16 @@ def repeat_rate(ids: np.ndarray, episode_starts: list[int]) -> float:
     return float(same[~first].mean()) if (~first).any() else float("nan")
 
 
-def diagnose(
-    model: Generalist, task: str, data_dir: str | Path = "data", episodes: int = 3, prompt: bool = True
-) -> Diagnosis:
-    """The copycat test of one task: teacher-forced accuracy with true and shuffled history, on-policy numbers."""
+def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None) -> Diagnosis:
+    """The copycat test of one task: teacher-forced accuracy with true and shuffled history, on-policy numbers.
+
+    The recorded episodes (and prompts) come from `prompt_dir(config, task, demonstrations)`.
+    """
+    from generalist.evaluate import prompt_dir
+
     model.eval()
-    agreement, agent_repeats, expert_repeats, steps = on_policy(
-        model, task, episodes, data_dir=data_dir if prompt else None
-    )
+    data_dir = prompt_dir(config, task, demonstrations)
+    agreement, agent_repeats, expert_repeats, steps = on_policy(model, task, config, demonstrations)
     return Diagnosis(
         task=task,
         teacher_forced=teacher_forced_accuracy(model, task, data_dir),

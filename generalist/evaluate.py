@@ -1,13 +1,15 @@
 """Evaluation: prompt-conditioned rollouts in the environments, captions of held-out scenes, chat perplexity.
 
 Design choices:
-- One function per kind of evaluation, called from training and from the CLI alike (STYLE.md item 9).
+- One function per kind of evaluation, called from training and from the CLI alike (docs/STYLE.md item 9), and
+  one `EvalConfig` for every path: `generalist evaluate`, videos, `diagnose`, training and `generalist run`.
 - Control (Gato section 4.1): the context of every episode opens with a demonstration of the same task, the
   last `prompt_tokens` tokens of a recorded expert episode (whole timesteps), then the agent acts step by step
-  through the KV-cached `Policy`; `prompt="none"` measures the agent without it. Episodes run on a vector of
-  environments; environment `i` of `n` plays seeds `seed + i, seed + i + n, ...` and a fixed share of the
-  episodes (the first `episodes % n` environments one more), so the evaluated episodes are always the seeds
-  `seed .. seed + episodes - 1`, long ones as much as short ones. The default seed is far from the seeds of
+  through the KV-cached `Agent`; `prompt="none"` measures the agent without it. Episodes run on a vector of
+  environments through the one rollout loop (envs/rollout.py); environment `i` of `n` plays seeds
+  `seed + i, seed + i + n, ...` and a fixed share of the episodes (the first `episodes % n` environments one
+  more), so the evaluated episodes are always the seeds `seed .. seed + episodes - 1`, long ones as much as
+  short ones. The default seed is far from the seeds of
   recording (0, 1, ...) and of the score baselines (1,000,000, ...).
 - Scores: raw return, expert-normalized `(agent - random) / (expert - random)` with the stored baselines, and
   for Atari human-normalized with the published human scores.
@@ -18,20 +20,21 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 import torch
 
+from generalist.agent import Agent
+from generalist.config import EvalConfig
+from generalist.envs.contract import Observation
+from generalist.envs.rollout import Actions, rollout, seed_sequences, single_env, unbatch
 from generalist.model import Generalist
-from generalist.policy import Policy
 from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout
-
-DEFAULT_SEED = 5_000_000
-"""First evaluation seed: recording starts at 0 and the score baselines at 1,000,000."""
 
 
 @dataclass
@@ -80,59 +83,75 @@ def demonstration_prompt(
     return source.tokenize_window(episode, length - steps, length)
 
 
-def _split_observations(observations: dict, n: int) -> list[dict]:
-    """A vector env's stacked observation dict to one dict per environment."""
-    return [{key: value[i] for key, value in observations.items()} for i in range(n)]
+def prompt_dir(config: EvalConfig, task: str, demonstrations: Path | None = None) -> Path:
+    """Where `task`'s recorded demonstrations are: the config's data_dir, else a checkpoint's own, else `data`."""
+    if config.data_dir is not None:
+        return Path(config.data_dir)
+    if demonstrations is not None and (demonstrations / task).is_dir():
+        return demonstrations
+    return Path("data")
+
+
+class AgentActor:
+    """The trained agent as a rollout actor: every episode opens with a fresh prompt (None: no prompt)."""
+
+    def __init__(self, agent: Agent, new_prompt: Callable[[], TokenizedSequence | None]) -> None:
+        self.agent, self.new_prompt = agent, new_prompt
+        self.started = False
+
+    def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """Give the rows' new episodes their prompts (drawn in row order)."""
+        prompts = [self.new_prompt() for _ in rows]
+        self.agent.reset(prompts, episodes=None if not self.started else list(rows))
+        self.started = True
+
+    def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
+        """The agent's actions for every row (executed, and its own labels)."""
+        actions = self.agent.act(unbatch(observations))
+        return Actions(actions, actions)
+
+
+def agent_actor(
+    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None
+) -> AgentActor:
+    """The agent of `model` acting in `task` per `config`, each episode prompted by a demonstration unless
+    config.prompt is "none"; prompts are drawn from a generator seeded with config.seed."""
+    from generalist.envs import get_task
+
+    if config.prompt not in ("demonstration", "none"):
+        raise ValueError(f"prompt must be 'demonstration' or 'none', got {config.prompt!r}")
+    rng = np.random.default_rng(config.seed)
+    layout, budget = model.config.layout, config.prompt_budget(model.config.context)
+    directory = prompt_dir(config, task, demonstrations)
+
+    def new_prompt() -> TokenizedSequence | None:
+        return demonstration_prompt(task, directory, layout, rng, budget) if config.prompt != "none" else None
+
+    agent = Agent(model, get_task(task).action_spec(), temperature=config.temperature,
+                  keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction)
+    return AgentActor(agent, new_prompt)
 
 
 def evaluate_task(
-    model: Generalist,
-    task: str,
-    episodes: int = 10,
-    seed: int = DEFAULT_SEED,
-    prompt: str = "demonstration",
-    data_dir: str | Path = "data",
-    num_envs: int = 8,
-    temperature: float = 0.0,
-    prompt_tokens: int | None = None,
+    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None
 ) -> TaskResult:
-    """Roll out `episodes` prompt-conditioned episodes of `task`; a failure is returned in the result."""
+    """Roll out `config.episodes` prompt-conditioned episodes of `task`; a failure is returned in the result."""
     from generalist.envs import expert_normalized, get_task, human_normalized, make_vector
 
-    result = TaskResult(task, prompted=prompt != "none")
+    result = TaskResult(task, prompted=config.prompt != "none")
     try:
         spec = get_task(task)
-        if prompt not in ("demonstration", "none"):
-            raise ValueError(f"prompt must be 'demonstration' or 'none', got {prompt!r}")
-        n = min(num_envs, episodes)
+        n = min(config.num_envs, config.episodes)
         # Each env plays a fixed share, so the episodes are always the same seeds: keeping the first `episodes` to
         # finish would favour short episodes.
-        quotas = episodes // n + (np.arange(n) < episodes % n)
-        rng = np.random.default_rng(seed)
-        layout = model.config.layout
-        budget = prompt_tokens if prompt_tokens is not None else model.config.context // 2
-
-        def new_prompt() -> TokenizedSequence | None:
-            return demonstration_prompt(task, data_dir, layout, rng, budget) if result.prompted else None
-
-        policy = Policy(model, spec.action_spec(), temperature=temperature)
-        env = make_vector(task, n, seed, autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+        quotas = config.episodes // n + (np.arange(n) < config.episodes % n)
+        actor = agent_actor(model, task, config, demonstrations)
+        env = make_vector(task, n, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         try:
-            observations, _ = env.reset(seed=seed)
-            policy.reset([new_prompt() for _ in range(n)])
-            running, steps, played = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
-            while (played < quotas).any():
-                actions = policy.act(_split_observations(observations, n))
-                observations, rewards, terminated, truncated, _ = env.step(actions)
-                running += rewards
-                steps += 1
-                for i in np.flatnonzero(terminated | truncated):
-                    if played[i] < quotas[i]:
-                        result.returns.append(float(running[i]))
-                        result.lengths.append(int(steps[i]))
-                    played[i] += 1
-                    running[i], steps[i] = 0.0, 0
-                    policy.reset([new_prompt()], episodes=[int(i)])
+            for end in rollout(env, actor, seed_sequences(config.seed, n), quotas.tolist()):
+                if end.counted:
+                    result.returns.append(end.episode_return)
+                    result.lengths.append(end.length)
         finally:
             env.close()
         result.normalized = expert_normalized(task, result.mean_return)
@@ -143,65 +162,49 @@ def evaluate_task(
     return result
 
 
+@torch.no_grad()
 def record_video(
     model: Generalist,
     task: str,
     path: str | Path,
-    seed: int = DEFAULT_SEED,
-    prompt: str = "demonstration",
-    data_dir: str | Path = "data",
+    config: EvalConfig,
+    demonstrations: Path | None = None,
     max_steps: int = 1000,
     fps: int = 30,
 ) -> float:
-    """Play one episode and write its rendered frames as an animated GIF; returns the episode's return."""
+    """Play one episode (seed config.seed) and write its rendered frames as an animated GIF; returns its return."""
     from PIL import Image
 
-    from generalist.envs import get_task, make
+    from generalist.envs import make
 
     model.eval()
-    layout = model.config.layout
-    rng = np.random.default_rng(seed)
-    demonstration = (
-        demonstration_prompt(task, data_dir, layout, rng, model.config.context // 2) if prompt != "none" else None
-    )
-    policy = Policy(model, get_task(task).action_spec())
-    env = make(task, seed, render_mode="rgb_array")
-    frames, total = [], 0.0
+    actor = agent_actor(model, task, config, demonstrations)
+    env = make(task, render_mode="rgb_array")
+    frames: list[np.ndarray] = []
     try:
-        observation, _ = env.reset()
-        policy.reset([demonstration])
-        frames.append(env.render())
-        for _ in range(max_steps):
-            with torch.no_grad():
-                (action,) = policy.act([observation])
-            observation, reward, terminated, truncated, _ = env.step(action)
-            total += float(reward)
-            frames.append(env.render())
-            if terminated or truncated:
-                break
+        (end,) = rollout(
+            single_env(env), actor, [iter([config.seed])], quotas=[1], max_steps=max_steps,
+            on_start=lambda rows, observations: frames.append(env.render()),
+            on_step=lambda step: frames.append(env.render()),
+        )
     finally:
         env.close()
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=round(1000 / fps), loop=0)
-    return total
+    return end.episode_return
 
 
 def evaluate(
-    model: Generalist,
-    tasks: Sequence[str],
-    episodes: int = 10,
-    seed: int = DEFAULT_SEED,
-    prompt: str = "demonstration",
-    data_dir: str | Path = "data",
-    num_envs: int = 8,
-    temperature: float = 0.0,
+    model: Generalist, tasks: Sequence[str], config: EvalConfig, demonstrations: Path | None = None
 ) -> list[TaskResult]:
-    """Evaluate many tasks, one after another; each row holds its scores or its error."""
+    """Evaluate many tasks, one after another; each row holds its scores or its error.
+
+    `demonstrations`: a checkpoint's own recorded demonstrations, used for the tasks it has when
+    config.data_dir is not set.
+    """
     model.eval()
     with torch.no_grad():
-        return [
-            evaluate_task(model, task, episodes, seed, prompt, data_dir, num_envs, temperature) for task in tasks
-        ]
+        return [evaluate_task(model, task, config, demonstrations) for task in tasks]
 
 
 def format_table(results: Sequence[TaskResult]) -> str:
@@ -227,20 +230,6 @@ def results_json(results: Sequence[TaskResult]) -> str:
         row["mean_return"], row["std_return"] = r.mean_return, r.std_return
         rows.append(row)
     return json.dumps(rows, indent=2, default=float)
-
-
-def load_model(checkpoint: str | Path) -> tuple[Generalist, TextTokenizer]:
-    """A checkpoint directory's model (eval mode) and text tokenizer; a clear error if it is not one."""
-    from generalist.model import pretrained_text_tokenizer
-
-    path = Path(checkpoint)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    if (path / "checkpoints" / "latest").is_file():  # a run directory: its newest checkpoint
-        from generalist.train import latest_checkpoint
-
-        path = latest_checkpoint(path)
-    return Generalist.from_pretrained(path), pretrained_text_tokenizer(path)
 
 
 # ------------------------------------------------------------------------------------- captions and chat
@@ -281,7 +270,7 @@ def caption_images(
     model: Generalist, tokenizer: TextTokenizer, images: Sequence[np.ndarray], max_new_tokens: int = 48
 ) -> list[str]:
     """A caption for each image (H, W, 3) uint8: its patches prompt the model, which writes text until eos."""
-    from generalist.policy import generate
+    from generalist.agent import generate
     from generalist.tokenizers import tokenize_caption
 
     layout = model.config.layout
@@ -308,7 +297,7 @@ def chat_perplexity(
     model: Generalist, tokenizer: TextTokenizer, conversations: Sequence[Sequence[str]], batch: int = 16
 ) -> float:
     """Perplexity per text token of whole conversations (chat format, then eos), cut to the model's context."""
-    from generalist.datasets.batching import collate
+    from generalist.batch import collate
     from generalist.datasets.text import format_chat
     from generalist.tokenizers import tokenize_text
 
@@ -334,8 +323,8 @@ def chat_reply(
     temperature: float = 0.0,
 ) -> str:
     """The assistant's next turn after `history` (user first, alternating, ending with the user's turn)."""
+    from generalist.agent import generate
     from generalist.datasets.text import ASSISTANT_MARKER, USER_MARKER, format_chat
-    from generalist.policy import generate
 
     prompt = tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER} ")
     prompt = prompt[-(model.config.context - max_new_tokens) :]  # the latest turns, if the talk is long

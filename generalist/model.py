@@ -1,7 +1,7 @@
 """The generalist model: one decoder transformer over the token stream of every modality.
 
 Reading order: the config and its presets, the embeddings (ids, image patches, positions), rotary position
-encoding, the decoder block, the model with its loss, then checkpoints.
+encoding, the decoder block, the model with its loss. Saving and loading live in checkpoint.py.
 
 Design choices, and where we depart from Gato (Reed et al., 2022):
 - Embeddings are summed per token (Gato section 2.2 and appendix C): the id table; image patches through one
@@ -11,13 +11,13 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   patch the pixel embedding replaces the id embedding (the placeholder id carries nothing).
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
-  costs as much as a small transformer per token (FACTS.md), so width and stride are config fields, set by
+  costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
   measurement to 64 channels on a 4x4 grid (stride 4): 4x cheaper than 64 channels on 8x8 (docs/BENCHMARKS.md).
 - The order of tokens across the sequence is encoded by rotary embeddings (RoPE, Su et al., 2021) on queries
   and keys; Gato's paper does not say how it encodes it. Rotary scores depend only on the distance between
   two tokens, so cached keys never need re-encoding as the context grows, and no learned table caps the
   length. Positions are counted from the first token of the context the model sees, so a context that slid
-  forward is re-encoded from 0 exactly as a fresh forward would (policy.py).
+  forward is re-encoded from 0 exactly as a fresh forward would (agent.py).
 - Pre-norm blocks (LayerNorm), causal attention through `scaled_dot_product_attention`, a GEGLU feed-forward
   (Gato appendix C.1), a final norm and an output head tied to the id table by default: the table holds every
   id the head predicts, tying saves `table_size x width` parameters (a fifth of the `tiny` model), and it is
@@ -26,7 +26,7 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   are gathered before the head, so no logits are made where no loss is taken: on control data most positions
   carry none, and the head over the whole table is the largest matmul of a small model.
 - `forward(batch)` is pure: no episode state lives on the module. A KV cache, when given to `hidden`, is a
-  separate object owned by the policy (policy.py) that the attention layers read and write.
+  separate object owned by the agent (agent.py) that the attention layers read and write.
 
 Dimension key used in shape comments:
     b  batch rows           t  tokens             d  model width           h  attention heads
@@ -36,26 +36,20 @@ Dimension key used in shape comments:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 from typing import Any, Protocol
 
-import safetensors
-import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from generalist.datasets.batching import Batch
+from generalist.batch import Batch
 from generalist.tokenizers import (
     ACTION_POSITION,
     N_POSITION_BUCKETS,
     PATCH_SIZE,
-    TextTokenizer,
     TextTokenizerConfig,
     TokenKind,
     TokenLayout,
@@ -137,7 +131,7 @@ class ModelConfig:
         return cls(**values)
 
 
-# Presets are named code (STYLE.md item 6). The paper's three come from Gato appendix C.1. The paper
+# Presets are named code (docs/STYLE.md item 6). The paper's three come from Gato appendix C.1. The paper
 # does not say whether its feed-forward width counts the GEGLU's gate; ours is the width of the value and of
 # the gate each, so these presets hold 1.64B, 475M and 87M parameters where the paper counts 1.18B, 364M and
 # 79M. Their patch block is our choice (the paper does not size it): 128 channels on an 8x8 grid, still cheap
@@ -359,11 +353,6 @@ class LossOutput:
     row_targets: torch.Tensor  # (b,) targets in each row
 
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
-TEXT_TOKENIZER_FILE = "text.model"
-
-
 class Generalist(nn.Module):
     """The decoder: embeddings, `n_layer` blocks, a final norm and the output head over the id table."""
 
@@ -442,94 +431,3 @@ class Generalist(nn.Module):
             row_loss=losses.detach().new_zeros(n_rows).index_add_(0, rows, losses.detach()),
             row_targets=torch.bincount(rows, minlength=n_rows),
         )
-
-    # ------------------------------------------------------------------------------------ checkpoints
-
-    def save_pretrained(
-        self, directory: str | Path, text_tokenizer: TextTokenizer, dtype: torch.dtype | None = None
-    ) -> Path:
-        """Write model.safetensors, config.json and the SentencePiece model (text.model) to `directory`.
-
-        With `dtype` (bf16 to ship a checkpoint at half the size) the weights are stored in it; `from_pretrained`
-        casts them back to the model's float32.
-        """
-        if text_tokenizer.vocab_size != self.config.text_vocab_size:
-            raise ValueError(
-                f"the text tokenizer has {text_tokenizer.vocab_size} ids; the model was built for "
-                f"{self.config.text_vocab_size}"
-            )
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {
-            name: tensor.detach().to("cpu", dtype if dtype is not None and tensor.is_floating_point() else None)
-            .contiguous()
-            for name, tensor in self.state_dict().items()
-        }
-        # Each file is written beside its final name and renamed: a crash never leaves a half-written file there.
-        _write_atomically(directory / WEIGHTS_FILE,
-                          lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))
-        _write_atomically(directory / CONFIG_FILE,
-                          lambda path: path.write_text(json.dumps(self.config.to_dict(), indent=2) + "\n"))
-        _write_atomically(directory / TEXT_TOKENIZER_FILE, text_tokenizer.save)
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, device: torch.device | str = "cpu") -> Generalist:
-        """Rebuild a model, in eval mode, from `save_pretrained`'s files alone.
-
-        Every file is read and checked before the model is built: a missing, truncated or mismatched file is an
-        error naming that file, and no partly loaded model is ever returned.
-        """
-        directory = Path(directory)
-        paths = [directory / name for name in (CONFIG_FILE, WEIGHTS_FILE, TEXT_TOKENIZER_FILE)]
-        for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(f"{path}: missing checkpoint file")
-        config = _read_config(paths[0])
-        tensors = _read_weights(paths[1])
-        text_tokenizer = TextTokenizer.load(paths[2])
-        if text_tokenizer.vocab_size != config.text_vocab_size:
-            raise ValueError(f"{paths[2]}: {text_tokenizer.vocab_size} text ids, but {paths[0]} says "
-                             f"text_vocab_size={config.text_vocab_size}")
-        model = cls(config)
-        expected = model.state_dict()
-        missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
-        if missing or unexpected:
-            raise ValueError(f"{paths[1]}: does not fit {paths[0]}: missing {missing}, unexpected {unexpected}")
-        for name, tensor in tensors.items():
-            if tensor.shape != expected[name].shape or not tensor.is_floating_point():
-                raise ValueError(f"{paths[1]}: {name} is {tensor.dtype} {tuple(tensor.shape)}, but {paths[0]} "
-                                 f"needs a float tensor of shape {tuple(expected[name].shape)}")
-        model.load_state_dict(tensors, strict=True)
-        return model.to(device).eval()
-
-
-def pretrained_text_tokenizer(directory: str | Path) -> TextTokenizer:
-    """The SentencePiece model saved beside a checkpoint's weights."""
-    return TextTokenizer.load(Path(directory) / TEXT_TOKENIZER_FILE)
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    os.replace(partial, path)
-
-
-def _read_config(path: Path) -> ModelConfig:
-    try:
-        values = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a JSON model config ({error})") from error
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: expected a JSON object of model config fields")
-    try:
-        return ModelConfig.from_dict(values)
-    except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from error
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return safetensors.torch.load_file(path)
-    except (safetensors.SafetensorError, OSError, RuntimeError, ValueError) as error:
-        raise ValueError(f"{path}: unreadable or truncated safetensors file ({error})") from error

@@ -1,6 +1,6 @@
 """The checkpoint shipped inside the package, and `export`, which turns a run's checkpoint into one.
 
-An exported checkpoint is what `save_pretrained` writes (weights in bf16 to halve its size; they are cast back to
+An exported checkpoint is what `checkpoint.save_model` writes (weights in bf16 to halve its size; they are cast back to
 float32 when loaded) plus `demonstrations/<task>/`: the ends of a few recorded expert episodes of every control
 task the model was trained on, in the recorded-dataset format. Evaluation prompts each episode with a
 demonstration (Gato section 4.1), so with these inside the checkpoint `generalist evaluate` works on a fresh
@@ -9,60 +9,40 @@ clone that has recorded no data.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from generalist.checkpoint import DEMONSTRATIONS, is_model_directory, load_model, save_model, trained_weights
+from generalist.config import EvalConfig
+from generalist.datasets.mixture import ControlSource
+from generalist.datasets.recording import SETTINGS, open_writer, recorded_setting
+from generalist.datasets.storage import EpisodeDataset
+from generalist.envs import TASKS
+from generalist.envs.rollout import Episode
+from generalist.model import Generalist
+
 PRETRAINED_DIR = Path(__file__).with_name("pretrained")
-DEMONSTRATIONS = "demonstrations"
 
 
 def default_checkpoint() -> Path:
     """The checkpoint shipped with the package; an error saying how to get one if it is not there."""
-    if not (PRETRAINED_DIR / "config.json").is_file():
+    if not is_model_directory(PRETRAINED_DIR):
         raise FileNotFoundError(
             f"no checkpoint shipped at {PRETRAINED_DIR}: pass --checkpoint (a run directory or a checkpoint)"
         )
     return PRETRAINED_DIR
 
 
-def demonstrations_dir(checkpoint: str | Path, data_dir: str | Path | None, task: str) -> Path:
-    """Where `task`'s demonstrations are: `data_dir` if given, else the checkpoint's own, else `data`."""
-    if data_dir is not None:
-        return Path(data_dir)
-    shipped = _checkpoint_dir(checkpoint) / DEMONSTRATIONS
-    return shipped if (shipped / task).is_dir() else Path("data")
-
-
-def _checkpoint_dir(checkpoint: str | Path) -> Path:
-    path = Path(checkpoint)
-    if (path / "checkpoints" / "latest").is_file():
-        from generalist.train import latest_checkpoint
-
-        return latest_checkpoint(path)
-    return path
-
-
 def trained_control_tasks(checkpoint: str | Path) -> list[str]:
     """The control tasks of the mixture a training checkpoint was trained on (from its trainer.json)."""
-    from generalist.envs import TASKS
-
-    state = _checkpoint_dir(checkpoint) / "trainer.json"
-    if not state.is_file():
-        raise FileNotFoundError(f"{state}: not a training checkpoint; name the tasks to export")
-    weights = json.loads(state.read_text())["train_config"]["weights"]
+    weights = trained_weights(checkpoint)
     return [task for task in TASKS if weights.get(task, 0) > 0]
 
 
 def export_demonstrations(source: Path, target: Path, episodes: int, steps: int) -> Path:
     """Copy the last `steps` timesteps of the last `episodes` episodes of a recorded dataset to `target`."""
-    from generalist.datasets.recording import SETTINGS, open_writer, recorded_setting
-    from generalist.datasets.storage import EpisodeDataset
-    from generalist.envs.rollout import Episode
-
     dataset = EpisodeDataset(source)
     if target.exists():
         raise ValueError(f"{target} exists: export into a new directory")
@@ -84,13 +64,10 @@ def export_demonstrations(source: Path, target: Path, episodes: int, steps: int)
     return target
 
 
-def _prompt_steps(task: str, source: Path, model: Any) -> int:
-    """Timesteps of `task` that fit the evaluation's demonstration prompt (`evaluate_task`: half the context)."""
-    from generalist.datasets.mixture import ControlSource
-    from generalist.datasets.storage import EpisodeDataset
-
+def _prompt_steps(task: str, source: Path, model: Generalist) -> int:
+    """Timesteps of `task` that fit the evaluation's demonstration prompt (the default `EvalConfig`'s budget)."""
     per_step = ControlSource(task, EpisodeDataset(source), model.config.layout).tokens_per_step()
-    return max(model.config.context // 2 // per_step, 1)
+    return max(EvalConfig().prompt_budget(model.config.context) // per_step, 1)
 
 
 def export_checkpoint(
@@ -107,8 +84,6 @@ def export_checkpoint(
     Each demonstration keeps its episode's last `steps` timesteps; by default as many as the evaluation's prompt
     holds (half the context), so that prompting from the export equals prompting from the recorded data.
     """
-    from generalist.evaluate import load_model
-
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: export into a new directory")
@@ -118,7 +93,7 @@ def export_checkpoint(
     for source in sources:  # every source checked before anything is written
         if not (source / "index.json").is_file():
             raise FileNotFoundError(f"no recorded episodes at {source}: record them or pass --data-dir")
-    model.save_pretrained(out, tokenizer, dtype=dtype)
+    save_model(model, out, tokenizer, dtype=dtype)
     for task, source in zip(tasks, sources, strict=True):
         kept = steps if steps is not None else _prompt_steps(task, source, model)
         export_demonstrations(source, out / DEMONSTRATIONS / task, episodes, kept)

@@ -7,33 +7,65 @@ score at the kept checkpoints) and `captions.png` (the real sample images with t
 
 from __future__ import annotations
 
-import csv
+import json
 import math
 import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from generalist.evaluate import TaskResult, format_table
-from generalist.train import TASK_LOSS_PREFIX
+from generalist.config import RunConfig, run_preset
+from generalist.datasets.captions import skimage_samples
+from generalist.evaluate import CaptionScores, TaskResult, format_table
+from generalist.flags import leaf_fields
+from generalist.metrics import TASK_LOSS_PREFIX, read_metrics
 
-if TYPE_CHECKING:
-    from generalist.pipeline import RunConfig, RunPreset, RunResults
+PERPLEXITY_CURVE = "chat/perplexity"
 
 
-def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """metrics.csv as metric -> (steps, values); a resumed run's repeated steps keep their last value."""
-    series: dict[str, dict[int, float]] = {}
-    with path.open(newline="") as file:
-        for row in csv.DictReader(file):
-            series.setdefault(row["metric"], {})[int(row["step"])] = float(row["value"])
-    return {
-        name: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
-        for name, points in series.items()
-    }
+@dataclass
+class CaptionReport:
+    """Caption scores on held-out scenes and examples of captions, scenes and real images."""
+
+    scores: CaptionScores
+    scene_examples: list[tuple[str, str]]  # (truth, prediction)
+    sample_images: list[tuple[str, str, str]]  # (source, description, prediction)
+
+
+@dataclass
+class ChatReport:
+    """Held-out chat perplexity and sample replies."""
+
+    perplexity: float
+    samples: list[tuple[str, str, str]]  # (user turn, reference reply, model reply)
+
+
+@dataclass
+class RunResults:
+    """Everything a run measured at its final checkpoint, and the learning curves."""
+
+    checkpoint: str
+    step: int
+    tokens: int
+    train_minutes: float
+    control: list[TaskResult]
+    control_unprompted: list[TaskResult]  # the same tasks without a demonstration prompt (if measured)
+    captions: CaptionReport | None
+    chat: ChatReport | None
+    curves: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> step -> value
+    stage_minutes: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        """The results as JSON."""
+        data = asdict(self)
+        for rows, results in ((data["control"], self.control), (data["control_unprompted"], self.control_unprompted)):
+            for row, result in zip(rows, results, strict=True):
+                row["mean_return"], row["std_return"] = result.mean_return, result.std_return
+        return json.dumps(data, indent=2, default=float)
 
 
 def finite_mean(values: list[float]) -> float:
@@ -148,8 +180,6 @@ def plot_scores(results: Sequence[TaskResult], path: Path) -> Path | None:
 
 def plot_score_curves(curves: Mapping[str, Mapping[int, float]], path: Path) -> Path | None:
     """Each task's score at the kept checkpoints, in percent, against the step; chat perplexity in its own panel."""
-    from generalist.pipeline import PERPLEXITY_CURVE
-
     scores = {name: points for name, points in curves.items() if name != PERPLEXITY_CURVE}
     perplexity = curves.get(PERPLEXITY_CURVE)
     if not scores and not perplexity:
@@ -204,23 +234,23 @@ def plot_captions(images: Sequence[np.ndarray], titles: Sequence[str], path: Pat
 
 
 def _command(config: RunConfig) -> str:
-    """The `generalist run` command line that gives this config."""
-    from dataclasses import fields
-
-    from generalist.pipeline import RunConfig
-
-    defaults = RunConfig()
-    parts = ["generalist run"]
-    for f in fields(config):
-        value = getattr(config, f.name)
-        if value == getattr(defaults, f.name) or f.name == "progress":
+    """The `generalist run` command line that gives this config: its preset and the flags that differ from it."""
+    base = run_preset(config.preset)
+    parts = ["generalist run", f"--preset {config.preset}"]
+    for dotted, _, _, _ in leaf_fields(RunConfig):
+        value, default = config, base
+        for part in dotted.split("."):
+            value, default = getattr(value, part), getattr(default, part)
+        if value == default or dotted in ("preset", "train.progress"):
             continue
-        flag = f"--{f.name.replace('_', '-')}"
+        flag = f"--{dotted.replace('_', '-')}"
         if isinstance(value, bool):
             parts.append(flag if value else f"--no-{flag[2:]}")
             continue
         if isinstance(value, Mapping):
             value = ",".join(f"{k}={v:g}" for k, v in value.items())
+        elif isinstance(value, tuple):
+            value = ",".join(value)
         parts.append(f"{flag} {value}")
     return " ".join(parts)
 
@@ -240,20 +270,22 @@ def _escape(text: str) -> str:
 
 
 def write_report(
-    run_dir: Path, results: RunResults, preset: RunPreset, config: RunConfig, machine: str
+    run_dir: Path, results: RunResults, config: RunConfig, machine: str, precision: Mapping[str, str] | None = None
 ) -> Path:
-    """Write `run_dir/report.md` and its plots; returns the report's path."""
-    from generalist.pipeline import PERPLEXITY_CURVE
+    """Write `run_dir/report.md` and its plots; returns the report's path.
 
+    `precision`: what training computed in and why (train.py's precision.json), when known.
+    """
     lines = [
         f"# Run `{config.name}`",
         "",
-        f"- Command: `{_command(config)}` (preset `{config.preset}`)",
+        f"- Command: `{_command(config)}`",
         f"- Machine: {machine}",
+        f"- Precision: {precision['precision']} ({precision['reason']})" if precision else "- Precision: not recorded",
         f"- Written: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- Checkpoint: `{results.checkpoint}`: step {results.step:,}, {results.tokens:,} tokens, "
         f"{results.train_minutes:.1f} minutes of training",
-        f"- Model `{preset.model}`; mixture {', '.join(f'{k}={v:g}' for k, v in preset.weights.items())}",
+        f"- Model `{config.train.model}`; mixture {', '.join(f'{k}={v:g}' for k, v in config.train.weights.items())}",
         "- Time per stage (minutes): " + ", ".join(f"{k} {v:.1f}" for k, v in results.stage_minutes.items()),
         "",
         "## Training",
@@ -281,7 +313,7 @@ def write_report(
     if results.control:
         mean = finite_mean([r.normalized for r in results.control])
         lines += [
-            f"{preset.eval_episodes} episodes per task, each opened by a recorded expert demonstration; greedy "
+            f"{config.eval.episodes} episodes per task, each opened by a recorded expert demonstration; greedy "
             f"actions. Mean expert-normalized score: {mean:.1%}.",
             "",
             format_table(results.control),
@@ -301,8 +333,8 @@ def write_report(
         plot_score_curves(results.curves, run_dir / "score_curves.png")
         steps = sorted({s for points in results.curves.values() for s in points})
         lines += [
-            f"Every kept checkpoint re-evaluated ({preset.curve_episodes} episodes per task, "
-            f"{preset.curve_scenes} held-out scenes).",
+            f"Every kept checkpoint re-evaluated ({config.report.curve_episodes} episodes per task, "
+            f"{config.report.curve_scenes} held-out scenes).",
             "",
             "![scores over training](score_curves.png)",
             "",
@@ -330,8 +362,6 @@ def write_report(
         lines += ["", "Real images (scikit-image samples, 64x64):", "", "| image | description | caption |",
                   "| --- | --- | --- |"]
         lines += [f"| `{src}` | {_escape(d)} | {_escape(p)} |" for src, d, p in results.captions.sample_images]
-        from generalist.datasets.captions import skimage_samples
-
         samples = skimage_samples()[: len(results.captions.sample_images)]
         titles = [p for _, _, p in results.captions.sample_images]
         if plot_captions([s.image for s in samples], titles, run_dir / "captions.png"):

@@ -9,9 +9,10 @@ Design choices:
   resumed from a checkpoint continues exactly as if it had never stopped.
 - Distributed: `torchrun --nproc_per_node N -m generalist.cli train ...` runs DistributedDataParallel (gloo on
   CPU, NCCL on GPU). Rank 0 alone writes checkpoints and logs.
-- Checkpoints are directories written beside their final name and renamed into place: weights, model config
-  and text tokenizer (`Generalist.save_pretrained`), optimizer moments (safetensors, never pickle) and
-  `trainer.json` (step, tokens seen, the resolved training config). `latest` names the newest one.
+- Checkpoints (checkpoint.py, the only module that knows their layout): the model, its text tokenizer, the
+  optimizer's moments and the trainer's state, written atomically; `latest` names the newest one.
+- Precision (`TrainConfig.precision`, precision.py): `auto` trains in bf16 autocast only where this machine runs
+  it faster than fp32; the choice and its reason are written to the run directory's precision.json.
 - Logs: TensorBoard event files (tensorboardX) and `metrics.csv` (step, metric, value) with fixed names:
   `train/loss`, `train/loss_text`, `train/loss_action`, `train/lr`, `train/tokens_per_s` of the logged step, and
   `task_loss/<task>`: each task's mean loss per target token over every step since the previous log (one batch
@@ -21,117 +22,38 @@ Design choices:
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import math
 import os
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from generalist.config import from_json_dict, save_json, to_json_dict
-from generalist.datasets.batching import Batch, shuffle_action_inputs
+from generalist.batch import Batch, shuffle_action_inputs
+from generalist.checkpoint import (
+    latest_checkpoint,
+    load_optimizer,
+    load_text_tokenizer,
+    load_weights,
+    read_trainer_state,
+    save_checkpoint,
+)
+from generalist.config import EvalConfig, TrainConfig
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
+from generalist.evaluate import evaluate
+from generalist.flags import save_json
+from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
 from generalist.model import Generalist, ModelConfig, preset
+from generalist.precision import Precision, resolve_precision
 from generalist.tokenizers import TextTokenizer
-
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
-TRAINER_STATE = "trainer.json"
-OPTIMIZER_STATE = "optimizer.safetensors"
-
-
-def default_weights() -> dict[str, float]:
-    """The default task mixture: every control task, captions, dialogue and prose."""
-    return {"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5, "prose": 0.25}
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a training run needs; saved with every checkpoint and restored by `--resume`."""
-
-    run_dir: Path = Path("runs/default")
-    """directory of the run: checkpoints, logs, the final model"""
-    data_dir: Path = Path("data")
-    """parent directory of the recorded datasets (`generalist collect --out`)"""
-    model: str = "tiny"
-    """model preset: tiny, small, gato-79m, gato-364m, gato-1.18b"""
-    weights: Mapping[str, float] = field(default_factory=default_weights)
-    """task mixture: name=weight pairs, control tasks by their registry names plus scenes, digits,
-    sample_images, dialogue, prose"""
-    steps: int = 1000
-    """optimizer steps; the learning-rate schedule spans them (with schedule=steps)"""
-    schedule: str = "steps"
-    """steps: warm-up and cosine span `steps`, and a resumed run is bit-identical to an uninterrupted one; time:
-    the cosine spans `max_minutes` of training and the run ends there (a time budget; `steps` only bounds it)"""
-    max_minutes: float | None = None
-    """stop (with a checkpoint) once the run has trained this many minutes in all, resumes included, even if
-    steps remain"""
-    batch_size: int = 8
-    """sequences per micro-batch per process"""
-    accumulation: int = 1
-    """micro-batches per optimizer step per process (the global batch is processes x accumulation x batch)"""
-    sequence_length: int = 1024
-    """tokens per sequence at most (Gato: 1024)"""
-    learning_rate: float = 1e-3
-    """peak learning rate after warm-up"""
-    min_lr_ratio: float = 0.1
-    """the cosine decays to this fraction of the peak (Gato: a tenth)"""
-    warmup_steps: int = 100
-    """linear warm-up steps"""
-    weight_decay: float = 0.1
-    """AdamW weight decay on weight matrices (Gato: 0.1)"""
-    beta1: float = 0.9
-    """AdamW beta1 (Gato: 0.9)"""
-    beta2: float = 0.95
-    """AdamW beta2 (Gato: 0.95)"""
-    grad_clip: float = 1.0
-    """gradient norm clipping (Gato: 1.0); 0 disables it"""
-    dropout: float = 0.0
-    """model dropout during training"""
-    bf16: bool = False
-    """bf16 autocast (CPU with AVX-512 BF16, or GPU)"""
-    seed: int = 0
-    """seed of the model initialization and the data stream"""
-    prompt_probability: float = 0.25
-    """share of control sequences with a demonstration prompt (Gato: 0.25)"""
-    action_shuffle: float = 0.0
-    """share of action tokens the model reads as the action of another timestep of the same sequence, their
-    targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
-    checkpoint_every: int = 200
-    """steps between checkpoints (and one at the end)"""
-    checkpoint_minutes: float | None = None
-    """also write a checkpoint each time this many more minutes of training have passed"""
-    keep_checkpoints: int = 2
-    """newest checkpoints kept on disk"""
-    interim_minutes: float | None = 10.0
-    """also write an interim checkpoint each time this many minutes pass without one, so that a crash loses at
-    most that much; each replaces the last and none counts toward `keep_checkpoints` (None: never)"""
-    log_every: int = 10
-    """steps between log lines"""
-    eval_every: int = 0
-    """steps between evaluations of `eval_tasks` in their environments (0: none); logged as eval/<task>/..."""
-    eval_tasks: tuple[str, ...] = ()
-    """control tasks evaluated during training, prompted by their recorded demonstrations"""
-    eval_episodes: int = 4
-    """episodes per task and evaluation"""
-    num_workers: int = 1
-    """DataLoader worker processes making batches"""
-    device: str = "auto"
-    """cpu, cuda, or auto (cuda when available)"""
-    progress: bool = True
-    """show a progress bar"""
-
 
 # ------------------------------------------------------------------------------------------------ schedule
 
@@ -154,128 +76,6 @@ def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.A
     no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=config.learning_rate, betas=(config.beta1, config.beta2))
-
-
-# ------------------------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(
-    run_dir: Path, model: Generalist, optimizer: torch.optim.Optimizer, tokenizer: TextTokenizer,
-    config: TrainConfig, step: int, tokens: int, minutes: float = 0.0, milestone: bool = True,
-) -> Path:
-    """Write checkpoint `step` atomically and point `latest` at it; drop checkpoints past `keep_checkpoints`.
-
-    An interim checkpoint (not `milestone`) only guards against a crash: the next checkpoint of either kind
-    replaces it, and it does not push a milestone (a learning-curve point) out of the ones kept.
-    """
-    folder = run_dir / CHECKPOINTS
-    final = folder / f"step-{step:07d}"
-    partial = folder / f".step-{step:07d}.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial, tokenizer)
-    safetensors.torch.save_file(_optimizer_tensors(optimizer), partial / OPTIMIZER_STATE)
-    state = {
-        "step": step, "tokens": tokens, "minutes": minutes, "milestone": milestone,
-        "train_config": to_json_dict(config),
-    }
-    (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    pointer = folder / f".{LATEST}.partial"
-    pointer.write_text(final.name + "\n")
-    os.replace(pointer, folder / LATEST)
-    milestones = [c for c in sorted(folder.glob("step-*")) if c != final and _is_milestone(c)]
-    kept = set(milestones[max(len(milestones) - config.keep_checkpoints + milestone, 0) :]) | {final}
-    for old in folder.glob("step-*"):
-        if old not in kept:
-            shutil.rmtree(old)
-    return final
-
-
-def _is_milestone(checkpoint: Path) -> bool:
-    try:
-        return bool(json.loads((checkpoint / TRAINER_STATE).read_text()).get("milestone", True))
-    except (OSError, json.JSONDecodeError):
-        return True  # unreadable: not this function's to delete
-
-
-def latest_checkpoint(run_dir: Path) -> Path:
-    """The newest complete checkpoint of a run; an error naming what is missing otherwise."""
-    pointer = run_dir / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        raise FileNotFoundError(f"{pointer}: no checkpoint to resume from in {run_dir}")
-    checkpoint = run_dir / CHECKPOINTS / pointer.read_text().strip()
-    if not (checkpoint / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"{checkpoint / TRAINER_STATE}: the latest checkpoint is incomplete")
-    return checkpoint
-
-
-def read_trainer_state(checkpoint: Path) -> dict[str, Any]:
-    """Step, tokens, training minutes and training config of a checkpoint."""
-    path = checkpoint / TRAINER_STATE
-    try:
-        state = json.loads(path.read_text())
-        state["train_config"] = from_json_dict(TrainConfig, state["train_config"], str(path))
-        state.setdefault("minutes", 0.0)  # checkpoints from before the field was kept
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise ValueError(f"{path}: not a trainer state ({error})") from error
-    return state
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
-    """AdamW's per-parameter moments and step counts as flat named tensors."""
-    tensors = {}
-    for index, state in optimizer.state_dict()["state"].items():
-        for name, value in state.items():
-            tensors[f"{index}.{name}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    return tensors
-
-
-def _load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> None:
-    tensors = safetensors.torch.load_file(path)
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    full = optimizer.state_dict()
-    full["state"] = state
-    try:
-        optimizer.load_state_dict(full)
-    except (ValueError, KeyError) as error:
-        raise ValueError(f"{path}: does not fit the model's parameters ({error})") from error
-
-
-# ------------------------------------------------------------------------------------------------ logging
-
-
-class MetricLog:
-    """Scalars to TensorBoard event files and to metrics.csv (step, metric, value), appended across resumes."""
-
-    def __init__(self, run_dir: Path) -> None:
-        from tensorboardX import SummaryWriter
-
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-        path = run_dir / "metrics.csv"
-        new = not path.exists()
-        self.file = path.open("a", newline="")
-        self.csv = csv.writer(self.file)
-        if new:
-            self.csv.writerow(["step", "metric", "value"])
-
-    def log(self, step: int, metrics: Mapping[str, float]) -> None:
-        """Write every metric of one step; a NaN (no targets of that kind this step) is left out."""
-        for name, value in metrics.items():
-            if math.isnan(value):
-                continue
-            self.writer.add_scalar(name, value, step)
-            self.csv.writerow([step, name, f"{value:.6g}"])
-        self.file.flush()
-        self.writer.flush()
-
-    def close(self) -> None:
-        """Flush and close both files."""
-        self.writer.close()
-        self.file.close()
 
 
 # ------------------------------------------------------------------------------------------- the loop
@@ -329,6 +129,7 @@ def _seed_micro_batch(config: TrainConfig, step: int, shard: int, n_shards: int)
 def _optimizer_step(
     wrapped: torch.nn.Module, model: Generalist, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
     config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed, n_tasks: int,
+    precision: Precision,
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -340,7 +141,7 @@ def _optimizer_step(
         batch = batch.to(where.device)
         last = micro == len(shards) - 1
         sync = contextlib.nullcontext() if last or where.world_size == 1 else wrapped.no_sync()
-        with sync, torch.autocast(where.device.type, dtype=torch.bfloat16, enabled=config.bf16):
+        with sync, precision.autocast(where.device.type):
             output = wrapped(shuffle_action_inputs(batch, config.action_shuffle), batch.ids)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
@@ -358,9 +159,6 @@ def _optimizer_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return torch.cat([totals, per_task.flatten()])
-
-
-TASK_LOSS_PREFIX = "task_loss/"
 
 
 def task_losses(tasks: list[str], sums: torch.Tensor) -> dict[str, float]:
@@ -418,10 +216,14 @@ def check_config(config: TrainConfig) -> None:
                          f"{config.batch_size}, {config.accumulation}")
 
 
-def train(config: TrainConfig, resume: bool = False) -> Path:
-    """Train per `config` (or continue the run in `config.run_dir`); returns the last checkpoint's directory."""
+def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:
+    """Train per `config` (or continue the run in `config.run_dir`); returns the last checkpoint's directory.
+
+    `eval_config` sets the evaluations inside training (`eval_every`); they use the defaults without it.
+    """
     check_config(config)
     where = init_distributed(config.device)
+    precision = _agreed_precision(config.precision, where)
     tokenizer = TextTokenizer.default()
     start_step, tokens_seen, minutes_before = 0, 0, 0.0
     if resume:
@@ -436,14 +238,14 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
         )
         check_config(config)
         start_step, tokens_seen, minutes_before = state["step"], state["tokens"], state["minutes"]
-        model = Generalist.from_pretrained(checkpoint)
-        tokenizer = TextTokenizer.load(checkpoint / "text.model")
+        model = load_weights(checkpoint)
+        tokenizer = load_text_tokenizer(checkpoint)
     else:
         model = build_model(config, tokenizer)
     model.to(where.device).train()
     optimizer = make_optimizer(model, config)
     if resume:
-        _load_optimizer(optimizer, checkpoint / OPTIMIZER_STATE)
+        load_optimizer(optimizer, checkpoint)
     # A caption-only batch leaves the action embedding without a gradient, a text-only one the patch block:
     # DDP must look for unused parameters, or the ranks' gradient reductions fall out of step.
     wrapped = DistributedDataParallel(model, find_unused_parameters=True) if where.world_size > 1 else model
@@ -461,6 +263,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(config, config.run_dir / "train_config.json")
+        write_precision(config.run_dir, precision)
         log = MetricLog(config.run_dir)
 
     steps: Iterator[list[Batch]] = iter(make_loader(mixture, config.num_workers))
@@ -486,7 +289,8 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             step_start = time.monotonic()
             lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(
-                wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks)
+                wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks),
+                precision,
             )
             if where.world_size > 1:
                 dist.all_reduce(totals)
@@ -515,7 +319,7 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
             minutes = elapsed_minutes()
             out_of_time = config.max_minutes is not None and minutes > config.max_minutes
             if log is not None and config.eval_every and config.eval_tasks and step % config.eval_every == 0:
-                log.log(step, evaluation_metrics(model, config))
+                log.log(step, evaluation_metrics(model, config, eval_config or EvalConfig()))
             on_the_minute = config.checkpoint_minutes is not None and (
                 minutes // config.checkpoint_minutes > last_saved_minutes // config.checkpoint_minutes
             )
@@ -549,6 +353,31 @@ def train(config: TrainConfig, resume: bool = False) -> Path:
     return last_checkpoint or latest_checkpoint(config.run_dir)
 
 
+PRECISION_FILE = "precision.json"
+
+
+def _agreed_precision(requested: str, where: Distributed) -> Precision:
+    """The precision this run trains in; under DDP rank 0's choice, so that every rank computes alike."""
+    precision = resolve_precision(requested, where.device)
+    if where.world_size > 1:
+        flag = torch.tensor([float(precision.bf16)], device=where.device)
+        dist.broadcast(flag, src=0)
+        if bool(flag) != precision.bf16:
+            precision = Precision("bf16" if bool(flag) else "fp32", "chosen by rank 0: " + precision.reason)
+    return precision
+
+
+def write_precision(run_dir: Path, precision: Precision) -> None:
+    """Record in the run directory which precision training uses and why (the report shows it)."""
+    (run_dir / PRECISION_FILE).write_text(json.dumps({"precision": precision.name, "reason": precision.reason}) + "\n")
+
+
+def read_precision(run_dir: Path) -> dict[str, str] | None:
+    """What `write_precision` recorded, or None for runs from before it."""
+    path = run_dir / PRECISION_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def _stop_requested(stop: _StopSignals, where: Distributed) -> bool:
     # Under DDP a signal may reach the ranks at different steps: they stop together when any has one.
     if where.world_size == 1:
@@ -558,12 +387,11 @@ def _stop_requested(stop: _StopSignals, where: Distributed) -> bool:
     return bool(flag)
 
 
-def evaluation_metrics(model: Generalist, config: TrainConfig) -> dict[str, float]:
+def evaluation_metrics(model: Generalist, config: TrainConfig, eval_config: EvalConfig) -> dict[str, float]:
     """`eval/<task>/return` and `eval/<task>/normalized` of the model now; the model goes back to training mode."""
-    from generalist.evaluate import evaluate
-
-    results = evaluate(model, config.eval_tasks, config.eval_episodes, data_dir=config.data_dir,
-                       num_envs=config.eval_episodes)
+    if eval_config.data_dir is None:  # prompted by the demonstrations the run trains on
+        eval_config = replace(eval_config, data_dir=config.data_dir)
+    results = evaluate(model, config.eval_tasks, eval_config)
     model.train()
     metrics = {}
     for result in results:

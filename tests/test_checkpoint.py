@@ -7,15 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.datasets.batching import collate
-from generalist.model import (
+from generalist.batch import collate
+from generalist.checkpoint import (
     CONFIG_FILE,
     TEXT_TOKENIZER_FILE,
     WEIGHTS_FILE,
-    Generalist,
-    pretrained_text_tokenizer,
-    tiny,
+    load_text_tokenizer,
+    load_weights,
+    save_model,
 )
+from generalist.model import Generalist, tiny
 from generalist.tokenizers import ActionSpec, TextTokenizer, tokenize_episode, tokenize_text
 
 TEXT = TextTokenizer.default()
@@ -38,7 +39,7 @@ def _batch(layout):
 def saved(tmp_path):
     torch.manual_seed(0)
     model = Generalist(CONFIG).eval()
-    model.save_pretrained(tmp_path / "checkpoint", TEXT)
+    save_model(model, tmp_path / "checkpoint", TEXT)
     return model, tmp_path / "checkpoint"
 
 
@@ -46,14 +47,14 @@ def saved(tmp_path):
 def test_save_then_load_gives_identical_logits(tmp_path, tie):
     torch.manual_seed(0)
     model = Generalist(dataclasses.replace(CONFIG, tie_embeddings=tie)).eval()
-    directory = model.save_pretrained(tmp_path / "checkpoint", TEXT)
+    directory = save_model(model, tmp_path / "checkpoint", TEXT)
     assert sorted(p.name for p in directory.iterdir()) == sorted([CONFIG_FILE, TEXT_TOKENIZER_FILE, WEIGHTS_FILE])
-    loaded = Generalist.from_pretrained(directory)
+    loaded = load_weights(directory)
     assert loaded.config == model.config and not loaded.training
     batch = _batch(CONFIG.layout)
     with torch.no_grad():
         assert torch.equal(model.logits(batch), loaded.logits(batch))
-    assert pretrained_text_tokenizer(directory).encode("same ids").tolist() == TEXT.encode("same ids").tolist()
+    assert load_text_tokenizer(directory).encode("same ids").tolist() == TEXT.encode("same ids").tolist()
 
 
 def test_weights_are_safetensors_not_pickle(saved):
@@ -69,7 +70,7 @@ def test_a_missing_file_is_named(saved, name):
     _, directory = saved
     (directory / name).unlink()
     with pytest.raises(FileNotFoundError, match=name):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
 
 
 def test_a_truncated_weights_file_is_named(saved):
@@ -77,10 +78,10 @@ def test_a_truncated_weights_file_is_named(saved):
     path = directory / WEIGHTS_FILE
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     with pytest.raises(ValueError, match=WEIGHTS_FILE):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
     path.write_bytes(b"")
     with pytest.raises(ValueError, match=WEIGHTS_FILE):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
 
 
 def test_weights_that_do_not_fit_the_config_are_named(saved):
@@ -89,10 +90,10 @@ def test_weights_that_do_not_fit_the_config_are_named(saved):
     values = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**values, "d_ff": 96}))
     with pytest.raises(ValueError, match=rf"{WEIGHTS_FILE}.*feed_forward.*shape"):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
     config_path.write_text(json.dumps({**values, "n_layer": 3}))
     with pytest.raises(ValueError, match=rf"{WEIGHTS_FILE}.*missing.*blocks\.2"):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
 
 
 def test_bad_configs_are_named(saved):
@@ -101,16 +102,16 @@ def test_bad_configs_are_named(saved):
     values = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**values, "n_layers": 2}))
     with pytest.raises(ValueError, match=rf"{CONFIG_FILE}.*unknown model config keys.*n_layers"):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
     config_path.write_text('{"n_layer": 2,')
     with pytest.raises(ValueError, match=CONFIG_FILE):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
     config_path.write_text(json.dumps({**values, "text_vocab_size": 1000}))
     with pytest.raises(ValueError, match=TEXT_TOKENIZER_FILE):
-        Generalist.from_pretrained(directory)
+        load_weights(directory)
 
 
 def test_a_tokenizer_of_another_vocabulary_is_refused_on_save(tmp_path):
     model = Generalist(dataclasses.replace(CONFIG, text_vocab_size=1000))
     with pytest.raises(ValueError, match=str(TEXT.vocab_size)):
-        model.save_pretrained(tmp_path, TEXT)
+        save_model(model, tmp_path, TEXT)

@@ -78,7 +78,8 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
         assert (run_dir / name).stat().st_size > 0, name
     report = (run_dir / "report.md").read_text()
     assert "| task | loss |" in report and "| cartpole | " in report.split("| task | loss |")[1]
-    assert "--preset smoke --prompt-ablation" in report and "| cartpole | demo | 2 |" in report
+    assert "--preset smoke --name smoke" in report and "--report.prompt-ablation" in report
+    assert "| cartpole | demo | 2 |" in report and "- Precision: fp32 (asked for fp32)" in report
     assert "| cartpole | none | 2 |" in result.stdout and "| task | with prompt | without | difference |" in report
     assert "step 2, " in report and "| cartpole/normalized |" in report and "skimage.data.astronaut" in report
     results = json.loads((run_dir / "results.json").read_text())

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from generalist.checkpoint import save_model
 from generalist.datasets.recording import CollectConfig, collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.diagnose import repeat_rate, teacher_forced_accuracy
@@ -53,7 +54,7 @@ def test_teacher_forced_accuracy_chooses_among_the_valid_action_tokens(data_dir)
 
 
 def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
-    checkpoint = _model().save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
+    checkpoint = save_model(_model(), tmp_path / "ckpt", TextTokenizer.default())
     result = subprocess.run(
         [sys.executable, "-m", "generalist.cli", "diagnose", "--checkpoint", str(checkpoint), "--tasks", "cartpole",
          "--episodes", "2", "--data-dir", str(data_dir)],

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from generalist.checkpoint import save_model
+from generalist.config import EvalConfig
 from generalist.datasets.recording import CollectConfig, collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import expert_normalized
@@ -38,19 +40,19 @@ def data_dir(tmp_path_factory):
 
 
 def test_rollouts_count_exactly_the_episodes_asked(model, data_dir):
-    result = evaluate_task(model, "cartpole", episodes=3, seed=7, data_dir=data_dir, num_envs=2)
+    result = evaluate_task(model, "cartpole", EvalConfig(episodes=3, seed=7, data_dir=data_dir, num_envs=2))
     assert result.error is None and len(result.returns) == 3 and len(result.lengths) == 3
     assert result.returns == [float(n) for n in result.lengths]  # CartPole pays 1 per step
     assert result.normalized == pytest.approx(expert_normalized("cartpole", float(np.mean(result.returns))))
-    again = evaluate_task(model, "cartpole", episodes=3, seed=7, data_dir=data_dir, num_envs=2)
+    again = evaluate_task(model, "cartpole", EvalConfig(episodes=3, seed=7, data_dir=data_dir, num_envs=2))
     assert again.returns == result.returns  # seeded
 
 
 def test_rollouts_play_the_same_seeds_however_many_envs_run_them(model, data_dir):
     # Sub-env i of n plays seeds s+i, s+i+n, ...: 3 episodes on 2 envs are seeds s..s+2, as on 1 env, whichever
     # episodes finish first (with this model seed s+3 ends before s+2: keeping the first three to end would differ).
-    alone = evaluate_task(model, "cartpole", episodes=3, seed=31, prompt="none", num_envs=1)
-    batched = evaluate_task(model, "cartpole", episodes=3, seed=31, prompt="none", num_envs=2)
+    alone = evaluate_task(model, "cartpole", EvalConfig(episodes=3, seed=31, prompt="none", num_envs=1))
+    batched = evaluate_task(model, "cartpole", EvalConfig(episodes=3, seed=31, prompt="none", num_envs=2))
     assert sorted(batched.lengths) == sorted(alone.lengths)
 
 
@@ -66,7 +68,7 @@ def test_demonstration_prompt_is_the_end_of_an_expert_episode(model, data_dir):
 
 
 def test_a_failing_task_is_reported_and_the_others_still_run(model, data_dir):
-    results = evaluate(model, ["acrobot", "cartpole"], episodes=1, data_dir=data_dir, num_envs=1)
+    results = evaluate(model, ["acrobot", "cartpole"], EvalConfig(episodes=1, data_dir=data_dir, num_envs=1))
     assert results[0].error is not None and "collect --tasks acrobot" in results[0].error
     assert results[1].error is None and len(results[1].returns) == 1
     table = format_table(results)
@@ -74,7 +76,7 @@ def test_a_failing_task_is_reported_and_the_others_still_run(model, data_dir):
 
 
 def test_evaluate_command(tmp_path, model, data_dir):
-    checkpoint = model.save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
+    checkpoint = save_model(model, tmp_path / "ckpt", TextTokenizer.default())
     out = tmp_path / "results.json"
     command = [sys.executable, "-m", "generalist.cli", "evaluate", "--checkpoint", str(checkpoint), "--tasks",
                "cartpole", "--episodes", "2", "--num-envs", "2", "--data-dir", str(data_dir), "--json", str(out),
@@ -117,7 +119,7 @@ def test_caption_scores_count_every_attribute():
 
 
 def test_chat_perplexity_is_the_exponential_of_the_text_loss(model):
-    from generalist.datasets.batching import collate
+    from generalist.batch import collate
     from generalist.datasets.text import format_chat
     from generalist.tokenizers import tokenize_text
 
@@ -134,7 +136,7 @@ def test_chat_perplexity_is_the_exponential_of_the_text_loss(model):
 def test_caption_and_chat_commands(tmp_path, model):
     from PIL import Image
 
-    checkpoint = model.save_pretrained(tmp_path / "ckpt", TextTokenizer.default())
+    checkpoint = save_model(model, tmp_path / "ckpt", TextTokenizer.default())
     image = tmp_path / "scene.png"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image)
     base = [sys.executable, "-m", "generalist.cli"]
@@ -166,12 +168,12 @@ def test_chat_handles_talk_longer_than_the_context(model):
 
 @pytest.mark.parametrize("marker", ["<|user|>", "<|assistant|>"])
 def test_a_chat_reply_ends_at_the_next_turn_marker(model, monkeypatch, marker):
-    import generalist.policy
+    import generalist.agent
     from generalist.evaluate import chat_reply
 
     tokenizer = TextTokenizer.default()
     written = tokenizer.encode(f"fine, thanks\n{marker} and you?")
-    monkeypatch.setattr(generalist.policy, "generate", lambda *args, **kwargs: [written])
+    monkeypatch.setattr(generalist.agent, "generate", lambda *args, **kwargs: [written])
     reply = chat_reply(model, tokenizer, ["how are you?"])
     assert reply == "fine, thanks"
     chat_reply(model, tokenizer, ["how are you?", reply, "good"])  # a valid turn of the next history

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generalist.datasets.batching import collate, shuffle_action_inputs
+from generalist.batch import collate, shuffle_action_inputs
 from generalist.model import (
     PRESETS,
     Generalist,

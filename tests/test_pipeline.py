@@ -1,22 +1,19 @@
 """The `generalist run` pipeline's pieces: presets, resuming, the report's plots and tables."""
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from generalist import train as train_module
+from generalist.checkpoint import read_trainer_state
+from generalist.config import RUN_PRESETS, RunConfig, TrainConfig, full, run_preset, smoke
 from generalist.evaluate import TaskResult
-from generalist.pipeline import (
-    PRESETS,
-    RunConfig,
-    control_tasks,
-    record_missing,
-    resolve_preset,
-    train_stage,
-)
+from generalist.pipeline import control_tasks, record_missing, train_config, train_stage
 from generalist.report import (
+    _command,
     _smooth,
     final_task_losses,
     plot_score_curves,
@@ -24,35 +21,42 @@ from generalist.report import (
     plot_task_losses,
     read_metrics,
 )
-from generalist.train import read_trainer_state
 
 
-def test_flags_override_the_preset_and_unknown_presets_are_errors():
-    preset = resolve_preset(RunConfig(preset="cpu", minutes=5, weights={"pendulum": 1.0, "scenes": 1.0},
-                                      curve_points=0))
-    assert preset.minutes == 5 and preset.curve_points == 0 and preset.model == PRESETS["cpu"].model
-    assert control_tasks(preset.weights) == ["pendulum"]
+def test_presets_are_named_functions_and_unknown_presets_are_errors():
+    assert set(RUN_PRESETS) == {"cpu", "full", "smoke"}
+    assert all(run_preset(name).preset == name for name in RUN_PRESETS)
     with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, full, smoke"):
-        resolve_preset(RunConfig(preset="x"))
+        run_preset("x")
 
 
 def test_the_full_preset_trains_every_task():
-    weights = PRESETS["full"].weights
+    weights = full().train.weights
     assert len(control_tasks(weights)) == 9
     assert {"scenes", "dialogue"} <= set(weights)
 
 
 def test_the_full_preset_keeps_the_text_share_its_text_only_baselines_were_trained_for():
-    weights = PRESETS["full"].weights
+    weights = full().train.weights
     assert (weights["dialogue"] + weights["prose"]) / sum(weights.values()) == pytest.approx(0.45 / 12.6)
 
 
+def test_the_report_names_the_preset_and_the_flags_that_differ_from_it():
+    config = replace(full(), name="x", train=replace(full().train, steps=10, weights={"cartpole": 1.0}))
+    assert _command(config) == "generalist run --preset full --name x --train.weights cartpole=1 --train.steps 10"
+    assert _command(smoke()) == "generalist run --preset smoke"
+
+
+def _smoke(tmp_path: Path, **train: object) -> RunConfig:
+    base = smoke()
+    return replace(base, name="r", runs_dir=tmp_path, train=replace(
+        base.train, data_dir=tmp_path / "data", progress=False, num_workers=0, **train))
+
+
 def test_an_interrupted_run_resumes_to_its_last_step(tmp_path, monkeypatch, capsys):
-    config = RunConfig(preset="smoke", name="r", runs_dir=tmp_path, data_dir=tmp_path / "data", steps=3,
-                       progress=False, num_workers=0)
-    preset = resolve_preset(config)
-    assert record_missing(preset, config.data_dir, progress=False) == ["cartpole"]
-    assert record_missing(preset, config.data_dir, progress=False) == []
+    config = _smoke(tmp_path, steps=3)
+    assert record_missing(config) == ["cartpole"]
+    assert record_missing(config) == []
 
     calls = []
     original = train_module.save_checkpoint
@@ -65,15 +69,15 @@ def test_an_interrupted_run_resumes_to_its_last_step(tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(train_module, "save_checkpoint", crash_after_first_checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        train_stage(preset, config)
+        train_stage(config)
     monkeypatch.setattr(train_module, "save_checkpoint", original)
     assert read_trainer_state(tmp_path / "r" / "checkpoints" / "step-0000001")["step"] == 1
 
-    final = train_stage(preset, config)
+    final = train_stage(config)
     assert "resuming" in capsys.readouterr().out
     assert final.name == "step-0000003" and read_trainer_state(final)["step"] == 3
     assert "training finished" not in capsys.readouterr().out
-    assert train_stage(preset, config) == final
+    assert train_stage(config) == final
     assert "training finished" in capsys.readouterr().out
 
 
@@ -131,11 +135,11 @@ def _png_width(path: Path | None) -> int:
 
 
 def test_a_time_budget_becomes_a_time_schedule_with_evenly_spaced_checkpoints():
-    from generalist.pipeline import train_config
-
-    config = RunConfig(preset="cpu", minutes=12)
-    train = train_config(resolve_preset(config), config)
+    cpu = run_preset("cpu")
+    config = replace(cpu, train=replace(cpu.train, max_minutes=12))
+    train = train_config(config)
     assert (train.schedule, train.max_minutes, train.checkpoint_minutes) == ("time", 12, 3)
-    assert train.keep_checkpoints == PRESETS["cpu"].curve_points + 1
-    fixed = train_config(resolve_preset(RunConfig(preset="full")), RunConfig(preset="full"))
+    assert train.keep_checkpoints == cpu.report.curve_points + 1 and train.run_dir == Path("runs/default")
+    fixed = train_config(full())
     assert (fixed.schedule, fixed.steps, fixed.checkpoint_every, fixed.checkpoint_minutes) == ("steps", 4000, 500, None)
+    assert isinstance(fixed, TrainConfig)

@@ -9,6 +9,7 @@ import safetensors
 import torch
 
 from generalist import pretrained
+from generalist.checkpoint import load_weights, save_model
 from generalist.datasets.recording import CollectConfig, collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.model import Generalist, preset
@@ -21,7 +22,7 @@ def exported(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     torch.manual_seed(0)
     model = Generalist(preset("tiny", text_vocab_size=TextTokenizer.default().vocab_size, context=256)).eval()
-    checkpoint = model.save_pretrained(root / "ckpt", TextTokenizer.default())
+    checkpoint = save_model(model, root / "ckpt", TextTokenizer.default())
     collect(CollectConfig(tasks=("cartpole",), episodes=3, out=root / "data", max_episode_steps=40, progress=False))
     out = export_checkpoint(checkpoint, root / "out", root / "data", ["cartpole"], episodes=2, steps=10)
     return model, root, out
@@ -33,7 +34,7 @@ def test_export_halves_the_weights_and_keeps_them_within_bf16_rounding(exported)
         assert {file.get_tensor(name).dtype for name in file.keys()} == {torch.bfloat16}
     full, half = (root / "ckpt" / "model.safetensors").stat().st_size, (out / "model.safetensors").stat().st_size
     assert half < 0.51 * full
-    loaded = Generalist.from_pretrained(out)
+    loaded = load_weights(out)
     for (name, before), after in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert after.dtype == torch.float32, name
         assert torch.allclose(before, after, rtol=2**-8, atol=1e-30), name

@@ -15,17 +15,12 @@ import safetensors.torch
 import torch
 
 from generalist import train as train_module
-from generalist.config import from_json_dict, load_json
-from generalist.datasets.recording import CollectConfig, collect
+from generalist.checkpoint import latest_checkpoint, read_trainer_state
+from generalist.config import CollectConfig, EvalConfig, TrainConfig
+from generalist.datasets.recording import collect
+from generalist.flags import from_json_dict, load_json
 from generalist.tokenizers import TextTokenizer
-from generalist.train import (
-    TrainConfig,
-    build_model,
-    latest_checkpoint,
-    learning_rate,
-    read_trainer_state,
-    train,
-)
+from generalist.train import build_model, learning_rate, train
 
 # Caption and text tasks need no recorded data; scenes put image patches (and their sampled positions) in play.
 TINY = TrainConfig(
@@ -176,8 +171,8 @@ def test_evaluation_during_training_is_logged(tmp_path):
     collect(CollectConfig(tasks=("cartpole",), episodes=2, out=tmp_path / "data", max_episode_steps=40,
                           progress=False))
     config = replace(TINY, run_dir=tmp_path / "run", data_dir=tmp_path / "data", eval_every=2,
-                     eval_tasks=("cartpole",), eval_episodes=2, weights={"cartpole": 1.0, "scenes": 1.0})
-    train(config)
+                     eval_tasks=("cartpole",), weights={"cartpole": 1.0, "scenes": 1.0})
+    train(config, eval_config=EvalConfig(episodes=2, num_envs=2))
     rows = list(csv.DictReader((tmp_path / "run" / "metrics.csv").open()))
     evaluated = {(int(r["step"]), r["metric"]) for r in rows if r["metric"].startswith("eval/")}
     assert evaluated == {(s, f"eval/cartpole/{m}") for s in (2, 4) for m in ("return", "normalized")}

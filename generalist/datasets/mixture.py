@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from generalist.datasets.batching import Batch, collate
+from generalist.batch import Batch, collate
 from generalist.tokenizers import (
     ActionSpec,
     TextTokenizer,

@@ -21,6 +21,7 @@ Design choices:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,11 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from generalist.config import CollectConfig
 from generalist.datasets import storage
 from generalist.datasets.storage import ArraySpec, DatasetError
 from generalist.envs.baselines import BASELINES_PATH, load_baselines, package_versions
 from generalist.envs.registry import TASKS, Task, get_task, make
-from generalist.envs.rollout import Episode, run_episode
+from generalist.envs.rollout import Episode, EpisodeEnd, EpisodeRecorder, ScriptedActor, rollout, single_env
 
 # Packages whose version changes what an env does: a dataset is never resumed under other versions.
 ENV_PACKAGES = ("gymnasium", "ale-py", "box2d")
@@ -51,36 +53,6 @@ SETTINGS = (
 )
 # Settings added after datasets were first recorded: an index without them was recorded with these values.
 SETTING_DEFAULTS = {"noise": 0.0}
-
-
-@dataclass
-class CollectConfig:
-    """What `generalist collect` records."""
-
-    tasks: tuple[str, ...] = ("cartpole",)
-    """tasks to record, one dataset directory each"""
-    episodes: int = 200
-    """episodes to keep per task (a rerun with more extends the dataset)"""
-    out: Path = Path("data")
-    """parent directory of the per-task datasets"""
-    first_seed: int = 0
-    """seed of the first episode; episode i plays first_seed + i"""
-    min_return_fraction: float | None = None
-    """keep only episodes whose expert-normalized score is at least this (Gato: 0.8); None keeps all"""
-    max_episode_steps: int | None = None
-    """override the task's step cap (stored with the dataset); None keeps the task's"""
-    noise: float = 0.0
-    """probability that a step executes a random action while the expert's action is recorded (DART)"""
-    baselines: Path = BASELINES_PATH
-    """the score baselines the filter reads"""
-    max_attempts_factor: float = 4.0
-    """with the filter, give up after this many times `episodes` seeds played"""
-    shard_episodes: int = 50
-    """episodes per shard at most: what a killed run can lose"""
-    shard_bytes: int = 256 * 2**20
-    """bytes per shard at most (a longer episode gets a shard of its own)"""
-    progress: bool = True
-    """show a progress bar"""
 
 
 @dataclass
@@ -297,8 +269,9 @@ def collect_task(
         raise ValueError("the return filter compares with full episodes: do not combine it with a step cap")
     if config.min_return_fraction is not None and config.noise > 0:
         raise ValueError("the return filter scores the expert: do not combine it with noise, which lowers returns")
-    threshold = min_return(task.name, config.min_return_fraction, config.baselines)
-    baseline = task_baseline(task.name, config.baselines)
+    baselines = config.baselines or BASELINES_PATH
+    threshold = min_return(task.name, config.min_return_fraction, baselines)
+    baseline = task_baseline(task.name, baselines)
     writer = open_writer(
         directory, settings, config.episodes, None if math.isinf(threshold) else threshold, baseline
     )
@@ -307,22 +280,32 @@ def collect_task(
     stored = writer.index.get("min_return")
     threshold = -math.inf if stored is None else float(stored)
     max_seeds = math.ceil(config.max_attempts_factor * config.episodes)
-    env, expert = make(task, max_episode_steps=settings["max_episode_steps"]), task.expert()
+
+    def exhausted() -> bool:
+        return writer.next_seed - config.first_seed >= max_seeds
+
+    def keep(episode: Episode, end: EpisodeEnd) -> None:
+        kept = episode.episode_return >= threshold
+        writer.add(episode) if kept else writer.reject(episode)
+        if len(writer.pending) >= config.shard_episodes or writer.pending_bytes >= config.shard_bytes:
+            writer.flush()
+        if on_episode is not None:
+            on_episode(episode, kept)
+
+    env = single_env(make(task, max_episode_steps=settings["max_episode_steps"]))
     try:
-        while writer.kept < config.episodes:
-            if writer.next_seed - config.first_seed >= max_seeds:
-                writer.flush()
-                raise DatasetError(
-                    f"{directory / storage.INDEX}: the filter kept {writer.kept} of {max_seeds} episodes played, "
-                    f"fewer than {config.episodes}; lower --min-return-fraction or improve the expert"
-                )
-            episode = run_episode(env, expert, writer.next_seed, record=True, noise=config.noise)
-            kept = episode.episode_return >= threshold
-            writer.add(episode) if kept else writer.reject(episode)
-            if len(writer.pending) >= config.shard_episodes or writer.pending_bytes >= config.shard_bytes:
-                writer.flush()
-            if on_episode is not None:
-                on_episode(episode, kept)
+        if writer.kept < config.episodes and not exhausted():
+            actor = ScriptedActor([task.expert()], env.single_action_space, config.noise)
+            recorder = EpisodeRecorder(1, keep)
+            rollout(env, actor, [itertools.count(writer.next_seed)],
+                    until=lambda: writer.kept >= config.episodes or exhausted(),
+                    on_step=recorder.on_step, on_end=recorder.on_end)
+        if writer.kept < config.episodes:
+            writer.flush()
+            raise DatasetError(
+                f"{directory / storage.INDEX}: the filter kept {writer.kept} of {max_seeds} episodes played, "
+                f"fewer than {config.episodes}; lower --min-return-fraction or improve the expert"
+            )
         writer.index["complete"] = True
     finally:
         # Whole episodes already played are kept even when interrupted (Ctrl-C, an error in the env).

@@ -4,13 +4,16 @@ from generalist.envs.baselines import expert_normalized, human_normalized, load_
 from generalist.envs.contract import OBSERVATION_KEYS, Observation, check_observation
 from generalist.envs.policies import Action, Policy, RandomPolicy
 from generalist.envs.registry import TASKS, Task, get_task, make, make_vector, task_list
-from generalist.envs.rollout import Episode, run_episode
+from generalist.envs.rollout import Actions, Actor, Episode, EpisodeEnd, rollout, run_episode
 
 __all__ = [
     "OBSERVATION_KEYS",
     "TASKS",
     "Action",
+    "Actions",
+    "Actor",
     "Episode",
+    "EpisodeEnd",
     "Observation",
     "Policy",
     "RandomPolicy",
@@ -22,6 +25,7 @@ __all__ = [
     "load_baselines",
     "make",
     "make_vector",
+    "rollout",
     "run_episode",
     "task_list",
 ]

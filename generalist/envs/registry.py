@@ -69,6 +69,11 @@ class Task:
     human_scores: HumanScores | None = None
     steps_without_reward: int | None = None  # truncate an episode after this many steps with no reward
 
+    @property
+    def is_atari(self) -> bool:
+        """Whether the task is an Atari game (ALE), played from pixels."""
+        return self.env_id.startswith("ALE/")
+
     def action_space(self) -> spaces.Space:
         """The action space the agent sees: Discrete(n), or Box(-1, 1, (n,)) float32."""
         if self.action_kind == "discrete":
@@ -196,7 +201,7 @@ def make(
     `max_episode_steps` overrides the task's step cap (short episodes for tests and quick datasets).
     """
     spec = get_task(task)
-    if spec.env_id.startswith("ALE/"):
+    if spec.is_atari:
         import ale_py
 
         gym.register_envs(ale_py)

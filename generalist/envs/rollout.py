@@ -1,20 +1,32 @@
-"""Run a policy for one seeded episode: the loop shared by score baselines, recording and benchmarks.
+"""The one rollout loop: actors playing seeded episodes in a vector env, observed through small hooks.
+
+Recording and score baselines (scripted experts), evaluation, videos and diagnosis (the trained agent) all run
+`rollout`; they differ only in the actor and the hooks. An actor starts episodes in some rows (`start`) and
+chooses an action for every row each step (`act`); hooks see each episode start, each step, and each episode's
+end.
 
 Design choices:
-- One timestep is (observation, action, reward): the observation the policy acted on, its action and the
-  reward that action earned. The observation after the last action is not kept: Gato's sequences are
+- Every episode is seeded explicitly: row i plays the seeds its iterator gives, in order, so an episode is the
+  same whatever ran beside it. The vector env never resets on its own (autoreset disabled): the loop resets the
+  rows whose episode ended, with their next seed, right after the step that ended it.
+- A row that has played its quota of counted episodes keeps playing (a vector env steps every row), but those
+  episodes are not counted; the loop ends once every row has played its quota, or when `until` says so after
+  an episode ends.
+- One timestep is (observation, action, reward): the observation the actor acted on, its action and the reward
+  that action earned. The observation after the last action is not kept: Gato's sequences are
   observation-action pairs, and no action follows it.
-- The policy is reset with the episode's seed, so a seeded episode is the same whatever ran before it.
-- Observations are copied only when asked (`record=True`): score baselines need returns, not frames.
-- `noise` (DART, Laskey et al. 2017): at each step, with this probability, the environment executes a uniformly
-  random action while the recorded action stays the policy's. Behaviour cloning of clean expert data never
-  sees the states a small mistake leads to, and a cloned policy's errors compound there; noisy episodes show
-  what the expert does in them.
+- An actor returns the actions the envs execute and the labels a recording stores (the expert's action). They
+  differ only for DART noise (Laskey et al. 2017) and for recordings driven by a learner: with `noise` > 0 the
+  scripted actor executes a uniformly random action with that probability while its label stays the expert's,
+  so behaviour cloning sees what the expert does in the states a small mistake leads to.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -24,60 +36,45 @@ from generalist.envs.policies import Policy, RandomPolicy
 
 
 @dataclass
-class Episode:
-    """One finished episode; arrays hold one row per timestep (T = `length`)."""
+class Actions:
+    """What an actor chose for every row: what the envs execute, and what a recording stores as the label."""
 
+    executed: np.ndarray  # (n,) int64 or (n, k) float32
+    labels: np.ndarray  # same shape: the expert's action (equal to `executed` unless noise or a learner drives)
+
+
+class Actor(Protocol):
+    """Chooses actions for the rows of a vector env."""
+
+    def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """New episodes begin in `rows`, with these seeds."""
+
+    def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
+        """An action for every row, from the batched observations and each row's info."""
+
+
+@dataclass
+class Transition:
+    """One step of every row: the observations acted on, the actions, and what the envs answered."""
+
+    observations: Observation  # key -> (n, ...): what the actions were chosen on
+    infos: list[dict[str, Any]]  # each row's info at that observation
+    actions: Actions
+    rewards: np.ndarray  # (n,) float64
+    terminated: np.ndarray  # (n,) bool
+    truncated: np.ndarray  # (n,) bool, the loop's step cap included
+
+
+@dataclass
+class EpisodeEnd:
+    """One finished episode of a row."""
+
+    row: int
     seed: int
     episode_return: float
     length: int
-    terminated: bool  # the task ended (goal, crash, game over); False means the step cap cut it
-    observations: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, ...)
-    actions: np.ndarray | None = None  # (T,) int64 or (T, k) float32
-    rewards: np.ndarray | None = None  # (T,) float32
-
-
-def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = False, noise: float = 0.0) -> Episode:
-    """Play one episode of `env` from `seed` with `policy`; with `record`, keep every timestep.
-
-    With `noise` > 0 the environment executes a random action instead of the policy's with that probability,
-    and the policy's action is what is recorded (see the module's notes).
-    """
-    if not 0.0 <= noise <= 1.0:
-        raise ValueError(f"noise is a probability, got {noise}")
-    policy.reset(seed)
-    explorer = RandomPolicy(env.action_space) if noise > 0 else None
-    if explorer is not None:
-        explorer.reset(seed)
-    coins = np.random.default_rng([seed, 1])
-    observation, info = env.reset(seed=seed)
-    observations: list[Observation] = []
-    actions: list[int | np.ndarray] = []
-    rewards: list[float] = []
-    total = 0.0
-    while True:
-        action = policy.act(observation, info)
-        if record:
-            observations.append(observation)
-            actions.append(action)
-        if explorer is not None and coins.random() < noise:
-            action = explorer.act(observation, info)
-        observation, reward, terminated, truncated, info = env.step(action)
-        total += float(reward)
-        rewards.append(float(reward))
-        if terminated or truncated:
-            break
-    episode = Episode(seed, total, len(rewards), bool(terminated))
-    if record:
-        episode.observations = {key: np.stack([o[key] for o in observations]) for key in observations[0]}
-        episode.actions = _stack_actions(actions)
-        episode.rewards = np.asarray(rewards, dtype=np.float32)
-    return episode
-
-
-def _stack_actions(actions: list[int | np.ndarray]) -> np.ndarray:
-    if isinstance(actions[0], np.ndarray):
-        return np.stack(actions).astype(np.float32)
-    return np.asarray(actions, dtype=np.int64)
+    terminated: bool  # the task ended (goal, crash, game over); False means a step cap cut it
+    counted: bool  # within the row's quota
 
 
 def sub_env_view(observations: Observation, infos: dict, index: int) -> tuple[Observation, dict]:
@@ -89,3 +86,210 @@ def sub_env_view(observations: Observation, infos: dict, index: int) -> tuple[Ob
         if not key.startswith("_") and infos.get(f"_{key}", np.ones(index + 1, bool))[index]
     }
     return observation, info
+
+
+def rollout(
+    env: gym.vector.VectorEnv,
+    actor: Actor,
+    seeds: Sequence[Iterator[int]],
+    quotas: Sequence[int] | None = None,
+    until: Callable[[], bool] | None = None,
+    max_steps: int | None = None,
+    on_start: Callable[[Sequence[int], Observation], None] | None = None,
+    on_step: Callable[[Transition], None] | None = None,
+    on_end: Callable[[EpisodeEnd], None] | None = None,
+) -> list[EpisodeEnd]:
+    """Play episodes in every row of `env` (autoreset disabled) until each row has played its quota.
+
+    Row i plays the seeds of `seeds[i]`; its first `quotas[i]` episodes are counted (all, without quotas, and
+    then `until` must end the loop: it is asked after every episode's end). `max_steps` cuts episodes
+    (truncated). Returns the episodes that ended, counted or not, in the order they ended.
+    """
+    if env.autoreset_mode != gym.vector.AutoresetMode.DISABLED:
+        raise ValueError("rollout resets the rows itself: make the vector env with autoreset_mode=DISABLED")
+    n = env.num_envs
+    if len(seeds) != n or (quotas is not None and len(quotas) != n):
+        raise ValueError(f"{len(seeds)} seed iterators and {quotas and len(quotas)} quotas for {n} envs")
+    if quotas is None and until is None:
+        raise ValueError("rollout needs quotas or an `until` condition, else it never ends")
+    quota = np.asarray(quotas if quotas is not None else [np.iinfo(np.int64).max] * n, np.int64)
+    current = [next(row_seeds) for row_seeds in seeds]
+    observations, batched_infos = env.reset(seed=current)
+    infos = [sub_env_view(observations, batched_infos, i)[1] for i in range(n)]
+    actor.start(range(n), current)
+    if on_start is not None:
+        on_start(range(n), observations)
+    running, lengths, played = np.zeros(n), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    ended: list[EpisodeEnd] = []
+    while (played < quota).any():
+        actions = actor.act(observations, infos)
+        next_observations, rewards, terminated, truncated, batched_infos = env.step(actions.executed)
+        running += rewards
+        lengths += 1
+        if max_steps is not None:
+            truncated = truncated | (lengths >= max_steps)
+        if on_step is not None:
+            on_step(Transition(observations, infos, actions, rewards, terminated, truncated))
+        observations = next_observations
+        infos = [sub_env_view(observations, batched_infos, i)[1] for i in range(n)]
+        done = np.flatnonzero(terminated | truncated)
+        stop = False
+        for i in done:
+            end = EpisodeEnd(int(i), current[i], float(running[i]), int(lengths[i]), bool(terminated[i]),
+                             bool(played[i] < quota[i]))
+            ended.append(end)
+            played[i] += 1
+            running[i], lengths[i] = 0.0, 0
+            if on_end is not None:
+                on_end(end)
+            stop = stop or (until is not None and until())
+        if stop or not (played < quota).any():
+            break
+        if len(done) == 0:
+            continue
+        rows = done.tolist()
+        for i in rows:
+            current[i] = next(seeds[i])
+        mask = np.zeros(n, bool)
+        mask[rows] = True
+        observations, reset_infos = env.reset(seed=[current[i] if mask[i] else None for i in range(n)],
+                                              options={"reset_mask": mask})
+        for i in rows:
+            infos[i] = sub_env_view(observations, reset_infos, i)[1]
+        actor.start(rows, [current[i] for i in rows])
+        if on_start is not None:
+            on_start(rows, observations)
+    return ended
+
+
+def unbatch(observations: Observation) -> list[Observation]:
+    """A vector env's batched observation to one observation per row."""
+    n = len(next(iter(observations.values())))
+    return [{key: value[i] for key, value in observations.items()} for i in range(n)]
+
+
+def seed_sequences(first_seed: int, n: int) -> list[Iterator[int]]:
+    """Row i of n plays seeds first_seed + i, first_seed + i + n, ...: n rows together play consecutive seeds."""
+    return [itertools.count(first_seed + i, n) for i in range(n)]
+
+
+def single_env(env: gym.Env) -> gym.vector.VectorEnv:
+    """A vector env of one row around an existing env (closing it closes `env`)."""
+    return gym.vector.SyncVectorEnv([lambda: env], autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+
+
+# ---------------------------------------------------------------------------------- scripted actors
+
+
+class ScriptedActor:
+    """One scripted policy per row (an expert, or the random policy); with `noise`, DART's random actions."""
+
+    def __init__(self, policies: Sequence[Policy], action_space: gym.Space, noise: float = 0.0) -> None:
+        if not 0.0 <= noise <= 1.0:
+            raise ValueError(f"noise is a probability, got {noise}")
+        self.policies, self.noise = list(policies), noise
+        self.explorers = [RandomPolicy(action_space) for _ in policies] if noise > 0 else []
+        self.coins = [np.random.default_rng(0) for _ in policies]
+
+    def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """Reset the rows' policies (and their noise) with the episodes' seeds."""
+        for row, seed in zip(rows, seeds, strict=True):
+            self.policies[row].reset(seed)
+            if self.explorers:
+                self.explorers[row].reset(seed)
+                self.coins[row] = np.random.default_rng([seed, 1])
+
+    def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
+        """Each row's policy acts on its own observation and info; noise may replace what is executed."""
+        labels, executed = [], []
+        for row, (policy, observation) in enumerate(zip(self.policies, unbatch(observations), strict=True)):
+            action = policy.act(observation, infos[row])
+            labels.append(action)
+            if self.explorers and self.coins[row].random() < self.noise:
+                action = self.explorers[row].act(observation, infos[row])
+            executed.append(action)
+        return Actions(stack_actions(executed), stack_actions(labels))
+
+
+class LabelledActor:
+    """One actor drives (its actions are executed), another labels every step (its actions are recorded).
+
+    The labeller sees every observation in order, as it would acting, so a stateful expert (one that reads the
+    ball's flight from two frames) labels the states the driver reaches as it would its own. This is how a
+    diagnosis measures a trained agent's agreement with the expert on its own states.
+    """
+
+    def __init__(self, driver: Actor, labeller: Actor) -> None:
+        self.driver, self.labeller = driver, labeller
+
+    def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """Start both actors' episodes."""
+        self.driver.start(rows, seeds)
+        self.labeller.start(rows, seeds)
+
+    def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
+        """The driver's actions, labelled with the labeller's."""
+        driven = self.driver.act(observations, infos)
+        return Actions(driven.executed, self.labeller.act(observations, infos).labels)
+
+
+def stack_actions(actions: Sequence[int | np.ndarray]) -> np.ndarray:
+    """Actions of several rows or steps as one array: (n,) int64 for discrete ones, (n, k) float32 else."""
+    if isinstance(actions[0], np.ndarray) and np.ndim(actions[0]) > 0:
+        return np.stack(actions).astype(np.float32)
+    return np.asarray(actions, dtype=np.int64)
+
+
+# ----------------------------------------------------------------------------------- one recorded episode
+
+
+@dataclass
+class Episode:
+    """One finished episode; arrays hold one row per timestep (T = `length`)."""
+
+    seed: int
+    episode_return: float
+    length: int
+    terminated: bool  # the task ended (goal, crash, game over); False means the step cap cut it
+    observations: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, ...)
+    actions: np.ndarray | None = None  # (T,) int64 or (T, k) float32: the labels (the expert's actions)
+    rewards: np.ndarray | None = None  # (T,) float32
+
+
+class EpisodeRecorder:
+    """Rollout hooks that keep every timestep of each row and hand each finished episode to `keep`."""
+
+    def __init__(self, n: int, keep: Callable[[Episode, EpisodeEnd], None], record: bool = True) -> None:
+        self.keep, self.record = keep, record
+        self.steps: list[list[tuple[Observation, np.ndarray, float]]] = [[] for _ in range(n)]
+
+    def on_step(self, step: Transition) -> None:
+        """Keep each row's observation, label and reward."""
+        if not self.record:  # returns and lengths come with the episode's end
+            return
+        for row, rows_steps in enumerate(self.steps):
+            observation = {key: value[row] for key, value in step.observations.items()}
+            rows_steps.append((observation, step.actions.labels[row], float(step.rewards[row])))
+
+    def on_end(self, end: EpisodeEnd) -> None:
+        """Assemble the row's finished episode and pass it on."""
+        steps, self.steps[end.row] = self.steps[end.row], []
+        episode = Episode(end.seed, end.episode_return, end.length, end.terminated)
+        if self.record:
+            episode.observations = {key: np.stack([obs[key] for obs, _, _ in steps]) for key in steps[0][0]}
+            episode.actions = stack_actions([label for _, label, _ in steps])
+            episode.rewards = np.asarray([reward for _, _, reward in steps], dtype=np.float32)
+        self.keep(episode, end)
+
+
+def run_episode(env: gym.Env, policy: Policy, seed: int, record: bool = False, noise: float = 0.0) -> Episode:
+    """Play one episode of `env` from `seed` with a scripted `policy`; with `record`, keep every timestep.
+
+    With `noise` > 0 the environment executes a random action instead of the policy's with that probability,
+    and the policy's action is what is recorded (see the module's notes). `env` stays open.
+    """
+    actor = ScriptedActor([policy], env.action_space, noise)
+    played: list[Episode] = []
+    recorder = EpisodeRecorder(1, lambda episode, _: played.append(episode), record)
+    rollout(single_env(env), actor, [iter([seed])], quotas=[1], on_step=recorder.on_step, on_end=recorder.on_end)
+    return played[0]

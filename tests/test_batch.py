@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.datasets.batching import collate, shuffle_action_inputs
+from generalist.batch import collate, shuffle_action_inputs
 from generalist.tokenizers import (
     NO_POSITION,
     ActionSpec,

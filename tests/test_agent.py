@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.datasets.batching import collate
+from generalist.agent import Agent, Engine, generate, sample_tokens, tokenize_observations
+from generalist.batch import collate
 from generalist.model import Generalist, tiny
-from generalist.policy import Engine, Policy, generate, sample_tokens, tokenize_observations
 from generalist.tokenizers import (
     ActionSpec,
     TextTokenizer,
@@ -113,7 +113,7 @@ def test_step_logits_equal_a_full_forward_over_the_kept_context_also_after_slidi
     rng = np.random.default_rng(1)
     model = _model()
     prompts = [_prompt(rng, spec, 3), _prompt(rng, spec, 1)]
-    policy = Policy(model, spec, TEXT, keep_prompt=keep_prompt, slide_fraction=slide_fraction)
+    policy = Agent(model, spec, TEXT, keep_prompt=keep_prompt, slide_fraction=slide_fraction)
     policy.reset(prompts)
     for step_index in range(14):
         step = policy.step([_observation(rng, step_index) for _ in prompts])
@@ -134,9 +134,9 @@ def test_a_batch_of_episodes_acts_as_each_would_alone():
     model = _model()
     prompts = [_prompt(rng, spec, 2), None, _prompt(rng, spec, 4)]
     observations = [[_observation(rng, t) for _ in prompts] for t in range(12)]
-    together = Policy(model, spec, TEXT)
+    together = Agent(model, spec, TEXT)
     together.reset(prompts)
-    alone = [Policy(model, spec, TEXT) for _ in prompts]
+    alone = [Agent(model, spec, TEXT) for _ in prompts]
     for policy, prompt in zip(alone, prompts, strict=True):
         policy.reset([prompt])
     for step_observations in observations:
@@ -153,9 +153,9 @@ def test_restarting_one_episode_leaves_the_others_alone():
     rng = np.random.default_rng(3)
     model = _model()
     prompts = [_prompt(rng, spec, 2), _prompt(rng, spec, 3)]
-    policy = Policy(model, spec, TEXT)
+    policy = Agent(model, spec, TEXT)
     policy.reset(prompts)
-    other = Policy(model, spec, TEXT)
+    other = Agent(model, spec, TEXT)
     other.reset(prompts[:1])
     for t in range(3):
         observation = [_observation(rng, t), _observation(rng, t)]
@@ -163,7 +163,7 @@ def test_restarting_one_episode_leaves_the_others_alone():
         other.step(observation[:1])
     new_prompt = _prompt(rng, spec, 5)
     policy.reset([new_prompt], episodes=[1])
-    fresh = Policy(model, spec, TEXT)
+    fresh = Agent(model, spec, TEXT)
     fresh.reset([new_prompt])
     for t in range(3):
         observation = [_observation(rng, t), _observation(rng, t)]
@@ -190,8 +190,8 @@ def test_observations_are_tokenized_together_as_each_would_be_alone():
 def test_policy_errors():
     spec = SPECS["discrete"]
     with pytest.raises(ValueError, match="eval mode"):
-        Policy(_model().train(), spec, TEXT).reset([None])
-    policy = Policy(_model(), spec, TEXT)
+        Agent(_model().train(), spec, TEXT).reset([None])
+    policy = Agent(_model(), spec, TEXT)
     with pytest.raises(ValueError, match="reset"):
         policy.act([{"continuous": np.zeros(3)}])
     rng = np.random.default_rng(4)
@@ -218,7 +218,7 @@ def test_restricted_sampling_never_yields_an_invalid_action(spec):
     assert len(set(sample_tokens(logits, allowed[0], 10.0, None, generator).tolist())) > 1  # it does sample
 
     rng = np.random.default_rng(5)
-    policy = Policy(_model(), spec, TEXT, temperature=5.0, generator=torch.Generator().manual_seed(1))
+    policy = Agent(_model(), spec, TEXT, temperature=5.0, generator=torch.Generator().manual_seed(1))
     policy.reset([None] * 4)
     for t in range(25):
         step = policy.step([_observation(rng, t) for _ in range(4)])

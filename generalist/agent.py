@@ -1,7 +1,7 @@
 """Acting and writing with a trained model: a KV cache over B contexts, constrained sampling, context sliding.
 
 Nothing here lives on the `nn.Module` (STYLE.md item 8): the model's `hidden(batch, cache)` reads and writes a
-`KVCache` view owned by an `Engine`, which keeps each row's token context. `Policy` plays B episodes at once on
+`KVCache` view owned by an `Engine`, which keeps each row's token context. `Agent` plays B episodes at once on
 top of it; `generate` writes text with it.
 
 Design choices:
@@ -41,7 +41,7 @@ import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
-from generalist.datasets.batching import Batch, collate
+from generalist.batch import Batch, collate
 from generalist.model import Generalist
 from generalist.tokenizers import (
     ACTION_POSITION,
@@ -303,7 +303,7 @@ def _length_groups(lengths: np.ndarray, waste: float = 2.0) -> list[list[int]]:
 
 @dataclass
 class ActionStep:
-    """What one `Policy.step` chose, for B episodes."""
+    """What one `Agent.step` chose, for B episodes."""
 
     actions: np.ndarray  # (B,) int64 for one discrete slot, else (B, size): env actions
     ids: np.ndarray  # (B, size) int64: the action tokens
@@ -366,7 +366,7 @@ def tokenize_observations(
     return [episode.slice(lo, hi) for lo, hi in pairwise(bounds)]
 
 
-class Policy:
+class Agent:
     """B episodes of one task acting at once: `reset(prompts)`, then `act(observations)` every step."""
 
     def __init__(
@@ -508,9 +508,9 @@ def generate(
 __all__ = [
     "EOS_ID",
     "ActionStep",
+    "Agent",
     "Engine",
     "KVCache",
-    "Policy",
     "generate",
     "prompt_units",
     "sample_tokens",

@@ -1,0 +1,119 @@
+"""Which float precision to compute in, chosen for the machine at hand (issue 17).
+
+bf16 autocast is only a gain where the hardware multiplies bf16 natively: on an AVX2-only AMD EPYC a 1024x1024
+bf16 matmul ran at 0.8 GFLOP/s against 99 GFLOP/s in fp32, and training was 29x slower. So:
+
+- An explicit "fp32" or "bf16" is honoured; bf16 on a CPU without native support is allowed (a user may want
+  to check numerics), but the reason says it will be slow.
+- "auto" on CUDA picks bf16 where the GPU multiplies it natively (Ampere and later), not where torch merely
+  emulates it: emulated bf16 is the CPU problem again.
+- "auto" on a CPU first asks PyTorch which vector kernels it dispatches to. Without AVX-512 there is no native
+  bf16 and we answer fp32 without measuring. AVX-512 alone does not prove bf16 support (AVX512_BF16 and AMX are
+  later extensions), so there we time a short square matmul in both dtypes and take bf16 only if it is clearly
+  (1.2x) faster: autocast also pays for casts and fp32 norms, so a tie in matmuls is a loss in training.
+- Nothing is cached: callers resolve once per run and pass the `Precision` along.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_MIN_SPEEDUP = 1.2  # bf16 matmuls must beat fp32 by this factor for "auto" to choose bf16 on a CPU
+
+
+@dataclass(frozen=True)
+class Precision:
+    """The precision a run computes in, and why it was chosen."""
+
+    name: str  # "fp32" or "bf16": what was chosen
+    reason: str  # one line: why
+
+    def __post_init__(self) -> None:
+        if self.name not in ("fp32", "bf16"):
+            raise ValueError(f"precision name must be 'fp32' or 'bf16', got {self.name!r}")
+
+    @property
+    def bf16(self) -> bool:
+        """Whether to compute under bf16 autocast."""
+        return self.name == "bf16"
+
+    def autocast(self, device_type: str) -> contextlib.AbstractContextManager:
+        """bf16 autocast on `device_type` ("cpu", "cuda"), or a disabled one that leaves fp32 alone."""
+        return torch.autocast(device_type, dtype=torch.bfloat16, enabled=self.bf16)
+
+
+def matmul_flops(dtype: torch.dtype, size: int = 512, seconds: float = 0.1) -> float:
+    """FLOP/s of (size, size) @ (size, size) matmuls on the CPU in `dtype`, timed for about `seconds`."""
+    if size < 1 or seconds < 0:
+        raise ValueError(f"size must be positive and seconds non-negative, got {size} and {seconds}")
+    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+    a @ b  # the first call picks (and may compile) the kernel
+    calls, start = 0, time.perf_counter()
+    while True:  # at least one timed call: a very slow dtype overruns `seconds` by one matmul, not zero-divides
+        a @ b
+        calls += 1
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return 2 * size**3 * calls / elapsed
+
+
+def resolve_precision(
+    requested: str,
+    device: torch.device | str = "cpu",
+    *,
+    capability: str | None = None,
+    measure: Callable[[torch.dtype], float] | None = None,
+) -> Precision:
+    """The precision to run in on `device` for `requested` ("auto", "fp32" or "bf16").
+
+    `capability` stands in for `torch.backends.cpu.get_cpu_capability()` and `measure` (dtype -> FLOP/s) for
+    `matmul_flops`; tests inject both.
+    """
+    if requested not in PRECISIONS:
+        raise ValueError(f"unknown precision {requested!r}; expected one of {', '.join(PRECISIONS)}")
+    device_type = torch.device(device).type
+    if requested == "fp32":
+        return Precision("fp32", "asked for fp32")
+    if device_type == "cpu":
+        capability = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
+        if requested == "bf16":
+            return _asked_for_bf16_on_cpu(capability)
+        return _auto_on_cpu(capability, measure or matmul_flops)
+    if device_type == "cuda":
+        # Without including_emulation=False, pre-Ampere GPUs report bf16 support they only emulate, slowly.
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        if requested == "bf16":
+            return Precision("bf16", "asked for bf16" if native else "asked for bf16; this CUDA device has no "
+                             "native bf16, so it will be slow")
+        return Precision("bf16", "CUDA device with bf16 support") if native else Precision(
+            "fp32", "CUDA device without native bf16 support")
+    if requested == "bf16":
+        return Precision("bf16", "asked for bf16")
+    return Precision("fp32", f"device type {device_type}: bf16 speed not checked there")
+
+
+def _asked_for_bf16_on_cpu(capability: str) -> Precision:
+    """bf16 as asked, warning where the CPU cannot have native bf16."""
+    if "AVX512" in capability:
+        return Precision("bf16", "asked for bf16")
+    return Precision("bf16", f"asked for bf16; CPU capability {capability} has no native bf16, so it will be "
+                     "much slower than fp32")
+
+
+def _auto_on_cpu(capability: str, measure: Callable[[torch.dtype], float]) -> Precision:
+    """fp32 without AVX-512; with it, bf16 only if a matmul test finds it BF16_MIN_SPEEDUP times faster."""
+    if "AVX512" not in capability:
+        return Precision("fp32", f"CPU capability {capability}: no native bf16")
+    fp32, bf16 = measure(torch.float32), measure(torch.bfloat16)
+    speedup = bf16 / fp32 if fp32 > 0 else math.inf
+    test = f"CPU capability {capability} and a matmul test: bf16 {speedup:.2f}x the speed of fp32"
+    if speedup >= BF16_MIN_SPEEDUP:
+        return Precision("bf16", test)
+    return Precision("fp32", f"{test} (below {BF16_MIN_SPEEDUP}x)")
