@@ -1,6 +1,6 @@
 """Acting and writing with a trained model: a KV cache over B contexts, constrained sampling, context sliding.
 
-Nothing here lives on the `nn.Module` (STYLE.md item 8): the model's `hidden(batch, cache)` reads and writes a
+Nothing here lives on the `nn.Module` (docs/STYLE.md item 8): the model's `hidden(batch, cache)` reads and writes a
 `KVCache` view owned by an `Engine`, which keeps each row's token context. `Agent` plays B episodes at once on
 top of it; `generate` writes text with it.
 

@@ -24,7 +24,11 @@ import torch
 
 from generalist.batch import action_slots, collate, shuffle_action_inputs
 from generalist.config import EvalConfig
+from generalist.datasets.mixture import ControlSource
+from generalist.datasets.storage import EpisodeDataset
+from generalist.envs import get_task, make
 from generalist.envs.rollout import LabelledActor, ScriptedActor, Transition, rollout, single_env
+from generalist.evaluate import agent_actor, prompt_dir
 from generalist.model import Generalist
 from generalist.tokenizers import TokenKind, tokenize_actions
 
@@ -46,10 +50,6 @@ def teacher_forced_accuracy(
     model: Generalist, task: str, data_dir: str | Path, episodes: int = 8, shuffle: float = 0.0, seed: int = 0
 ) -> float:
     """Share of action tokens predicted exactly in windows from the middle of recorded episodes."""
-    from generalist.datasets.mixture import ControlSource
-    from generalist.datasets.storage import EpisodeDataset
-    from generalist.envs import get_task
-
     layout = model.config.layout
     source = ControlSource(task, EpisodeDataset(Path(data_dir) / task), layout)
     steps = model.config.context // source.tokens_per_step()
@@ -76,9 +76,6 @@ def on_policy(
     `config.episodes` episodes on seeds config.seed, config.seed + 1, ..., each cut at `max_steps`; the expert
     labels every state the agent reaches (`LabelledActor`).
     """
-    from generalist.envs import get_task, make
-    from generalist.evaluate import agent_actor
-
     spec = get_task(task)
     layout, action_spec = model.config.layout, spec.action_spec()
     env = make(task)
@@ -115,8 +112,6 @@ def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: P
 
     The recorded episodes (and prompts) come from `prompt_dir(config, task, demonstrations)`.
     """
-    from generalist.evaluate import prompt_dir
-
     model.eval()
     data_dir = prompt_dir(config, task, demonstrations)
     agreement, agent_repeats, expert_repeats, steps = on_policy(model, task, config, demonstrations)

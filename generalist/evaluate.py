@@ -27,14 +27,22 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import sacrebleu
 import torch
+from PIL import Image
 
-from generalist.agent import Agent
+from generalist.agent import Agent, generate
+from generalist.batch import collate
 from generalist.config import EvalConfig
+from generalist.datasets.mixture import ControlSource
+from generalist.datasets.scenes import generate_scene, parse_caption
+from generalist.datasets.storage import EpisodeDataset
+from generalist.datasets.text import ASSISTANT_MARKER, USER_MARKER, format_chat
+from generalist.envs import expert_normalized, get_task, human_normalized, make, make_vector
 from generalist.envs.contract import Observation
 from generalist.envs.rollout import Actions, rollout, seed_sequences, single_env, unbatch
 from generalist.model import Generalist
-from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout
+from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout, tokenize_caption, tokenize_text
 
 
 @dataclass
@@ -64,9 +72,6 @@ def demonstration_prompt(
     task: str, data_dir: str | Path, layout: TokenLayout, rng: np.random.Generator, max_tokens: int
 ) -> TokenizedSequence:
     """The last whole timesteps, at most `max_tokens` tokens, of a random recorded expert episode of `task`."""
-    from generalist.datasets.mixture import ControlSource
-    from generalist.datasets.storage import EpisodeDataset
-
     directory = Path(data_dir) / task
     if not directory.is_dir():
         raise FileNotFoundError(
@@ -116,8 +121,6 @@ def agent_actor(
 ) -> AgentActor:
     """The agent of `model` acting in `task` per `config`, each episode prompted by a demonstration unless
     config.prompt is "none"; prompts are drawn from a generator seeded with config.seed."""
-    from generalist.envs import get_task
-
     if config.prompt not in ("demonstration", "none"):
         raise ValueError(f"prompt must be 'demonstration' or 'none', got {config.prompt!r}")
     rng = np.random.default_rng(config.seed)
@@ -136,8 +139,6 @@ def evaluate_task(
     model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None
 ) -> TaskResult:
     """Roll out `config.episodes` prompt-conditioned episodes of `task`; a failure is returned in the result."""
-    from generalist.envs import expert_normalized, get_task, human_normalized, make_vector
-
     result = TaskResult(task, prompted=config.prompt != "none")
     try:
         spec = get_task(task)
@@ -173,9 +174,6 @@ def record_video(
     fps: int = 30,
 ) -> float:
     """Play one episode (seed config.seed) and write its rendered frames as an animated GIF; returns its return."""
-    from PIL import Image
-
-    from generalist.envs import make
 
     model.eval()
     actor = agent_actor(model, task, config, demonstrations)
@@ -247,9 +245,6 @@ class CaptionScores:
 
 def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScores:
     """Exact-caption rate, per-attribute accuracy (objects compared in order) and BLEU-4 against the truths."""
-    import sacrebleu
-
-    from generalist.datasets.scenes import parse_caption
 
     right = slots = 0
     for prediction, scene in zip(predictions, scenes, strict=True):
@@ -270,9 +265,6 @@ def caption_images(
     model: Generalist, tokenizer: TextTokenizer, images: Sequence[np.ndarray], max_new_tokens: int = 48
 ) -> list[str]:
     """A caption for each image (H, W, 3) uint8: its patches prompt the model, which writes text until eos."""
-    from generalist.agent import generate
-    from generalist.tokenizers import tokenize_caption
-
     layout = model.config.layout
     prompts = [tokenize_caption(image, np.zeros(0, np.int64), layout) for image in images]
     return [tokenizer.decode(ids) for ids in generate(model, prompts, max_new_tokens)]
@@ -282,8 +274,6 @@ def evaluate_captions(
     model: Generalist, tokenizer: TextTokenizer, n: int = 100, seed: int = 0, batch: int = 32
 ) -> tuple[CaptionScores, list[str]]:
     """Caption `n` held-out scenes (colour-shape pairs never seen in training); the scores and the captions."""
-    from generalist.datasets.scenes import generate_scene
-
     model.eval()
     scenes = [generate_scene(seed + i, "heldout") for i in range(n)]
     predictions: list[str] = []
@@ -297,10 +287,6 @@ def chat_perplexity(
     model: Generalist, tokenizer: TextTokenizer, conversations: Sequence[Sequence[str]], batch: int = 16
 ) -> float:
     """Perplexity per text token of whole conversations (chat format, then eos), cut to the model's context."""
-    from generalist.batch import collate
-    from generalist.datasets.text import format_chat
-    from generalist.tokenizers import tokenize_text
-
     model.eval()
     layout = model.config.layout
     context = model.config.context
@@ -323,9 +309,6 @@ def chat_reply(
     temperature: float = 0.0,
 ) -> str:
     """The assistant's next turn after `history` (user first, alternating, ending with the user's turn)."""
-    from generalist.agent import generate
-    from generalist.datasets.text import ASSISTANT_MARKER, USER_MARKER, format_chat
-
     prompt = tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER} ")
     prompt = prompt[-(model.config.context - max_new_tokens) :]  # the latest turns, if the talk is long
     (ids,) = generate(model, [prompt], max_new_tokens, temperature)

@@ -22,6 +22,7 @@ class MetricLog:
     """Scalars to TensorBoard event files and to metrics.csv (step, metric, value), appended across resumes."""
 
     def __init__(self, run_dir: Path) -> None:
+        # Imported here: tensorboardX takes 0.9 s to import (it pulls protobuf), and only a writer needs it.
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))

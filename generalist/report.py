@@ -75,6 +75,7 @@ def finite_mean(values: list[float]) -> float:
 
 
 def _pyplot() -> Any:
+    # Imported here: matplotlib takes 0.3 s to import, and only the report's plots need it.
     import matplotlib
 
     matplotlib.use("Agg")  # files only: no display on a training machine

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import gymnasium as gym
 import numpy as np
 
+from generalist.envs import get_task, make
 from generalist.tokenizers.layout import TokenLayout
 from generalist.tokenizers.stream import (
     ACTION_POSITION,
@@ -47,8 +49,6 @@ def _shown(n: int, max_rows: int) -> list[int]:
 
 
 def _cartpole_step(layout: TokenLayout, seed: int) -> tuple[str, str]:
-    import gymnasium as gym
-
     env = gym.make("CartPole-v1")
     observation, _ = env.reset(seed=seed)
     env.close()
@@ -73,7 +73,6 @@ def _cartpole_step(layout: TokenLayout, seed: int) -> tuple[str, str]:
 
 
 def _atari_frame(layout: TokenLayout, seed: int, max_rows: int) -> tuple[str, str]:
-    from generalist.envs import get_task, make
 
     env = make("pong", seed=seed)
     observation, _ = env.reset()

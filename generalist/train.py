@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
 
 from generalist.batch import Batch, shuffle_action_inputs
 from generalist.checkpoint import (
@@ -403,7 +404,5 @@ def evaluation_metrics(model: Generalist, config: TrainConfig, eval_config: Eval
 def _progress_bar(config: TrainConfig, start_step: int, is_main: bool) -> Any:
     if not (is_main and config.progress):
         return None
-    from tqdm import tqdm
-
     total = None if config.schedule == "time" else config.steps  # a time budget: the step count is unknown
     return tqdm(total=total, initial=start_step, desc="train", unit="step", dynamic_ncols=True)

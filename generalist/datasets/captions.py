@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import skimage.data
+from PIL import Image, UnidentifiedImageError
+from skimage.transform import resize
 
 SKIMAGE_SAMPLES = (
     "astronaut",
@@ -62,8 +65,6 @@ class CaptionExample:
 
 def to_rgb_square(image: np.ndarray, size: int, name: str = "image") -> np.ndarray:
     """Any 2-D or 3-D image (gray, RGB, RGBA; bool, uint8 or float in [0, 1]) to uint8 (size, size, 3)."""
-    from skimage.transform import resize
-
     if size % 16:
         raise ValueError(f"{name}: the output size must be a multiple of 16, got {size}")
     array = np.asarray(image)
@@ -90,8 +91,6 @@ def to_rgb_square(image: np.ndarray, size: int, name: str = "image") -> np.ndarr
 
 def skimage_samples(size: int = 64) -> list[CaptionExample]:
     """scikit-image's bundled sample images, captioned by their one-line descriptions."""
-    import skimage.data
-
     examples = []
     for name in SKIMAGE_SAMPLES:
         loader = getattr(skimage.data, name)
@@ -102,6 +101,7 @@ def skimage_samples(size: int = 64) -> list[CaptionExample]:
 
 def digit_captions(size: int = 32) -> list[CaptionExample]:
     """scikit-learn's handwritten digits, upscaled, with a caption template chosen by index."""
+    # Imported here: scikit-learn takes 0.8 s to import, and only the digits source needs it.
     from sklearn.datasets import load_digits
 
     if size % 16:
@@ -123,8 +123,6 @@ def digit_captions(size: int = 32) -> list[CaptionExample]:
 
 def read_image(path: str | Path, size: int) -> np.ndarray:
     """One image file to uint8 (size, size, 3); an unreadable file is a `ValueError` naming it."""
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")

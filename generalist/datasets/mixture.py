@@ -24,6 +24,7 @@ import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from pydoc_data.topics import topics
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +32,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from generalist.batch import Batch, collate
+from generalist.datasets import captions, text
+from generalist.datasets.scenes import generate_scene
+from generalist.datasets.storage import EpisodeDataset
 from generalist.tokenizers import (
     ActionSpec,
     TextTokenizer,
@@ -144,8 +148,6 @@ class SceneCaptionSource:
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One scene: its patches, then its caption and end-of-sequence."""
-        from generalist.datasets.scenes import generate_scene
-
         seed = int(rng.integers(2**40)) * shard.count + shard.index
         scene = generate_scene(seed, "train")
         return _caption_sequence(scene.image, scene.caption, self.tokenizer, self.layout, max_tokens)
@@ -330,9 +332,6 @@ def build_sources(
     prompt_end_fraction: float = 0.5,
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus."""
-    from generalist.datasets import captions, text
-    from generalist.datasets.storage import EpisodeDataset
-
     sources: dict[str, SequenceSource] = {}
     for task in tasks:
         if task == "scenes":
@@ -346,8 +345,6 @@ def build_sources(
             train, _ = text.split_conversations(text.chatterbot_conversations())
             sources[task] = TextSource(task, [text.format_chat(c) for c in train], tokenizer, layout)
         elif task == "prose":
-            from pydoc_data.topics import topics
-
             sources[task] = TextSource(task, [*text.jokes(), *topics.values()], tokenizer, layout)
         else:
             directory = Path(data_dir) / task

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from generalist.config import CollectConfig
 from generalist.datasets import storage
@@ -168,7 +169,7 @@ def open_writer(
     """Create a dataset directory, or reopen one recorded with the same settings to resume it.
 
     A new dataset stores the filter's `threshold` (None: no filter) and the task's score `baseline` (random and
-    expert returns, DESIGN.md: stored with the data); a resumed one keeps its own, so that a later change of the
+    expert returns, docs/DESIGN.md: stored with the data); a resumed one keeps its own, so that a later change of the
     baselines cannot change what one dataset kept.
     """
     versions = package_versions(ENV_PACKAGES)
@@ -317,8 +318,6 @@ def collect_task(
 
 def collect(config: CollectConfig) -> list[Path]:
     """Record every task of `config`, with one progress bar per task; returns the dataset directories."""
-    from tqdm import tqdm
-
     unknown = [name for name in config.tasks if name not in TASKS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")

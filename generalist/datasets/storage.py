@@ -35,12 +35,11 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from generalist.tokenizers.stream import ActionSpec
+from generalist.tokenizers.stream import ActionSpec
 
 FORMAT = "generalist-episodes"
 VERSION = 1
@@ -283,7 +282,6 @@ class EpisodeDataset:
     @property
     def action_spec(self) -> ActionSpec:
         """How this task's actions become tokens (what `generalist.datasets.mixture` reads)."""
-        from generalist.tokenizers.stream import ActionSpec
 
         if self.index["action_kind"] == "discrete":
             return ActionSpec("discrete", 1, int(self.index["action_size"]))

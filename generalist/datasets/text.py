@@ -16,6 +16,12 @@ import hashlib
 import re
 from collections.abc import Sequence
 from importlib import resources
+from pydoc_data.topics import topics
+
+import pyjokes
+import yaml
+
+from generalist.datasets.scenes import grammar_sentences
 
 USER_MARKER = "<|user|>"
 ASSISTANT_MARKER = "<|assistant|>"
@@ -53,8 +59,6 @@ def parse_chat(text: str) -> Conversation:
 
 def chatterbot_conversations() -> list[Conversation]:
     """The English conversations of chatterbot-corpus, deduplicated, in a fixed order."""
-    import yaml
-
     folder = resources.files("chatterbot_corpus").joinpath("data", "english")
     seen: dict[Conversation, None] = {}
     for entry in sorted(folder.iterdir(), key=lambda path: path.name):
@@ -92,15 +96,11 @@ def heldout_conversations() -> list[Conversation]:
 
 def jokes() -> list[str]:
     """pyjokes' English one-liners."""
-    import pyjokes
-
     return list(pyjokes.get_jokes(language="en", category="all"))
 
 
 def python_reference_lines() -> list[str]:
     """The lines of Python's `pydoc_data` topics: about 65k words of English reference prose, in the stdlib."""
-    from pydoc_data.topics import topics
-
     return [line for text in topics.values() for line in text.splitlines() if line.strip()]
 
 
@@ -109,8 +109,6 @@ def tokenizer_corpus() -> list[str]:
 
     Held-out conversations are left out, so that their perplexity is measured on text the tokenizer never saw.
     """
-    from generalist.datasets.scenes import grammar_sentences
-
     train, _ = split_conversations(chatterbot_conversations())
     chat_lines = [line for c in train for line in format_chat(c).splitlines()]
     return [*python_reference_lines(), *jokes(), *chat_lines, *grammar_sentences()]

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from generalist.envs.policies import RandomPolicy
 from generalist.envs.registry import TASKS, get_task, make
@@ -119,8 +120,6 @@ def measure_task(task: str, episodes: int, first_seed: int) -> dict[str, Any]:
 
 def run_baselines(config: BaselineConfig) -> dict[str, Any]:
     """Measure the configured tasks in `config.workers` processes; update the file as each task completes."""
-    from tqdm import tqdm
-
     data = load_baselines(config.out) if config.out.exists() else _empty()
     # Longest runs first (long episodes, the expert before random) so that the workers finish together.
     jobs = sorted(

@@ -1,7 +1,7 @@
 """The observation contract at the environment boundary, and the wrappers that produce it.
 
 Every task's environment returns a dict with a subset of these keys and nothing else; the tokenizer reads
-exactly this (DESIGN.md, "One timestep"):
+exactly this (docs/DESIGN.md, "One timestep"):
 
 - ``"text"``: str
 - ``"image"``: uint8 (H, W, 3), RGB, H and W multiples of 16 (the patch size)

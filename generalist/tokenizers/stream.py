@@ -1,7 +1,7 @@
 """Timesteps, episodes, captions and text to one token sequence.
 
 One timestep is `[observation text][image patches][continuous values][discrete values] | [action]`
-(DESIGN.md): the observation keys of the contract in that fixed order, each value array flattened row-major,
+(docs/DESIGN.md): the observation keys of the contract in that fixed order, each value array flattened row-major,
 and a nested dict of arrays under `continuous` or `discrete` flattened in sorted key order. The separator
 follows every observation; the action follows the separator.
 

@@ -32,7 +32,7 @@ def test_preprocess_rejects_other_shapes() -> None:
         preprocess_frames(np.zeros((210, 160, 3), np.uint8), top=60)
 
 
-# Where each game draws its ball, from RAM (FACTS.md bytes; offsets measured against rendered frames):
+# Where each game draws its ball, from RAM (docs/FACTS.md bytes; offsets measured against rendered frames):
 # (ball x byte, ball y byte, pixel column = x + dx, pixel top row = y + dy, ball colour, background colour,
 #  rows where the ball is over plain background).
 BALLS = {

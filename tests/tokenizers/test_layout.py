@@ -1,4 +1,4 @@
-"""The token layout owns every id offset of DESIGN.md's table."""
+"""The token layout owns every id offset of docs/DESIGN.md's table."""
 
 import numpy as np
 import pytest
