@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from generalist.config import (
+    DEVICES,
+    PRECISIONS,
     RUN_PRESETS,
     CollectConfig,
     EvalConfig,
@@ -29,6 +31,13 @@ from generalist.config import (
 from generalist.flags import add_arguments, from_arguments, load_json
 
 CHECKPOINT_HELP = "a checkpoint or run directory (default: the checkpoint shipped in the package)"
+
+
+def _add_hardware_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", choices=DEVICES, default="auto", help="where the model runs (default: auto, "
+                        "CUDA when available)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                        help="fp32, bf16, or auto (bf16 where this machine runs it faster) (default: fp32)")
 
 
 def _add_tokenize(subparsers: argparse._SubParsersAction) -> None:
@@ -188,12 +197,13 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from generalist.checkpoint import demonstrations_dir, load_model
     from generalist.envs import task_list
     from generalist.evaluate import evaluate, format_table, record_video, results_json
+    from generalist.precision import resolve_device
     from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
     checkpoint = args.checkpoint or default_checkpoint()
-    model, _ = load_model(checkpoint)
     config, demonstrations = from_arguments(EvalConfig, args), demonstrations_dir(checkpoint)
+    model, _ = load_model(checkpoint, resolve_device(config.device))
     results = evaluate(model, tasks, config, demonstrations)
     print(format_table(results))
     if args.json:
@@ -232,12 +242,13 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     from generalist.checkpoint import demonstrations_dir, load_model
     from generalist.diagnose import DIAGNOSIS_HEADER, diagnose, format_diagnosis
     from generalist.envs import task_list
+    from generalist.precision import resolve_device
     from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
     checkpoint = args.checkpoint or default_checkpoint()
-    model, _ = load_model(checkpoint)
     config, demonstrations = from_arguments(EvalConfig, args, DIAGNOSIS_DEFAULTS), demonstrations_dir(checkpoint)
+    model, _ = load_model(checkpoint, resolve_device(config.device))
     print(DIAGNOSIS_HEADER, flush=True)
     for task in tasks:  # a row as soon as it is measured: a task's rollouts take a while
         print(format_diagnosis(diagnose(model, task, config, demonstrations)), flush=True)
@@ -248,6 +259,7 @@ def _add_caption(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
     parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--size", type=int, default=64, help="images are centre-cropped and resized to this")
+    _add_hardware_flags(parser)
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.set_defaults(run=_run_caption)
 
@@ -256,11 +268,15 @@ def _run_caption(args: argparse.Namespace) -> int:
     from generalist.checkpoint import load_model
     from generalist.datasets.captions import read_image
     from generalist.evaluate import caption_images
+    from generalist.precision import resolve_device, resolve_precision
     from generalist.pretrained import default_checkpoint
 
     images = [read_image(path, args.size) for path in args.images]  # every file checked before the model loads
-    model, tokenizer = load_model(args.checkpoint or default_checkpoint())
-    for path, caption in zip(args.images, caption_images(model, tokenizer, images), strict=True):
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.checkpoint or default_checkpoint(), device)
+    with resolve_precision(args.precision, device).autocast(device.type):
+        captions = caption_images(model, tokenizer, images)
+    for path, caption in zip(args.images, captions, strict=True):
         print(f"{path}: {caption}")
     return 0
 
@@ -274,6 +290,7 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
+    _add_hardware_flags(parser)
     parser.add_argument("--perplexity", action="store_true",
                         help="print the perplexity per text token over the held-out conversations, then exit")
     parser.set_defaults(run=_run_chat)
@@ -283,12 +300,17 @@ def _run_chat(args: argparse.Namespace) -> int:
     from generalist.checkpoint import load_model
     from generalist.datasets.text import heldout_conversations
     from generalist.evaluate import chat_perplexity, chat_reply
+    from generalist.precision import resolve_device, resolve_precision
     from generalist.pretrained import default_checkpoint
 
-    model, tokenizer = load_model(args.checkpoint or default_checkpoint())
+    device = resolve_device(args.device)
+    model, tokenizer = load_model(args.checkpoint or default_checkpoint(), device)
+    precision = resolve_precision(args.precision, device)
     if args.perplexity:
         heldout = heldout_conversations()
-        print(f"held-out perplexity: {chat_perplexity(model, tokenizer, heldout):.2f} ({len(heldout)} conversations)")
+        with precision.autocast(device.type):
+            perplexity = chat_perplexity(model, tokenizer, heldout)
+        print(f"held-out perplexity: {perplexity:.2f} ({len(heldout)} conversations)")
         return 0
     interactive = sys.stdin.isatty()
     history: list[str] = []
@@ -300,7 +322,8 @@ def _run_chat(args: argparse.Namespace) -> int:
         if not line.strip():
             continue
         history.append(line.strip())
-        reply = chat_reply(model, tokenizer, history, args.max_new_tokens, args.temperature)
+        with precision.autocast(device.type):
+            reply = chat_reply(model, tokenizer, history, args.max_new_tokens, args.temperature)
         history.append(reply)
         print(f"assistant> {reply}", flush=True)
 

@@ -18,6 +18,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+PRECISIONS = ("auto", "fp32", "bf16")
+"""auto: bf16 where this machine runs it faster than fp32 (precision.py decides)."""
+DEVICES = ("auto", "cpu", "cuda")
+"""auto: CUDA when this torch build sees a GPU."""
+
 DEFAULT_EVAL_SEED = 5_000_000
 """First evaluation seed: recording starts at 0 and the score baselines at 1,000,000."""
 
@@ -49,6 +54,11 @@ class EvalConfig:
     """share of the context freed at once when an episode outgrows it (0: only what the step needs)"""
     data_dir: Path | None = None
     """where the recorded demonstrations are (None: the checkpoint's own, else the training data)"""
+    device: str = "auto"
+    """cpu, cuda, or auto (cuda when available): where the model acts"""
+    precision: str = "fp32"
+    """fp32, bf16 or auto (bf16 where this machine runs it faster): acting costs little with the KV cache, so
+    fp32 by default keeps scores comparable across machines"""
 
     def prompt_budget(self, context: int) -> int:
         """Tokens of the demonstration prompt for a model of `context` tokens."""

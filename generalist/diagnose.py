@@ -28,7 +28,7 @@ from generalist.datasets.mixture import ControlSource
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import get_task, make
 from generalist.envs.rollout import LabelledActor, ScriptedActor, Transition, rollout, single_env
-from generalist.evaluate import agent_actor, prompt_dir
+from generalist.evaluate import acting_precision, agent_actor, prompt_dir
 from generalist.model import Generalist
 from generalist.tokenizers import TokenKind, tokenize_actions
 
@@ -64,7 +64,9 @@ def teacher_forced_accuracy(
     allowed = torch.as_tensor(get_task(task).action_spec().valid_id_mask(layout))  # (slots, v)
     slots = action_slots(batch.kinds)[rows, columns + 1]
     with torch.no_grad():
-        logits = model.logits(inputs)[rows, columns].masked_fill(~allowed[slots], -torch.inf)
+        device = next(model.parameters()).device
+        logits = model.logits(inputs.to(device))[rows.to(device), columns.to(device)].float().cpu()
+        logits = logits.masked_fill(~allowed[slots], -torch.inf)
     return float((logits.argmax(-1) == batch.ids[rows, columns + 1]).float().mean())
 
 
@@ -88,9 +90,10 @@ def on_policy(
         expert_ids.append(tokenize_actions(step.actions.labels[:1], action_spec, layout)[0])
 
     try:
-        rollout(single_env(env), actor, [itertools.count(config.seed)], quotas=[config.episodes],
-                max_steps=max_steps, on_start=lambda rows, observations: starts.append(len(agent_ids)),
-                on_step=keep)
+        with acting_precision(model, config):
+            rollout(single_env(env), actor, [itertools.count(config.seed)], quotas=[config.episodes],
+                    max_steps=max_steps, on_start=lambda rows, observations: starts.append(len(agent_ids)),
+                    on_step=keep)
     finally:
         env.close()
     agent, labels = np.stack(agent_ids), np.stack(expert_ids)  # (steps, slots)

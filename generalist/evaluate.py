@@ -18,6 +18,7 @@ Design choices:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ from generalist.envs import expert_normalized, get_task, human_normalized, make,
 from generalist.envs.contract import Observation
 from generalist.envs.rollout import Actions, rollout, seed_sequences, single_env, unbatch
 from generalist.model import Generalist
+from generalist.precision import resolve_precision
 from generalist.tokenizers import TextTokenizer, TokenizedSequence, TokenLayout, tokenize_caption, tokenize_text
 
 
@@ -135,6 +137,12 @@ def agent_actor(
     return AgentActor(agent, new_prompt)
 
 
+def acting_precision(model: Generalist, config: EvalConfig) -> contextlib.AbstractContextManager:
+    """Autocast to the evaluation's precision on the model's device (a no-op in fp32)."""
+    device = next(model.parameters()).device
+    return resolve_precision(config.precision, device).autocast(device.type)
+
+
 def evaluate_task(
     model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None
 ) -> TaskResult:
@@ -149,7 +157,9 @@ def evaluate_task(
         actor = agent_actor(model, task, config, demonstrations)
         env = make_vector(task, n, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         try:
-            for end in rollout(env, actor, seed_sequences(config.seed, n), quotas.tolist()):
+            with acting_precision(model, config):
+                ends = rollout(env, actor, seed_sequences(config.seed, n), quotas.tolist())
+            for end in ends:
                 if end.counted:
                     result.returns.append(end.episode_return)
                     result.lengths.append(end.length)
@@ -180,11 +190,12 @@ def record_video(
     env = make(task, render_mode="rgb_array")
     frames: list[np.ndarray] = []
     try:
-        (end,) = rollout(
-            single_env(env), actor, [iter([config.seed])], quotas=[1], max_steps=max_steps,
-            on_start=lambda rows, observations: frames.append(env.render()),
-            on_step=lambda step: frames.append(env.render()),
-        )
+        with acting_precision(model, config):
+            (end,) = rollout(
+                single_env(env), actor, [iter([config.seed])], quotas=[1], max_steps=max_steps,
+                on_start=lambda rows, observations: frames.append(env.render()),
+                on_step=lambda step: frames.append(env.render()),
+            )
     finally:
         env.close()
     images = [Image.fromarray(frame) for frame in frames]
@@ -296,7 +307,7 @@ def chat_perplexity(
             tokenize_text(np.append(tokenizer.encode(format_chat(c)), tokenizer.eos_id)[:context], layout)
             for c in conversations[start : start + batch]
         ]
-        output = model(collate(sequences, layout))
+        output = model(collate(sequences, layout).to(next(model.parameters()).device))
         total_loss += float(output.loss) * output.n_text
         total_tokens += output.n_text
     if not total_tokens:

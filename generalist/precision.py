@@ -1,4 +1,4 @@
-"""Which float precision to compute in, chosen for the machine at hand (issue 17).
+"""Which device and which float precision to compute in, chosen for the machine at hand.
 
 bf16 autocast is only a gain where the hardware multiplies bf16 natively: on an AVX2-only AMD EPYC a 1024x1024
 bf16 matmul ran at 0.8 GFLOP/s against 99 GFLOP/s in fp32, and training was 29x slower. So:
@@ -24,7 +24,19 @@ from dataclasses import dataclass
 
 import torch
 
-PRECISIONS = ("auto", "fp32", "bf16")
+from generalist.config import DEVICES, PRECISIONS
+
+
+def resolve_device(requested: str) -> torch.device:
+    """The device a command runs the model on: "auto" is CUDA when this torch build sees a GPU, else the CPU."""
+    if requested not in DEVICES:
+        raise ValueError(f"unknown device {requested!r}; expected one of {', '.join(DEVICES)}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this torch build sees no CUDA GPU (install a CUDA build of torch, or use "
+                         "--device cpu)")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
 BF16_MIN_SPEEDUP = 1.2  # bf16 matmuls must beat fp32 by this factor for "auto" to choose bf16 on a CPU
 
 

@@ -53,7 +53,7 @@ from generalist.evaluate import evaluate
 from generalist.flags import save_json
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
 from generalist.model import Generalist, ModelConfig, preset
-from generalist.precision import Precision, resolve_precision
+from generalist.precision import Precision, resolve_device, resolve_precision
 from generalist.tokenizers import TextTokenizer
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -98,7 +98,7 @@ class Distributed:
 
 def init_distributed(device: str) -> Distributed:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1), else a single process."""
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    use_cuda = resolve_device(device).type == "cuda"
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     if world_size > 1 and not dist.is_initialized():
@@ -265,6 +265,7 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
         config.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(config, config.run_dir / "train_config.json")
         write_precision(config.run_dir, precision)
+        print(f"training in {precision.name}: {precision.reason}", flush=True)
         log = MetricLog(config.run_dir)
 
     steps: Iterator[list[Batch]] = iter(make_loader(mixture, config.num_workers))

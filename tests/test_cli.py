@@ -9,6 +9,9 @@ import pytest
 from generalist.datasets.text import python_reference_lines
 from generalist.tokenizers.text import TextTokenizer
 
+pytestmark = pytest.mark.slow  # every test here runs the CLI in a subprocess
+
+
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from generalist.checkpoint import save_model
-from generalist.datasets.recording import CollectConfig, collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.diagnose import repeat_rate, teacher_forced_accuracy
 from generalist.model import Generalist, preset
@@ -16,10 +15,8 @@ from generalist.tokenizers import TextTokenizer
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    collect(CollectConfig(tasks=("cartpole",), episodes=3, out=out, max_episode_steps=50, progress=False))
-    return out
+def data_dir(cartpole_data):
+    return cartpole_data
 
 
 def _model():
@@ -53,6 +50,7 @@ def test_teacher_forced_accuracy_chooses_among_the_valid_action_tokens(data_dir)
     assert teacher_forced_accuracy(model, "cartpole", data_dir) == pytest.approx(expected)
 
 
+@pytest.mark.slow
 def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     checkpoint = save_model(_model(), tmp_path / "ckpt", TextTokenizer.default())
     result = subprocess.run(

@@ -1,9 +1,11 @@
 """Evaluation: prompt-conditioned rollouts, scores, failures reported in the table, the CLI."""
 
+import copy
 import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,10 +13,11 @@ import torch
 
 from generalist.checkpoint import save_model
 from generalist.config import EvalConfig
-from generalist.datasets.recording import CollectConfig, collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import expert_normalized
 from generalist.evaluate import (
+    acting_precision,
+    caption_images,
     caption_scores,
     chat_perplexity,
     demonstration_prompt,
@@ -22,21 +25,17 @@ from generalist.evaluate import (
     evaluate_task,
     format_table,
 )
-from generalist.model import Generalist, preset
 from generalist.tokenizers import TextTokenizer, TokenKind, tokenize_episode
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return Generalist(preset("tiny", text_vocab_size=TextTokenizer.default().vocab_size, context=256)).eval()
+def model(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data")
-    collect(CollectConfig(tasks=("cartpole",), episodes=3, out=out, max_episode_steps=60, progress=False))
-    return out
+def data_dir(cartpole_data):
+    return cartpole_data
 
 
 def test_rollouts_count_exactly_the_episodes_asked(model, data_dir):
@@ -75,6 +74,7 @@ def test_a_failing_task_is_reported_and_the_others_still_run(model, data_dir):
     assert "| acrobot | demo | 0 |" in table and "FileNotFoundError" in table
 
 
+@pytest.mark.slow
 def test_evaluate_command(tmp_path, model, data_dir):
     checkpoint = save_model(model, tmp_path / "ckpt", TextTokenizer.default())
     out = tmp_path / "results.json"
@@ -133,6 +133,7 @@ def test_chat_perplexity_is_the_exponential_of_the_text_loss(model):
     assert 100 < chat_perplexity(model, tokenizer, [conversation, ("a", "b")]) < 50_000
 
 
+@pytest.mark.slow
 def test_caption_and_chat_commands(tmp_path, model):
     from PIL import Image
 
@@ -168,12 +169,33 @@ def test_chat_handles_talk_longer_than_the_context(model):
 
 @pytest.mark.parametrize("marker", ["<|user|>", "<|assistant|>"])
 def test_a_chat_reply_ends_at_the_next_turn_marker(model, monkeypatch, marker):
-    import generalist.agent
+    import generalist.evaluate
     from generalist.evaluate import chat_reply
 
     tokenizer = TextTokenizer.default()
     written = tokenizer.encode(f"fine, thanks\n{marker} and you?")
-    monkeypatch.setattr(generalist.agent, "generate", lambda *args, **kwargs: [written])
+    monkeypatch.setattr(generalist.evaluate, "generate", lambda *args, **kwargs: [written])
     reply = chat_reply(model, tokenizer, ["how are you?"])
     assert reply == "fine, thanks"
     chat_reply(model, tokenizer, ["how are you?", reply, "good"])  # a valid turn of the next history
+
+
+def test_evaluation_acts_in_the_precision_it_is_given(model, data_dir):
+    with acting_precision(model, EvalConfig(precision="bf16")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with acting_precision(model, EvalConfig(precision="fp32")):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
+    result = evaluate_task(model, "cartpole", EvalConfig(episodes=2, seed=7, data_dir=data_dir, precision="bf16"))
+    assert result.error is None and len(result.returns) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_evaluation_captions_and_chat_run_on_cuda(model, data_dir):
+    on_gpu = copy.deepcopy(model).to("cuda")
+    config = EvalConfig(episodes=2, seed=7, data_dir=data_dir, precision="auto")
+    on_cpu = evaluate_task(model, "cartpole", replace(config, precision="fp32"))
+    result = evaluate_task(on_gpu, "cartpole", config)
+    assert result.error is None and len(result.returns) == len(on_cpu.returns) == 2
+    tokenizer = TextTokenizer.default()
+    assert math.isfinite(chat_perplexity(on_gpu, tokenizer, [("hello", "hi there")]))
+    assert len(caption_images(on_gpu, tokenizer, [np.zeros((64, 64, 3), np.uint8)], max_new_tokens=4)) == 1

@@ -252,6 +252,7 @@ def test_untied_head_has_its_own_weights():
 # --------------------------------------------------------------------------------- overfitting
 
 
+@pytest.mark.slow
 def test_tiny_model_overfits_a_mixed_batch():
     rng = np.random.default_rng(0)
     layout = tiny().layout

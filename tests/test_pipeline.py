@@ -53,6 +53,7 @@ def _smoke(tmp_path: Path, **train: object) -> RunConfig:
         base.train, data_dir=tmp_path / "data", progress=False, num_workers=0, **train))
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_to_its_last_step(tmp_path, monkeypatch, capsys):
     config = _smoke(tmp_path, steps=3)
     assert record_missing(config) == ["cartpole"]

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from generalist.precision import PRECISIONS, Precision, matmul_flops, resolve_precision
+from generalist.precision import PRECISIONS, Precision, matmul_flops, resolve_device, resolve_precision
 
 
 class FakeMeasure:
@@ -107,3 +107,13 @@ def test_auto_on_cuda_follows_native_bf16_support():
     with chosen.autocast("cuda"):
         product = torch.randn(4, 8, device="cuda") @ torch.randn(8, 2, device="cuda")
     assert product.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_auto_device_is_the_cpu_without_a_gpu_and_an_absent_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        resolve_device("tpu")

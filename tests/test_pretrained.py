@@ -60,6 +60,7 @@ def test_export_refuses_a_used_directory_and_missing_data(exported, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_prompts_with_the_shipped_demonstrations_when_there_is_no_data(exported, tmp_path):
     _, _, out = exported
     command = [sys.executable, "-m", "generalist.cli", "evaluate", "--checkpoint", str(out), "--tasks", "cartpole",
@@ -75,6 +76,7 @@ def test_no_shipped_checkpoint_is_a_clear_error(tmp_path, monkeypatch):
         pretrained.default_checkpoint()
 
 
+@pytest.mark.slow
 def test_export_command(exported, tmp_path):
     _, root, _ = exported
     out = tmp_path / "shipped"

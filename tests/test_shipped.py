@@ -25,6 +25,7 @@ def test_every_shipped_task_has_its_demonstrations():
     assert len(tasks) == 9 and "pong" in tasks and "cartpole" in tasks
 
 
+@pytest.mark.slow
 def test_evaluate_with_the_shipped_checkpoint_and_no_recorded_data(tmp_path):
     # Run from an empty directory: the demonstrations must come from the package, not from ./data.
     _generalist("evaluate", "--tasks", "mountaincar_continuous", "--episodes", "2", "--num-envs", "2",
@@ -34,6 +35,7 @@ def test_evaluate_with_the_shipped_checkpoint_and_no_recorded_data(tmp_path):
     assert result["normalized"] > 0.5  # the shipped model reaches the expert here; an untrained one does not
 
 
+@pytest.mark.slow
 def test_caption_and_chat_with_the_shipped_checkpoint(tmp_path):
     image = tmp_path / "scene.png"
     Image.fromarray(generate_scene(3, "heldout").image).save(image)
@@ -46,6 +48,7 @@ def test_caption_and_chat_with_the_shipped_checkpoint(tmp_path):
     assert 1 < perplexity < 200  # 62.3 in RESULTS.md; an untrained model scores about 4,700
 
 
+@pytest.mark.slow
 def test_diagnose_with_the_shipped_checkpoint_reads_its_demonstrations(tmp_path):
     out = _generalist("diagnose", "--tasks", "mountaincar_continuous", "--episodes", "1", cwd=tmp_path)
     (row,) = [line for line in out.splitlines() if line.startswith("| mountaincar_continuous")]

@@ -49,6 +49,7 @@ def test_schedule_warms_up_then_decays_to_a_tenth():
     assert learning_rate(100, config) == pytest.approx(1e-4)
 
 
+@pytest.mark.slow
 def test_a_run_writes_checkpoints_and_logs(tmp_path):
     checkpoint = train(replace(TINY, run_dir=tmp_path))
     assert checkpoint == latest_checkpoint(tmp_path) == tmp_path / "checkpoints" / "step-0000004"
@@ -65,6 +66,7 @@ def test_a_run_writes_checkpoints_and_logs(tmp_path):
     assert load_json(TrainConfig, tmp_path / "train_config.json") == replace(TINY, run_dir=tmp_path)
 
 
+@pytest.mark.slow
 def test_a_task_loss_is_the_mean_over_the_steps_since_the_last_log(tmp_path):
     # Dialogue alone: every step's loss is the dialogue's, so its logged task loss is the mean of the steps'.
     train(replace(TINY, run_dir=tmp_path, weights={"dialogue": 1.0}, log_every=2))
@@ -82,6 +84,7 @@ def test_a_task_loss_is_the_mean_over_the_steps_since_the_last_log(tmp_path):
     assert min(losses[3], losses[4]) <= steps["task_loss/dialogue"][4] <= max(losses[3], losses[4])
 
 
+@pytest.mark.slow
 def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path):
     straight = train(replace(TINY, run_dir=tmp_path / "straight"))
     # max_minutes=0 stops after the first step, with a checkpoint: a run killed right after it.
@@ -97,6 +100,7 @@ def test_resume_after_a_stop_ends_with_the_same_weights(tmp_path):
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_resume_needs_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         train(replace(TINY, run_dir=tmp_path), resume=True)
@@ -110,6 +114,7 @@ def test_unknown_config_keys_are_errors():
 @pytest.mark.parametrize(
     ("number", "whole_group"), [(signal.SIGINT, True), (signal.SIGTERM, True), (signal.SIGTERM, False)]
 )
+@pytest.mark.slow
 def test_a_signal_stops_training_at_a_step_boundary_with_that_step_saved(tmp_path, number, whole_group):
     # Ctrl-C reaches the whole process group, data workers included; a SIGTERM may reach every process or the trainer.
     command = [
@@ -142,6 +147,7 @@ def test_a_second_signal_interrupts_at_once():
         stop._handle(signal.SIGINT, None)
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_path):
     flags = [
         "--weights", "scenes=1,dialogue=1", "--steps", "3", "--batch-size", "2", "--sequence-length", "96",
@@ -165,6 +171,7 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     assert len(moved) > len(expected) // 2
 
 
+@pytest.mark.slow
 def test_evaluation_during_training_is_logged(tmp_path):
     from generalist.datasets.recording import CollectConfig, collect
 
@@ -180,6 +187,7 @@ def test_evaluation_during_training_is_logged(tmp_path):
     assert all(r >= 1 for r in returns)  # CartPole pays at least one point per episode
 
 
+@pytest.mark.slow
 def test_a_time_schedule_decays_over_the_minutes_and_stops_there(tmp_path):
     config = replace(TINY, schedule="time", max_minutes=10.0, steps=10**9, warmup_steps=2)
     assert learning_rate(0, config, minutes=0.0) == pytest.approx(5e-4)
@@ -197,6 +205,7 @@ def test_a_time_schedule_decays_over_the_minutes_and_stops_there(tmp_path):
     assert state["step"] == 1 and state["minutes"] > 1e-4
 
 
+@pytest.mark.slow
 def test_checkpoints_every_few_minutes(tmp_path):
     # Every step crosses a 1e-9-minute mark; step-based checkpoints alone would come every 1000 steps.
     train(replace(TINY, steps=3, checkpoint_every=1000, checkpoint_minutes=1e-9, keep_checkpoints=5, run_dir=tmp_path))
@@ -207,6 +216,7 @@ def test_checkpoints_every_few_minutes(tmp_path):
     assert 0 < minutes[0] < minutes[1] < minutes[2]
 
 
+@pytest.mark.slow
 def test_an_interim_checkpoint_guards_a_crash_without_displacing_milestones(tmp_path, monkeypatch):
     # An interim checkpoint after every step; milestones every 2 steps, of which only the newest 2 are kept.
     config = replace(TINY, steps=6, checkpoint_every=2, keep_checkpoints=2, interim_minutes=1e-9, run_dir=tmp_path)
@@ -235,6 +245,7 @@ def test_an_interim_checkpoint_guards_a_crash_without_displacing_milestones(tmp_
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
 def test_action_shuffle_changes_what_the_model_reads_and_is_seeded(tmp_path):
     collect(CollectConfig(tasks=("cartpole",), episodes=3, out=tmp_path / "data", max_episode_steps=40,
                           progress=False))

@@ -128,6 +128,7 @@ def test_crash_between_shard_and_index_leaves_no_trace(tmp_path: Path, monkeypat
     assert sorted(p.name for p in directory.iterdir()) == ["index.json", "shard-00000", "shard-00001", "shard-00002"]
 
 
+@pytest.mark.slow
 def test_killed_cli_process_resumes(tmp_path: Path) -> None:
     """SIGKILL a real `generalist collect` mid-way; the rerun completes with every seed exactly once."""
     out = tmp_path / "data"
