@@ -38,9 +38,9 @@ import numpy as np
 import torch
 
 from bench.timing import median_seconds
+from generalist.agent import Agent
 from generalist.batch import Batch, collate
 from generalist.model import Generalist, ModelConfig, PatchEncoder, preset
-from generalist.agent import Agent
 from generalist.precision import Precision, matmul_flops, resolve_precision
 from generalist.tokenizers import ActionSpec, TokenizedSequence, TokenLayout, tokenize_caption, tokenize_episode
 from generalist.tokenizers import tokenize_text as text_sequence
