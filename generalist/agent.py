@@ -46,12 +46,14 @@ from generalist.model import Generalist
 from generalist.tokenizers import (
     ACTION_POSITION,
     NO_POSITION,
+    PATCH_SIZE,
     ActionSpec,
     TextTokenizer,
     TokenizedSequence,
     TokenKind,
     TokenLayout,
     decode_actions,
+    stack_frames,
     tokenize_episode,
     tokenize_text,
     tokenize_timestep,
@@ -310,7 +312,7 @@ class ActionStep:
     logits: torch.Tensor  # (B, size, v) float32: each slot's logits before the restriction to valid ids
 
 
-def _action_tokens(ids: np.ndarray, timestep: int) -> TokenizedSequence:
+def _action_tokens(ids: np.ndarray, timestep: int, channels: int) -> TokenizedSequence:
     """Action ids (size,) as the tokens a tokenized timestep would end with."""
     size = len(ids)
     return TokenizedSequence(
@@ -319,7 +321,7 @@ def _action_tokens(ids: np.ndarray, timestep: int) -> TokenizedSequence:
         local_positions=np.full(size, ACTION_POSITION, np.int64),
         loss_mask=np.ones(size, bool),
         timesteps=np.full(size, timestep, np.int64),
-        patches=np.zeros((0, 3, 16, 16), np.float32),
+        patches=np.zeros((0, channels, PATCH_SIZE, PATCH_SIZE), np.float32),
         patch_rows=np.zeros((0, 2), np.int64),
         patch_cols=np.zeros((0, 2), np.int64),
         patch_token_index=np.zeros(0, np.int64),
@@ -388,6 +390,7 @@ class Agent:
         self.engine: Engine | None = None
         self.n_slides = 0  # slides so far (for benchmarks and tests)
         self._steps: list[int] = []
+        self._frames: list[list[np.ndarray]] = []  # each episode's last `frame_stack` RGB frames
         device = next(model.parameters()).device
         self._allowed = torch.as_tensor(spec.valid_id_mask(self.layout), device=device)  # (size, v)
 
@@ -400,6 +403,7 @@ class Agent:
         if episodes is None:
             self.engine = Engine(self.model, len(prompts))
             self._steps = [0] * len(prompts)
+            self._frames = [[] for _ in prompts]
             episodes = range(len(prompts))
         elif self.engine is None:
             raise ValueError("reset(prompts) all episodes before restarting some of them")
@@ -409,6 +413,7 @@ class Agent:
             units, n_protected = prompt_units(prompt, self.keep_prompt)
             self.engine.set_context(row, units, n_protected)
             self._steps[row] = 0
+            self._frames[row] = []
 
     def context(self, episode: int) -> TokenizedSequence:
         """The tokens episode `episode` conditions on now (its kept prompt and timesteps)."""
@@ -424,7 +429,7 @@ class Agent:
         engine = self._engine()
         if len(observations) != engine.n_rows:
             raise ValueError(f"{len(observations)} observations for {engine.n_rows} episodes")
-        units = tokenize_observations(observations, self.spec, self.layout, self.text_tokenizer,
+        units = tokenize_observations(self._stack_frames(observations), self.spec, self.layout, self.text_tokenizer,
                                       self.model.config.image_channels)
         for row, unit in enumerate(units):
             unit = dataclasses.replace(unit, timesteps=np.full(len(unit), self._steps[row], np.int64))
@@ -441,9 +446,29 @@ class Agent:
                 logits = engine.feed_loose(ids, TokenKind.ACTION)
         ids = torch.stack(chosen, dim=1).cpu().numpy()  # (B, size)
         for row in range(engine.n_rows):
-            engine.extend_last(row, _action_tokens(ids[row], self._steps[row]))
+            engine.extend_last(row, _action_tokens(ids[row], self._steps[row], self.layout.image_channels))
             self._steps[row] += 1
         return ActionStep(decode_actions(ids, self.spec, self.layout), ids, torch.stack(slot_logits, dim=1))
+
+    def _stack_frames(self, observations: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
+        """Each image as the model reads it: with a frame-stacking model, the episode's last frames stacked by
+        `stack_frames`, the function that stacks the recorded frames for training."""
+        if not self.layout.stacks_frames:
+            return observations
+        k, colour = self.layout.frame_stack, self.layout.frame_colour
+        stacked = []
+        for row, observation in enumerate(observations):
+            if "image" not in observation:
+                stacked.append(observation)
+                continue
+            frame = np.asarray(observation["image"])
+            if frame.ndim != 3 or frame.shape[-1] != 3:
+                raise ValueError(f"observation['image']: this model stacks {k} {colour} frames itself from one RGB "
+                                 f"frame (H, W, 3) per step; got shape {frame.shape}")
+            self._frames[row] = [*self._frames[row], frame][-k:]
+            history = np.stack(self._frames[row])
+            stacked.append({**observation, "image": stack_frames(history, k, colour, len(history) - 1)[0]})
+        return stacked
 
     def _engine(self) -> Engine:
         if self.engine is None:

@@ -108,6 +108,11 @@ class TrainConfig:
     """gradient norm clipping (Gato: 1.0); 0 disables it"""
     dropout: float = 0.0
     """model dropout during training"""
+    frame_stack: int = 1
+    """consecutive frames one timestep of an image task (Atari) shows the model, as the channels of each patch:
+    motion (1: the single recorded frame); stacked from the recorded frames, nothing is re-recorded"""
+    frame_colour: str = "rgb"
+    """colour of those frames: rgb or gray"""
     precision: str = "auto"
     """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, or a CPU with
     native bf16 that a start-up test finds faster), fp32 or bf16"""

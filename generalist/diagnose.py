@@ -11,12 +11,18 @@ from compounding error or a bug, per task:
 - on-policy agreement: the share of the agent's own steps where its action tokens equal what the expert would
   do in the same state (the expert labels the states the agent visits);
 - how often the agent and the expert repeat their previous action.
+
+For a policy that acts seldom differently from its last step (Pong's expert repeats 87% of its actions), the
+average hides what matters, so the diagnosis also scores the decisive steps (where the expert's action differs
+from its previous one), the same with the window's images shuffled in time (unchanged accuracy: the images are
+not read), and the distribution of the agent's and the expert's actions on the agent's own states (an agent
+that learned only the action frequencies plays one action).
 """
 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +36,12 @@ from generalist.envs import get_task, make
 from generalist.envs.rollout import LabelledActor, ScriptedActor, Transition, rollout, single_env
 from generalist.evaluate import acting_precision, agent_actor, prompt_dir
 from generalist.model import Generalist
-from generalist.tokenizers import TokenKind, tokenize_actions
+from generalist.tokenizers import TokenKind, TokenLayout, tokenize_actions
 
 
 @dataclass
 class Diagnosis:
-    """A task's copycat test (shares in [0, 1])."""
+    """A task's copycat test (shares in [0, 1]; NaN where a measure does not apply)."""
 
     task: str
     teacher_forced: float
@@ -44,36 +50,102 @@ class Diagnosis:
     agent_repeats: float
     expert_repeats: float
     steps: int  # on-policy steps measured
+    decisive: float = float("nan")  # teacher-forced, on the steps where the expert changes its action
+    decisive_frames_shuffled: float = float("nan")  # the same with the window's images shuffled in time
+    agent_actions: dict[int, float] = field(default_factory=dict)  # on-policy share of each discrete action
+    expert_actions: dict[int, float] = field(default_factory=dict)  # the expert's labels on the same states
+
+
+@dataclass
+class TeacherForced:
+    """Per action token of recorded windows: whether the model predicted it, and whether its step is decisive."""
+
+    correct: np.ndarray  # (n,) bool
+    decisive: np.ndarray  # (n,) bool: the expert's action differs from its previous one (a window's first: False)
+
+    @property
+    def accuracy(self) -> float:
+        """Share of action tokens predicted exactly."""
+        return float(self.correct.mean()) if len(self.correct) else float("nan")
+
+    @property
+    def decisive_accuracy(self) -> float:
+        """The same on the decisive steps only: what predicting "as before" cannot get right."""
+        return float(self.correct[self.decisive].mean()) if self.decisive.any() else float("nan")
+
+
+def teacher_forced(
+    model: Generalist, task: str, data_dir: str | Path, episodes: int = 8, shuffle: float = 0.0,
+    shuffle_images: bool = False, seed: int = 0,
+) -> TeacherForced:
+    """Predict every action token of windows from the middle of recorded episodes, with the true history.
+
+    `shuffle` reads that share of the history's actions as other timesteps' (`shuffle_action_inputs`);
+    `shuffle_images` permutes the windows' images in time (if the accuracy stays, the images are not read).
+    """
+    layout = model.config.layout
+    spec = get_task(task).action_spec()
+    source = ControlSource(task, EpisodeDataset(Path(data_dir) / task), layout)
+    steps = model.config.context // source.tokens_per_step()
+    rng = np.random.default_rng(seed)
+    windows = []
+    for episode in range(min(episodes, len(source.episodes))):
+        length = source.episodes.episode_length(episode)
+        start = max(0, (length - steps) // 2)
+        windows.append(source.tokenize_window(episode, start, min(length, start + steps),
+                                              shuffle_images=rng if shuffle_images else None))
+    batch = collate(windows, layout)
+    inputs = shuffle_action_inputs(batch, shuffle, torch.Generator().manual_seed(seed))
+    rows, columns = (batch.kinds[:, 1:] == TokenKind.ACTION).nonzero(as_tuple=True)
+    allowed = torch.as_tensor(spec.valid_id_mask(layout))  # (slots, v)
+    slots = action_slots(batch.kinds)[rows, columns + 1]
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        logits = model.logits(inputs.to(device))[rows.to(device), columns.to(device)].float().cpu()
+        logits = logits.masked_fill(~allowed[slots], -torch.inf)
+    targets = batch.ids[rows, columns + 1]
+    correct = (logits.argmax(-1) == targets).numpy()
+    # Tokens come row by row, `size` per step: a step is decisive when its ids differ from the step before it
+    # in the same window.
+    step_ids = targets.numpy().reshape(-1, spec.size)
+    step_rows = rows.numpy().reshape(-1, spec.size)[:, 0]
+    changed = np.concatenate([[False], (step_ids[1:] != step_ids[:-1]).any(axis=1) & (step_rows[1:] == step_rows[:-1])])
+    return TeacherForced(correct, np.repeat(changed, spec.size))
 
 
 def teacher_forced_accuracy(
     model: Generalist, task: str, data_dir: str | Path, episodes: int = 8, shuffle: float = 0.0, seed: int = 0
 ) -> float:
     """Share of action tokens predicted exactly in windows from the middle of recorded episodes."""
-    layout = model.config.layout
-    source = ControlSource(task, EpisodeDataset(Path(data_dir) / task), layout)
-    steps = model.config.context // source.tokens_per_step()
-    windows = []
-    for episode in range(min(episodes, len(source.episodes))):
-        length = source.episodes.episode_length(episode)
-        start = max(0, (length - steps) // 2)
-        windows.append(source.tokenize_window(episode, start, min(length, start + steps)))
-    batch = collate(windows, layout)
-    inputs = shuffle_action_inputs(batch, shuffle, torch.Generator().manual_seed(seed))
-    rows, columns = (batch.kinds[:, 1:] == TokenKind.ACTION).nonzero(as_tuple=True)
-    allowed = torch.as_tensor(get_task(task).action_spec().valid_id_mask(layout))  # (slots, v)
-    slots = action_slots(batch.kinds)[rows, columns + 1]
-    with torch.no_grad():
-        device = next(model.parameters()).device
-        logits = model.logits(inputs.to(device))[rows.to(device), columns.to(device)].float().cpu()
-        logits = logits.masked_fill(~allowed[slots], -torch.inf)
-    return float((logits.argmax(-1) == batch.ids[rows, columns + 1]).float().mean())
+    return teacher_forced(model, task, data_dir, episodes, shuffle, seed=seed).accuracy
+
+
+@dataclass
+class OnPolicy:
+    """The agent's own steps, each labelled with the expert's action in the same state."""
+
+    agent: np.ndarray  # (steps, slots) the agent's action ids
+    expert: np.ndarray  # (steps, slots) the expert's action ids
+    starts: list[int]  # the first step of each episode
+
+    @property
+    def agreement(self) -> float:
+        """Share of steps whose action tokens all equal the expert's."""
+        return float((self.agent == self.expert).all(axis=1).mean())
+
+
+def action_shares(ids: np.ndarray, layout: TokenLayout) -> dict[int, float]:
+    """Share of each discrete action among steps (steps, 1) of action ids; empty for other action kinds."""
+    if ids.shape[1] != 1 or not layout.is_discrete(ids).all():
+        return {}
+    values, counts = np.unique(layout.ids_to_discrete(ids[:, 0]), return_counts=True)
+    return {int(v): float(c / counts.sum()) for v, c in zip(values, counts, strict=True)}
 
 
 def on_policy(
     model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None, max_steps: int = 1000
-) -> tuple[float, float, float, int]:
-    """Agreement with the expert on the agent's own states, the agent's and the expert's repeat rates, steps.
+) -> OnPolicy:
+    """The agent's actions and the expert's labels on the agent's own states.
 
     `config.episodes` episodes on seeds config.seed, config.seed + 1, ..., each cut at `max_steps`; the expert
     labels every state the agent reaches (`LabelledActor`).
@@ -96,10 +168,7 @@ def on_policy(
                     on_step=keep)
     finally:
         env.close()
-    agent, labels = np.stack(agent_ids), np.stack(expert_ids)  # (steps, slots)
-    agreement = float((agent == labels).all(axis=1).mean())
-    starts = starts[: config.episodes]  # the loop starts no episode after the last, but be exact
-    return agreement, repeat_rate(agent, starts), repeat_rate(labels, starts), len(agent)
+    return OnPolicy(np.stack(agent_ids), np.stack(expert_ids), starts[: config.episodes])
 
 
 def repeat_rate(ids: np.ndarray, episode_starts: list[int]) -> float:
@@ -111,31 +180,52 @@ def repeat_rate(ids: np.ndarray, episode_starts: list[int]) -> float:
 
 
 def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None) -> Diagnosis:
-    """The copycat test of one task: teacher-forced accuracy with true and shuffled history, on-policy numbers.
+    """The copycat test of one task: teacher-forced accuracy with true and shuffled history, on all steps and on
+    the decisive ones (with the images shuffled in time, for image tasks), and the on-policy numbers.
 
     The recorded episodes (and prompts) come from `prompt_dir(config, task, demonstrations)`.
     """
     model.eval()
+    layout = model.config.layout
     data_dir = prompt_dir(config, task, demonstrations)
-    agreement, agent_repeats, expert_repeats, steps = on_policy(model, task, config, demonstrations)
+    acted = on_policy(model, task, config, demonstrations)
+    forced = teacher_forced(model, task, data_dir)
+    has_images = "image" in EpisodeDataset(Path(data_dir) / task).observation_specs
     return Diagnosis(
         task=task,
-        teacher_forced=teacher_forced_accuracy(model, task, data_dir),
+        teacher_forced=forced.accuracy,
         teacher_forced_shuffled=teacher_forced_accuracy(model, task, data_dir, shuffle=1.0),
-        on_policy_agreement=agreement,
-        agent_repeats=agent_repeats,
-        expert_repeats=expert_repeats,
-        steps=steps,
+        on_policy_agreement=acted.agreement,
+        agent_repeats=repeat_rate(acted.agent, acted.starts),
+        expert_repeats=repeat_rate(acted.expert, acted.starts),
+        steps=len(acted.agent),
+        decisive=forced.decisive_accuracy,
+        decisive_frames_shuffled=(teacher_forced(model, task, data_dir, shuffle_images=True).decisive_accuracy
+                                  if has_images else float("nan")),
+        agent_actions=action_shares(acted.agent, layout),
+        expert_actions=action_shares(acted.expert, layout),
     )
 
 
 DIAGNOSIS_HEADER = (
-    "| task | teacher-forced | with shuffled history | on-policy agreement | agent repeats | expert repeats | steps |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"
+    "| task | teacher-forced | with shuffled history | decisive steps | decisive, frames shuffled | "
+    "on-policy agreement | agent repeats | expert repeats | steps | agent's actions | expert's actions |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
 )
+
+
+def _share(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.1%}"
+
+
+def _shares(shares: dict[int, float]) -> str:
+    return ", ".join(f"{action}: {share:.0%}" for action, share in sorted(shares.items()))
 
 
 def format_diagnosis(d: Diagnosis) -> str:
     """One markdown row of the table under `DIAGNOSIS_HEADER`."""
-    return (f"| {d.task} | {d.teacher_forced:.1%} | {d.teacher_forced_shuffled:.1%} | {d.on_policy_agreement:.1%} | "
-            f"{d.agent_repeats:.1%} | {d.expert_repeats:.1%} | {d.steps} |")
+    cells = [d.task, *map(_share, (d.teacher_forced, d.teacher_forced_shuffled, d.decisive,
+                                   d.decisive_frames_shuffled, d.on_policy_agreement, d.agent_repeats,
+                                   d.expert_repeats)),
+             str(d.steps), _shares(d.agent_actions), _shares(d.expert_actions)]
+    return "| " + " | ".join(cells) + " |"

@@ -77,7 +77,13 @@ class ModelConfig:
     text_vocab_size: int = TextTokenizerConfig().vocab_size
     """Text vocabulary V of the SentencePiece model (default: the shipped one's); the layout follows from it."""
     image_channels: int = 3
-    """Channels of observation images (3 for RGB)."""
+    """Channels of image patches: 3 for RGB; at least those of the stacked frames (`frame_stack` frames of 3 or
+    1 channels); images with fewer channels (an RGB caption image) get zero channels."""
+    frame_stack: int = 1
+    """Consecutive frames one timestep of a control task's image holds, as the channels of its patches (1: the
+    single recorded frame; the Multi-Game Decision Transformer and JAT stack 4)."""
+    frame_colour: str = "rgb"
+    """Colour of the stacked frames: rgb (3 channels each) or gray (1 each, BT.601 luma)."""
     patch_size: int = PATCH_SIZE
     """Pixels per side of an image patch (Gato: 16)."""
     patch_channels: int = 64
@@ -107,11 +113,12 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if min(self.n_layer, self.d_ff, self.context, self.text_vocab_size, self.max_local_positions) < 1:
             raise ValueError("n_layer, d_ff, context, text_vocab_size and max_local_positions must be positive")
+        TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour)  # checks them
 
     @property
     def layout(self) -> TokenLayout:
         """The token id layout this model reads and writes."""
-        return TokenLayout(self.text_vocab_size)
+        return TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour)
 
     @property
     def head_width(self) -> int:

@@ -9,8 +9,11 @@ bf16 matmul ran at 0.8 GFLOP/s against 99 GFLOP/s in fp32, and training was 29x 
   emulates it: emulated bf16 is the CPU problem again.
 - "auto" on a CPU first asks PyTorch which vector kernels it dispatches to. Without AVX-512 there is no native
   bf16 and we answer fp32 without measuring. AVX-512 alone does not prove bf16 support (AVX512_BF16 and AMX are
-  later extensions), so there we time a short square matmul in both dtypes and take bf16 only if it is clearly
-  (1.2x) faster: autocast also pays for casts and fp32 norms, so a tie in matmuls is a loss in training.
+  later extensions): where the CPU's flags name one of those we take bf16; where no flags can be read we time a
+  short square matmul in both dtypes (best of three, interleaved) and take bf16 only if it is clearly (1.2x)
+  faster: autocast also pays for casts and fp32 norms, so a tie in matmuls is a loss in training.
+- A training run resolves "auto" once and records the choice (train.py); a resumed run keeps it, so that it
+  continues bit for bit whatever a timing on a busy machine would say now.
 - Nothing is cached: callers resolve once per run and pass the `Precision` along.
 """
 
@@ -21,6 +24,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -82,11 +86,12 @@ def resolve_precision(
     *,
     capability: str | None = None,
     measure: Callable[[torch.dtype], float] | None = None,
+    flags: set[str] | None = None,
 ) -> Precision:
     """The precision to run in on `device` for `requested` ("auto", "fp32" or "bf16").
 
-    `capability` stands in for `torch.backends.cpu.get_cpu_capability()` and `measure` (dtype -> FLOP/s) for
-    `matmul_flops`; tests inject both.
+    `capability` stands in for `torch.backends.cpu.get_cpu_capability()`, `measure` (dtype -> FLOP/s) for
+    `matmul_flops` and `flags` for the CPU's flags (`cpu_flags()`); tests inject them.
     """
     if requested not in PRECISIONS:
         raise ValueError(f"unknown precision {requested!r}; expected one of {', '.join(PRECISIONS)}")
@@ -97,7 +102,7 @@ def resolve_precision(
         capability = capability if capability is not None else torch.backends.cpu.get_cpu_capability()
         if requested == "bf16":
             return _asked_for_bf16_on_cpu(capability)
-        return _auto_on_cpu(capability, measure or matmul_flops)
+        return _auto_on_cpu(capability, measure or matmul_flops, flags)
     if device_type == "cuda":
         # Without including_emulation=False, pre-Ampere GPUs report bf16 support they only emulate, slowly.
         native = torch.cuda.is_bf16_supported(including_emulation=False)
@@ -119,11 +124,39 @@ def _asked_for_bf16_on_cpu(capability: str) -> Precision:
                      "much slower than fp32")
 
 
-def _auto_on_cpu(capability: str, measure: Callable[[torch.dtype], float]) -> Precision:
-    """fp32 without AVX-512; with it, bf16 only if a matmul test finds it BF16_MIN_SPEEDUP times faster."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where that file does not exist."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def _auto_on_cpu(
+    capability: str, measure: Callable[[torch.dtype], float], flags: set[str] | None = None
+) -> Precision:
+    """fp32 without AVX-512; with it, bf16 where the CPU says it multiplies bf16 natively (AVX512_BF16, AMX),
+    else only if a matmul test finds bf16 BF16_MIN_SPEEDUP times faster.
+
+    The flags come first because a timing on a shared machine is noisy (under load the same CPU measured 0.97x
+    and 16x): a run that chose differently when resumed would not continue bit for bit.
+    """
     if "AVX512" not in capability:
         return Precision("fp32", f"CPU capability {capability}: no native bf16")
-    fp32, bf16 = measure(torch.float32), measure(torch.bfloat16)
+    native = sorted(set(NATIVE_BF16_FLAGS) & (cpu_flags() if flags is None else flags))
+    if native:
+        return Precision("bf16", f"CPU capability {capability} with native bf16 ({', '.join(native)})")
+    # Interleaved, best of three each: another process taking the core during one timing does not decide it.
+    fp32 = bf16 = 0.0
+    for _ in range(3):
+        fp32, bf16 = max(fp32, measure(torch.float32)), max(bf16, measure(torch.bfloat16))
     speedup = bf16 / fp32 if fp32 > 0 else math.inf
     test = f"CPU capability {capability} and a matmul test: bf16 {speedup:.2f}x the speed of fp32"
     if speedup >= BF16_MIN_SPEEDUP:

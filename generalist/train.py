@@ -54,7 +54,7 @@ from generalist.flags import save_json
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
 from generalist.model import Generalist, ModelConfig, preset
 from generalist.precision import Precision, resolve_device, resolve_precision
-from generalist.tokenizers import TextTokenizer
+from generalist.tokenizers import TextTokenizer, frame_channels
 
 # ------------------------------------------------------------------------------------------------ schedule
 
@@ -117,7 +117,9 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     """The model of a training config, initialized from its seed (the same on every rank)."""
     torch.manual_seed(config.seed)
     model_config: ModelConfig = preset(
-        config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout
+        config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
+        frame_stack=config.frame_stack, frame_colour=config.frame_colour,
+        image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)),
     )
     return Generalist(model_config)
 
@@ -224,7 +226,6 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
     """
     check_config(config)
     where = init_distributed(config.device)
-    precision = _agreed_precision(config.precision, where)
     tokenizer = TextTokenizer.default()
     start_step, tokens_seen, minutes_before = 0, 0, 0.0
     if resume:
@@ -243,6 +244,7 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
         tokenizer = load_text_tokenizer(checkpoint)
     else:
         model = build_model(config, tokenizer)
+    precision = _agreed_precision(config.precision, where, read_precision(config.run_dir) if resume else None)
     model.to(where.device).train()
     optimizer = make_optimizer(model, config)
     if resume:
@@ -358,9 +360,13 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
 PRECISION_FILE = "precision.json"
 
 
-def _agreed_precision(requested: str, where: Distributed) -> Precision:
-    """The precision this run trains in; under DDP rank 0's choice, so that every rank computes alike."""
-    precision = resolve_precision(requested, where.device)
+def _agreed_precision(requested: str, where: Distributed, recorded: dict[str, str] | None = None) -> Precision:
+    """The precision this run trains in: what a resumed run recorded when `requested` is auto, else resolved
+    now; under DDP rank 0's choice, so that every rank computes alike."""
+    if requested == "auto" and recorded is not None:
+        precision = Precision(recorded["precision"], f"{recorded['reason']} (chosen when the run started)")
+    else:
+        precision = resolve_precision(requested, where.device)
     if where.world_size > 1:
         flag = torch.tensor([float(precision.bf16)], device=where.device)
         dist.broadcast(flag, src=0)

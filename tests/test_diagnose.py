@@ -9,7 +9,7 @@ import torch
 
 from generalist.checkpoint import save_model
 from generalist.datasets.storage import EpisodeDataset
-from generalist.diagnose import repeat_rate, teacher_forced_accuracy
+from generalist.diagnose import action_shares, repeat_rate, teacher_forced, teacher_forced_accuracy
 from generalist.model import Generalist, preset
 from generalist.tokenizers import TextTokenizer
 
@@ -50,6 +50,33 @@ def test_teacher_forced_accuracy_chooses_among_the_valid_action_tokens(data_dir)
     assert teacher_forced_accuracy(model, "cartpole", data_dir) == pytest.approx(expected)
 
 
+def test_decisive_steps_are_where_the_expert_changes_its_action(data_dir):
+    model = _model()
+    with torch.no_grad():  # as above: every prediction is action 0
+        model.norm.weight.zero_()
+        model.norm.bias.zero_()
+    forced = teacher_forced(model, "cartpole", data_dir)
+    episodes = EpisodeDataset(data_dir / "cartpole")
+    steps = model.config.context // 6
+    decisive, zero_at_decisive = 0, 0
+    for episode in range(len(episodes)):
+        length = episodes.episode_length(episode)
+        start = max(0, (length - steps) // 2)
+        _, actions = episodes.read(episode, start, min(length, start + steps))
+        changed = np.asarray(actions).ravel()[1:] != np.asarray(actions).ravel()[:-1]
+        decisive += changed.sum()
+        zero_at_decisive += (np.asarray(actions).ravel()[1:][changed] == 0).sum()
+    assert forced.decisive.sum() == decisive > 0
+    assert forced.decisive_accuracy == pytest.approx(zero_at_decisive / decisive)
+
+
+def test_action_shares_count_discrete_actions_only():
+    layout = _model().config.layout
+    ids = layout.discrete_ids(np.array([[2], [2], [0], [2]]))
+    assert action_shares(ids, layout) == {0: 0.25, 2: 0.75}
+    assert action_shares(layout.continuous_ids(np.array([[5, 6]])), layout) == {}
+
+
 @pytest.mark.slow
 def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     checkpoint = save_model(_model(), tmp_path / "ckpt", TextTokenizer.default())
@@ -61,5 +88,8 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| cartpole")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    shares = [float(cell.rstrip("%")) for cell in cells[1:6]]
-    assert all(0 <= share <= 100 for share in shares) and int(cells[6]) > 2
+    shares = [float(cell.rstrip("%")) for cell in cells[1:8] if cell]
+    assert len(shares) == 6 and cells[4] == ""  # CartPole has no images to shuffle
+    assert all(0 <= share <= 100 for share in shares) and int(cells[8]) > 2
+    agent = dict(item.split(": ") for item in cells[9].split(", "))
+    assert set(agent) <= {"0", "1"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)

@@ -32,24 +32,31 @@ def test_auto_without_avx512_is_fp32_without_measuring(capability):
 
 def test_auto_with_avx512_picks_bf16_when_it_is_faster():
     measure = FakeMeasure(fp32=160e9, bf16=390e9)
-    chosen = resolve_precision("auto", "cpu", capability="AVX512", measure=measure)
+    chosen = resolve_precision("auto", "cpu", capability="AVX512", measure=measure, flags=set())
     assert chosen.name == "bf16"
-    assert sorted(measure.calls, key=str) == [torch.bfloat16, torch.float32]
+    assert sorted(measure.calls, key=str) == [torch.bfloat16] * 3 + [torch.float32] * 3  # best of three each
     assert "AVX512" in chosen.reason and "2.44x" in chosen.reason
 
 
 @pytest.mark.parametrize(("fp32", "bf16"), [(100e9, 1e9), (100e9, 100e9), (100e9, 119e9)])
 def test_auto_with_avx512_stays_fp32_unless_bf16_is_clearly_faster(fp32, bf16):
     measure = FakeMeasure(fp32=fp32, bf16=bf16)
-    chosen = resolve_precision("auto", "cpu", capability="AVX512", measure=measure)
+    chosen = resolve_precision("auto", "cpu", capability="AVX512", measure=measure, flags={"avx512f"})
     assert chosen.name == "fp32"
-    assert len(measure.calls) == 2
+    assert len(measure.calls) == 6
     assert "matmul test" in chosen.reason
 
 
 def test_auto_takes_bf16_at_exactly_the_threshold():
-    chosen = resolve_precision("auto", capability="AVX512", measure=FakeMeasure(fp32=100e9, bf16=120e9))
+    chosen = resolve_precision("auto", capability="AVX512", measure=FakeMeasure(fp32=100e9, bf16=120e9), flags=set())
     assert chosen.name == "bf16"
+
+
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+def test_auto_trusts_a_native_bf16_flag_without_a_noisy_timing(flag):
+    measure = FakeMeasure(fp32=100e9, bf16=1e9)  # a timing under load that would say fp32
+    chosen = resolve_precision("auto", "cpu", capability="AVX512", measure=measure, flags={"avx512f", flag})
+    assert chosen.name == "bf16" and measure.calls == [] and flag in chosen.reason
 
 
 @pytest.mark.parametrize("capability", ["AVX2", "AVX512"])

@@ -33,6 +33,7 @@ TINY = TrainConfig(
     log_every=1,
     num_workers=0,
     progress=False,
+    precision="fp32",  # "auto" would choose for this machine; the equalities below hold in either, not across
 )
 
 
@@ -257,3 +258,11 @@ def test_action_shuffle_changes_what_the_model_reads_and_is_seeded(tmp_path):
     assert any(not torch.equal(runs["plain"][name], runs["a"][name]) for name in runs["a"])
     with pytest.raises(ValueError, match="action_shuffle"):
         train(replace(base, run_dir=tmp_path / "bad", action_shuffle=1.5))
+
+
+def test_a_resumed_run_keeps_the_precision_it_started_with():
+    where = train_module.Distributed(0, 1, torch.device("cpu"))
+    started = {"precision": "fp32", "reason": "CPU capability AVX2: no native bf16"}
+    kept = train_module._agreed_precision("auto", where, started)
+    assert kept.name == "fp32" and "chosen when the run started" in kept.reason
+    assert train_module._agreed_precision("bf16", where, started).name == "bf16"  # a request given now wins

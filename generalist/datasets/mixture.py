@@ -40,6 +40,7 @@ from generalist.tokenizers import (
     TextTokenizer,
     TokenizedSequence,
     TokenLayout,
+    stack_frames,
     tokenize_caption,
     tokenize_episode,
     tokenize_text,
@@ -105,9 +106,24 @@ class ControlSource:
             self._tokens_per_step = len(self.tokenize_window(0, 0, 1))
         return self._tokens_per_step
 
-    def tokenize_window(self, episode: int, start: int, stop: int) -> TokenizedSequence:
-        """Steps start..stop-1 of one episode as a token sequence."""
-        observations, actions = self.episodes.read(episode, start, stop)
+    def tokenize_window(
+        self, episode: int, start: int, stop: int, shuffle_images: np.random.Generator | None = None
+    ) -> TokenizedSequence:
+        """Steps start..stop-1 of one episode as a token sequence.
+
+        With a layout that stacks frames, each timestep's image is stacked from the recorded frames before it
+        (read from up to `frame_stack - 1` steps before `start`). `shuffle_images` permutes the window's
+        (stacked) images in time: a diagnosis of whether a policy reads them.
+        """
+        history = min(start, self.layout.frame_stack - 1) if self.layout.stacks_frames else 0
+        read, actions = self.episodes.read(episode, start - history, stop)
+        observations = {key: value[history:] for key, value in read.items()}
+        if "image" in read and self.layout.stacks_frames:
+            observations["image"] = stack_frames(read["image"], self.layout.frame_stack, self.layout.frame_colour,
+                                                 history)
+        actions = actions[history:]
+        if shuffle_images is not None and "image" in observations:
+            observations["image"] = observations["image"][shuffle_images.permutation(len(actions))]
         return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout)
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:

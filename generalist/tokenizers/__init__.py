@@ -4,12 +4,15 @@ Pure functions over numpy arrays; nothing here knows the model or the environmen
 """
 
 from generalist.tokenizers.images import (
+    FRAME_COLOURS,
     N_POSITION_BUCKETS,
     PATCH_SIZE,
+    frame_channels,
     images_to_patches,
     patch_intervals,
     patch_position_buckets,
     sample_position_buckets,
+    stack_frames,
 )
 from generalist.tokenizers.layout import TokenLayout
 from generalist.tokenizers.stream import (
@@ -39,6 +42,7 @@ from generalist.tokenizers.values import (
 
 __all__ = [
     "ACTION_POSITION",
+    "FRAME_COLOURS",
     "NO_POSITION",
     "NO_TIMESTEP",
     "N_BINS",
@@ -55,12 +59,14 @@ __all__ = [
     "check_discrete",
     "continuous_to_bins",
     "decode_actions",
+    "frame_channels",
     "images_to_patches",
     "inverse_mu_law",
     "mu_law",
     "patch_intervals",
     "patch_position_buckets",
     "sample_position_buckets",
+    "stack_frames",
     "tokenize_actions",
     "tokenize_caption",
     "tokenize_episode",

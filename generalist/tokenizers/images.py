@@ -53,23 +53,26 @@ def grid_shape(height: int, width: int, patch_size: int = PATCH_SIZE) -> tuple[i
 def images_to_patches(
     images: npt.ArrayLike, channels: int = 3, patch_size: int = PATCH_SIZE, name: str = "image"
 ) -> tuple[np.ndarray, int, int]:
-    """Images (..., H, W, C) to patches (..., n_rows * n_cols, C, P, P) float32, with n_rows and n_cols.
+    """Images (..., H, W, C) to patches (..., n_rows * n_cols, channels, P, P) float32, with n_rows and n_cols.
 
-    Leading dimensions (a batch, an episode) are kept; a single image (H, W, C) gives (N, C, P, P).
+    Leading dimensions (a batch, an episode) are kept; a single image (H, W, C) gives (N, channels, P, P).
+    Images of fewer than `channels` channels get zero channels after their own (zero is mid-grey once scaled).
     """
     array = np.asarray(images)
     if array.ndim < 3:
         raise ValueError(f"{name}: expected an image of shape (H, W, {channels}), got shape {array.shape}")
     height, width, n_channels = array.shape[-3:]
-    if n_channels != channels:
-        raise ValueError(f"{name}: expected {channels} channels (H, W, {channels}), got shape {array.shape}")
+    if not 1 <= n_channels <= channels:
+        raise ValueError(f"{name}: expected up to {channels} channels (H, W, {channels}), got shape {array.shape}")
     if height == 0 or width == 0:
         raise ValueError(f"{name}: empty image of shape {array.shape}")
     pixels = _scaled_pixels(array, name)
     n_rows, n_cols = grid_shape(height, width, patch_size)
     pad_h, pad_w = n_rows * patch_size - height, n_cols * patch_size - width
-    if pad_h or pad_w:
-        padding = [(0, 0)] * (pixels.ndim - 3) + [(0, pad_h), (0, pad_w), (0, 0)]
+    if pad_h or pad_w or n_channels < channels:
+        # Fewer channels than the model's are zero channels: an RGB caption image beside Atari timesteps of 4
+        # stacked frames share one patch block.
+        padding = [(0, 0)] * (pixels.ndim - 3) + [(0, pad_h), (0, pad_w), (0, channels - n_channels)]
         pixels = np.pad(pixels, padding)
     patches = rearrange(pixels, "... (r p1) (c p2) ch -> ... (r c) ch p1 p2", p1=patch_size, p2=patch_size)
     return np.ascontiguousarray(patches), n_rows, n_cols
@@ -113,3 +116,41 @@ def sample_position_buckets(
     if rng is None:
         return (lo + hi) // 2
     return rng.integers(lo, hi)
+
+
+# ---------------------------------------------------------------------------------------- frame stacking
+
+FRAME_COLOURS = ("rgb", "gray")
+# ITU-R BT.601 luma, as Atari preprocessing (and the Multi-Game Decision Transformer's 84x84 grayscale) uses.
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def frame_channels(frames: int, colour: str) -> int:
+    """Channels of one timestep's image when it stacks `frames` consecutive frames in `colour`."""
+    if frames < 1:
+        raise ValueError(f"frames per timestep must be at least 1, got {frames}")
+    if colour not in FRAME_COLOURS:
+        raise ValueError(f"frame colour must be one of {', '.join(FRAME_COLOURS)}, got {colour!r}")
+    return frames * (3 if colour == "rgb" else 1)
+
+
+def stack_frames(images: npt.ArrayLike, frames: int, colour: str = "rgb", history: int = 0) -> np.ndarray:
+    """Consecutive RGB frames (T, H, W, 3) uint8 to stacked timesteps (T - history, H, W, frames x c) uint8.
+
+    Timestep t holds frames t-frames+1 .. t, oldest first, as the channels of its image (c = 3 for rgb, 1 for
+    gray). The first `history` frames only feed the stacks of the others (a window read from the middle of an
+    episode); before the episode's first frame, that frame is repeated, as an episode's reset does. The same
+    function stacks recorded windows for training and the frames an agent sees while acting, so the two agree.
+    """
+    array = np.asarray(images)
+    if array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"stack_frames: expected RGB frames (T, H, W, 3), got shape {array.shape}")
+    frame_channels(frames, colour)  # checks both
+    if not 0 <= history < max(len(array), 1):
+        raise ValueError(f"stack_frames: {history} history frames of {len(array)}")
+    if colour == "gray":
+        array = np.rint(array.astype(np.float32) @ LUMA).clip(0, 255).astype(np.uint8)[..., None]
+    # Index of each stacked frame: (T, frames), clipped at the first frame.
+    index = np.clip(np.arange(history, len(array))[:, None] + np.arange(1 - frames, 1)[None, :], 0, None)
+    stacked = array[index]  # (T', frames, H, W, c)
+    return np.ascontiguousarray(rearrange(stacked, "t k h w c -> t h w (k c)"))

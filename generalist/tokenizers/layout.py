@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from generalist.tokenizers.images import frame_channels
 from generalist.tokenizers.values import N_BINS, check_discrete
 
 TABLE_MULTIPLE = 64
@@ -27,13 +28,27 @@ TABLE_MULTIPLE = 64
 
 @dataclass(frozen=True)
 class TokenLayout:
-    """Every id offset of the shared token table, derived from the text vocabulary size."""
+    """Every id offset of the shared token table, derived from the text vocabulary size, and the shape of an
+    image token: the channels of its patches, and how many consecutive frames (in which colour) one timestep of
+    a control task's image stacks (`stack_frames`)."""
 
     text_vocab_size: int
+    image_channels: int = 3
+    frame_stack: int = 1
+    frame_colour: str = "rgb"
 
     def __post_init__(self) -> None:
         if self.text_vocab_size < 1:
             raise ValueError(f"text_vocab_size must be positive, got {self.text_vocab_size}")
+        needed = max(3, frame_channels(self.frame_stack, self.frame_colour))
+        if self.image_channels < needed:
+            raise ValueError(f"image_channels {self.image_channels} cannot hold {self.frame_stack} {self.frame_colour} "
+                             f"frames or an RGB image: at least {needed} are needed")
+
+    @property
+    def stacks_frames(self) -> bool:
+        """Whether a control task's image timestep is more than its one recorded RGB frame."""
+        return self.frame_stack > 1 or self.frame_colour != "rgb"
 
     @property
     def continuous_offset(self) -> int:

@@ -133,7 +133,8 @@ class TokenizedSequence:
             local_positions=np.concatenate([s.local_positions for s in sequences]),
             loss_mask=np.concatenate([s.loss_mask for s in sequences]),
             timesteps=np.concatenate([s.timesteps for s in sequences]),
-            patches=np.concatenate([s.patches for s in sequences]),
+            # Sequences without patches (text, actions) do not decide the patches' channel count.
+            patches=np.concatenate([s.patches for s in sequences if len(s.patches)] or [sequences[0].patches]),
             patch_rows=np.concatenate([s.patch_rows for s in sequences]),
             patch_cols=np.concatenate([s.patch_cols for s in sequences]),
             patch_token_index=np.concatenate(
@@ -359,7 +360,7 @@ def tokenize_episode(
     spec: ActionSpec | None,
     layout: TokenLayout,
     text_encoder: TextEncoder | None = None,
-    image_channels: int = 3,
+    image_channels: int | None = None,
 ) -> TokenizedSequence:
     """A whole episode, observations stacked over steps (key -> (n_steps, ...)), to one sequence.
 
@@ -368,7 +369,7 @@ def tokenize_episode(
     """
     n_steps = _n_steps(observations)
     segments, patches, rows, cols = _observation_segments(
-        observations, n_steps, layout, text_encoder, image_channels
+        observations, n_steps, layout, text_encoder, image_channels or layout.image_channels
     )
     segments.append(_Segment(TokenKind.SEPARATOR, np.full(n_steps, layout.separator_id, np.int64),
                              np.ones(n_steps, np.int64)))
@@ -400,7 +401,7 @@ def tokenize_timestep(
     spec: ActionSpec | None,
     layout: TokenLayout,
     text_encoder: TextEncoder | None = None,
-    image_channels: int = 3,
+    image_channels: int | None = None,
 ) -> TokenizedSequence:
     """One observation (and its action, unless None) to `[observation] | [action]`."""
     actions = None if action is None else np.asarray(action)[None]
@@ -438,13 +439,15 @@ def tokenize_text(ids: npt.ArrayLike, layout: TokenLayout) -> TokenizedSequence:
     if array.size and not layout.is_text(array).all():
         raise ValueError(f"text ids must lie in 0..{layout.text_vocab_size - 1}")
     segment = _Segment(TokenKind.TEXT, array.astype(np.int64), np.array([array.size], np.int64))
-    return _from_segments(1, [segment], np.zeros((0, 3, PATCH_SIZE, PATCH_SIZE), np.float32), episodic=False)
+    patches = np.zeros((0, layout.image_channels, PATCH_SIZE, PATCH_SIZE), np.float32)
+    return _from_segments(1, [segment], patches, episodic=False)
 
 
 def tokenize_caption(
-    image: npt.ArrayLike, caption_ids: npt.ArrayLike, layout: TokenLayout, image_channels: int = 3
+    image: npt.ArrayLike, caption_ids: npt.ArrayLike, layout: TokenLayout, image_channels: int | None = None
 ) -> TokenizedSequence:
     """An image's patches then its caption's text ids (loss on the caption only)."""
+    image_channels = image_channels or layout.image_channels
     patches, n_rows, n_cols = images_to_patches(image, image_channels, name="caption image")
     if patches.ndim != 4:
         raise ValueError(f"caption image: expected one (H, W, {image_channels}) image")
