@@ -111,7 +111,14 @@ def _run_collect(args: argparse.Namespace) -> int:
     from generalist.envs import task_list
 
     config = from_arguments(CollectConfig, args, CollectConfig(tasks=task_list(args.task_names)))
-    for directory in collect(config):
+    driver = None
+    if config.policy is not None:
+        from generalist.dagger import learner_driver
+
+        # Every checkpoint-task pair is checked (and its agent built) before any env starts.
+        drivers = {task: learner_driver(config.policy, task, config) for task in config.tasks}
+        driver = drivers.__getitem__
+    for directory in collect(config, driver):
         print(f"wrote {directory}")
     return 0
 

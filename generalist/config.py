@@ -123,6 +123,11 @@ class TrainConfig:
     action_shuffle: float = 0.0
     """share of action tokens the model reads as the action of another timestep of the same sequence, their
     targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
+    learner_data_dir: Path | None = None
+    """recordings driven by a trained agent and labelled by the expert (`collect --policy`, DAgger): a task
+    recorded there draws `learner_share` of its windows from them, prompted by its expert recordings"""
+    learner_share: float = 0.5
+    """share of a task's windows drawn from its learner-driven recordings, where it has some"""
     checkpoint_every: int = 200
     """steps between checkpoints (and one at the end)"""
     checkpoint_minutes: float | None = None
@@ -165,6 +170,13 @@ class CollectConfig:
     """override the task's step cap (stored with the dataset); None keeps the task's"""
     noise: float = 0.0
     """probability that a step executes a random action while the expert's action is recorded (DART)"""
+    policy: Path | None = None
+    """a checkpoint or run directory whose agent drives instead of the expert, while the expert labels every
+    step (DAgger); record into a directory of its own (--out) and train with --learner-data-dir"""
+    beta: float = 0.0
+    """with --policy: probability that the expert's action is executed instead of the agent's, each step"""
+    prompt_data: Path = Path("data")
+    """with --policy: the expert recordings whose demonstrations prompt the agent"""
     baselines: Path | None = None
     """the score baselines the filter reads (None: the package's baselines.json)"""
     max_attempts_factor: float = 4.0

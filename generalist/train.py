@@ -256,7 +256,8 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
     layout = model.config.layout
     n_shards = where.world_size * config.accumulation
     shards = [where.rank * config.accumulation + m for m in range(config.accumulation)]
-    sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability)
+    sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability,
+                            learner_data_dir=config.learner_data_dir, learner_share=config.learner_share)
     mixture = Mixture(
         sources,
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),

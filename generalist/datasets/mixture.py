@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any, Protocol
@@ -98,6 +98,7 @@ class ControlSource:
     prompt_probability: float = 0.25
     prompt_end_fraction: float = 0.5
     packable: bool = False
+    prompts: EpisodeSource | None = None  # where prompts come from (None: other episodes of `episodes`)
     _tokens_per_step: int | None = field(default=None, init=False, repr=False)
 
     def tokens_per_step(self) -> int:
@@ -136,22 +137,53 @@ class ControlSource:
             )
         episode = int(rng.choice(shard.items(len(self.episodes), self.name)))
         parts = []
-        if len(self.episodes) > 1 and max_steps > 1 and rng.random() < self.prompt_probability:
-            other = int(rng.integers(len(self.episodes) - 1))
-            other += other >= episode  # any episode but this one
-            other_length = self.episodes.episode_length(other)
+        prompts = self.episodes if self.prompts is None else self.prompts
+        if len(prompts) > (self.prompts is None) and max_steps > 1 and rng.random() < self.prompt_probability:
+            other = int(rng.integers(len(prompts) - (self.prompts is None)))
+            if self.prompts is None:
+                other += other >= episode  # any episode but this one
+            other_length = prompts.episode_length(other)
             prompt_steps = min(max_steps // 2, other_length)
             if rng.random() < self.prompt_end_fraction:
                 prompt_start = other_length - prompt_steps
             else:
                 prompt_start = int(rng.integers(other_length - prompt_steps + 1))
-            parts.append(self.tokenize_window(other, prompt_start, prompt_start + prompt_steps))
+            source = self if self.prompts is None else replace(self, episodes=self.prompts, prompts=None)
+            parts.append(source.tokenize_window(other, prompt_start, prompt_start + prompt_steps))
             max_steps -= prompt_steps
         length = self.episodes.episode_length(episode)
         window = min(max_steps, length)
         start = int(rng.integers(length - window + 1))
         parts.append(self.tokenize_window(episode, start, start + window))
         return TokenizedSequence.concatenate(parts)
+
+
+@dataclass
+class LearnerMixSource:
+    """A task's expert windows, and with probability `share` windows of its learner-driven recordings (DAgger),
+    those prompted by expert demonstrations."""
+
+    expert: ControlSource
+    learner: ControlSource
+    share: float
+    packable: bool = False
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """A window of the learner's recordings with probability `share`, else of the expert's."""
+        source = self.learner if rng.random() < self.share else self.expert
+        return source.sample(rng, shard, max_tokens)
+
+
+# Settings a task's learner-driven recordings must share with its expert recordings to train beside them.
+SHARED_SETTINGS = ("task", "env_id", "env_kwargs", "action_kind", "action_size")
+
+
+def check_learner_data(expert: EpisodeDataset, learner: EpisodeDataset) -> None:
+    """Refuse learner-driven recordings made in another env, or with other actions, than the expert's."""
+    for key in SHARED_SETTINGS:
+        if expert.index.get(key) != learner.index.get(key):
+            raise ValueError(f"{learner.directory} was recorded with {key}={learner.index.get(key)!r}, "
+                             f"{expert.directory} with {expert.index.get(key)!r}: they cannot train together")
 
 
 @dataclass
@@ -346,8 +378,16 @@ def build_sources(
     tokenizer: TextTokenizer,
     prompt_probability: float = 0.25,
     prompt_end_fraction: float = 0.5,
+    learner_data_dir: str | Path | None = None,
+    learner_share: float = 0.5,
 ) -> dict[str, SequenceSource]:
-    """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus."""
+    """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
+
+    A control task also recorded under `learner_data_dir/<task>` (driven by a trained agent, labelled by the
+    expert) draws `learner_share` of its windows from there.
+    """
+    if not 0.0 <= learner_share <= 1.0:
+        raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
     sources: dict[str, SequenceSource] = {}
     for task in tasks:
         if task == "scenes":
@@ -369,7 +409,15 @@ def build_sources(
                     f"task {task!r}: no recorded data at {directory} (record it with `generalist collect "
                     f"--tasks {task} --out {data_dir}`); caption and text tasks: {list(CAPTION_AND_TEXT_TASKS)}"
                 )
-            sources[task] = ControlSource(
-                task, EpisodeDataset(directory), layout, prompt_probability, prompt_end_fraction
-            )
+            expert = EpisodeDataset(directory)
+            sources[task] = ControlSource(task, expert, layout, prompt_probability, prompt_end_fraction)
+            learned = None if learner_data_dir is None else Path(learner_data_dir) / task
+            if learned is not None and learned.is_dir():
+                learner = EpisodeDataset(learned)
+                check_learner_data(expert, learner)
+                sources[task] = LearnerMixSource(
+                    sources[task],
+                    ControlSource(task, learner, layout, prompt_probability, prompt_end_fraction, prompts=expert),
+                    learner_share,
+                )
     return sources

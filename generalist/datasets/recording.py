@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,16 @@ from generalist.datasets import storage
 from generalist.datasets.storage import ArraySpec, DatasetError
 from generalist.envs.baselines import BASELINES_PATH, load_baselines, package_versions
 from generalist.envs.registry import TASKS, Task, get_task, make
-from generalist.envs.rollout import Episode, EpisodeEnd, EpisodeRecorder, ScriptedActor, rollout, single_env
+from generalist.envs.rollout import (
+    Actor,
+    Episode,
+    EpisodeEnd,
+    EpisodeRecorder,
+    LabelledActor,
+    ScriptedActor,
+    rollout,
+    single_env,
+)
 
 # Packages whose version changes what an env does: a dataset is never resumed under other versions.
 ENV_PACKAGES = ("gymnasium", "ale-py", "box2d")
@@ -51,9 +60,11 @@ SETTINGS = (
     "first_seed",
     "min_return_fraction",
     "noise",
+    "driver",
+    "beta",
 )
 # Settings added after datasets were first recorded: an index without them was recorded with these values.
-SETTING_DEFAULTS = {"noise": 0.0}
+SETTING_DEFAULTS = {"noise": 0.0, "driver": None, "beta": 0.0}
 
 
 @dataclass
@@ -139,12 +150,15 @@ def _shard_arrays(episodes: Sequence[Episode]) -> dict[str, np.ndarray]:
     }
     arrays[storage.ACTIONS] = np.concatenate([e.actions for e in episodes])
     arrays[storage.REWARDS] = np.concatenate([e.rewards for e in episodes]).astype(np.float32)
+    if episodes[0].executed is not None:
+        arrays[storage.EXECUTED] = np.concatenate([e.executed for e in episodes])
     arrays[storage.OFFSETS] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return arrays
 
 
-def dataset_settings(task: Task, config: CollectConfig) -> dict[str, Any]:
-    """The settings that define a dataset; a resumed dataset must have the same."""
+def dataset_settings(task: Task, config: CollectConfig, driver: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The settings that define a dataset; a resumed dataset must have the same. `driver` says which agent
+    drove a learner-driven recording (None: the expert)."""
     return {
         "task": task.name,
         "env_id": task.env_id,
@@ -156,6 +170,8 @@ def dataset_settings(task: Task, config: CollectConfig) -> dict[str, Any]:
         "first_seed": config.first_seed,
         "min_return_fraction": config.min_return_fraction,
         "noise": config.noise,
+        "driver": None if driver is None else dict(driver),
+        "beta": config.beta if driver is not None else 0.0,
     }
 
 
@@ -259,13 +275,28 @@ def task_baseline(task: str, baselines: Path = BASELINES_PATH) -> dict[str, Any]
     }
 
 
+@dataclass
+class Driver:
+    """An agent that drives a learner-driven recording, and what the dataset's index says of it."""
+
+    actor: Actor
+    description: Mapping[str, Any]  # e.g. the checkpoint and its step
+
+
 def collect_task(
-    task_name: str, config: CollectConfig, on_episode: Callable[[Episode, bool], None] | None = None
+    task_name: str, config: CollectConfig, on_episode: Callable[[Episode, bool], None] | None = None,
+    driver: Driver | None = None,
 ) -> Path:
-    """Record `config.episodes` expert episodes of one task into `config.out / task_name`; resumable."""
+    """Record `config.episodes` episodes of one task into `config.out / task_name`; resumable.
+
+    The expert plays, or, with a `driver`, the driver acts while the expert labels every step (DAgger; the
+    executed actions are stored beside the labels).
+    """
     task = get_task(task_name)
     directory = Path(config.out) / task.name
-    settings = dataset_settings(task, config)
+    settings = dataset_settings(task, config, None if driver is None else driver.description)
+    if driver is not None and config.noise > 0:
+        raise ValueError("a learner-driven recording already leaves the expert's states: do not add --noise")
     if config.min_return_fraction is not None and config.max_episode_steps is not None:
         raise ValueError("the return filter compares with full episodes: do not combine it with a step cap")
     if config.min_return_fraction is not None and config.noise > 0:
@@ -296,8 +327,10 @@ def collect_task(
     env = single_env(make(task, max_episode_steps=settings["max_episode_steps"]))
     try:
         if writer.kept < config.episodes and not exhausted():
-            actor = ScriptedActor([task.expert()], env.single_action_space, config.noise)
-            recorder = EpisodeRecorder(1, keep)
+            actor: Actor = ScriptedActor([task.expert()], env.single_action_space, config.noise)
+            if driver is not None:
+                actor = LabelledActor(driver.actor, actor, config.beta)
+            recorder = EpisodeRecorder(1, keep, executed=driver is not None)
             rollout(env, actor, [itertools.count(writer.next_seed)],
                     until=lambda: writer.kept >= config.episodes or exhausted(),
                     on_step=recorder.on_step, on_end=recorder.on_end)
@@ -316,8 +349,11 @@ def collect_task(
     return directory
 
 
-def collect(config: CollectConfig) -> list[Path]:
-    """Record every task of `config`, with one progress bar per task; returns the dataset directories."""
+def collect(config: CollectConfig, driver: Callable[[str], Driver] | None = None) -> list[Path]:
+    """Record every task of `config`, with one progress bar per task; returns the dataset directories.
+
+    `driver(task)` gives the agent that drives each task's learner-driven recording (None: the experts play).
+    """
     unknown = [name for name in config.tasks if name not in TASKS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")
@@ -333,7 +369,7 @@ def collect(config: CollectConfig) -> list[Path]:
                 bar.update(int(kept))
                 bar.set_postfix(ret=f"{episode.episode_return:.1f}", steps=episode.length)
 
-            directories.append(collect_task(name, config, advance))
+            directories.append(collect_task(name, config, advance, None if driver is None else driver(name)))
     return directories
 
 

@@ -7,6 +7,7 @@ A dataset is one directory per task::
         obs.<key>.npy          (N, ...) one row per timestep, one file per observation key
         actions.npy            (N,) int64 or (N, k) float32
         rewards.npy            (N,) float32, the reward the row's action earned
+        executed.npy           like actions.npy, only where a learner drove (DAgger): the action the env ran
         episode_offsets.npy    (E + 1,) int64, episode e is rows offsets[e] .. offsets[e+1]-1
     shard-00001/ ...
 
@@ -49,6 +50,7 @@ TMP_PREFIX = ".tmp-"
 OFFSETS = "episode_offsets.npy"
 ACTIONS = "actions.npy"
 REWARDS = "rewards.npy"
+EXECUTED = "executed.npy"
 
 
 class DatasetError(ValueError):

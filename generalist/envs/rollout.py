@@ -216,21 +216,33 @@ class LabelledActor:
 
     The labeller sees every observation in order, as it would acting, so a stateful expert (one that reads the
     ball's flight from two frames) labels the states the driver reaches as it would its own. This is how a
-    diagnosis measures a trained agent's agreement with the expert on its own states.
+    diagnosis measures a trained agent's agreement with the expert on its own states, and how DAgger records
+    (Ross et al. 2011): with `beta` > 0, each step the labeller's action is executed instead with that
+    probability (DAgger's mixture policy), drawn per step from a generator seeded by the episode's seed.
     """
 
-    def __init__(self, driver: Actor, labeller: Actor) -> None:
-        self.driver, self.labeller = driver, labeller
+    def __init__(self, driver: Actor, labeller: Actor, beta: float = 0.0) -> None:
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"beta is a probability, got {beta}")
+        self.driver, self.labeller, self.beta = driver, labeller, beta
+        self.coins: dict[int, np.random.Generator] = {}
 
     def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
         """Start both actors' episodes."""
         self.driver.start(rows, seeds)
         self.labeller.start(rows, seeds)
+        for row, seed in zip(rows, seeds, strict=True):
+            self.coins[row] = np.random.default_rng([seed, 2])
 
     def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
-        """The driver's actions, labelled with the labeller's."""
+        """The driver's actions (or, with probability beta, the labeller's), labelled with the labeller's."""
         driven = self.driver.act(observations, infos)
-        return Actions(driven.executed, self.labeller.act(observations, infos).labels)
+        labels = self.labeller.act(observations, infos).labels
+        if self.beta == 0.0:
+            return Actions(driven.executed, labels)
+        expert_acts = np.array([self.coins[row].random() < self.beta for row in range(len(labels))])
+        mask = expert_acts.reshape(-1, *([1] * (labels.ndim - 1)))
+        return Actions(np.where(mask, labels, driven.executed).astype(labels.dtype), labels)
 
 
 def stack_actions(actions: Sequence[int | np.ndarray]) -> np.ndarray:
@@ -254,14 +266,18 @@ class Episode:
     observations: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (T, ...)
     actions: np.ndarray | None = None  # (T,) int64 or (T, k) float32: the labels (the expert's actions)
     rewards: np.ndarray | None = None  # (T,) float32
+    executed: np.ndarray | None = None  # what the env executed, where a learner drove (else the labels)
 
 
 class EpisodeRecorder:
-    """Rollout hooks that keep every timestep of each row and hand each finished episode to `keep`."""
+    """Rollout hooks that keep every timestep of each row and hand each finished episode to `keep` (with the
+    executed actions beside the labels when `executed`)."""
 
-    def __init__(self, n: int, keep: Callable[[Episode, EpisodeEnd], None], record: bool = True) -> None:
-        self.keep, self.record = keep, record
-        self.steps: list[list[tuple[Observation, np.ndarray, float]]] = [[] for _ in range(n)]
+    def __init__(
+        self, n: int, keep: Callable[[Episode, EpisodeEnd], None], record: bool = True, executed: bool = False
+    ) -> None:
+        self.keep, self.record, self.executed = keep, record, executed
+        self.steps: list[list[tuple[Observation, np.ndarray, float, np.ndarray]]] = [[] for _ in range(n)]
 
     def on_step(self, step: Transition) -> None:
         """Keep each row's observation, label and reward."""
@@ -269,16 +285,19 @@ class EpisodeRecorder:
             return
         for row, rows_steps in enumerate(self.steps):
             observation = {key: value[row] for key, value in step.observations.items()}
-            rows_steps.append((observation, step.actions.labels[row], float(step.rewards[row])))
+            rows_steps.append((observation, step.actions.labels[row], float(step.rewards[row]),
+                               step.actions.executed[row]))
 
     def on_end(self, end: EpisodeEnd) -> None:
         """Assemble the row's finished episode and pass it on."""
         steps, self.steps[end.row] = self.steps[end.row], []
         episode = Episode(end.seed, end.episode_return, end.length, end.terminated)
         if self.record:
-            episode.observations = {key: np.stack([obs[key] for obs, _, _ in steps]) for key in steps[0][0]}
-            episode.actions = stack_actions([label for _, label, _ in steps])
-            episode.rewards = np.asarray([reward for _, _, reward in steps], dtype=np.float32)
+            episode.observations = {key: np.stack([obs[key] for obs, *_ in steps]) for key in steps[0][0]}
+            episode.actions = stack_actions([label for _, label, *_ in steps])
+            episode.rewards = np.asarray([reward for _, _, reward, _ in steps], dtype=np.float32)
+            if self.executed:
+                episode.executed = stack_actions([executed for *_, executed in steps])
         self.keep(episode, end)
 
 
