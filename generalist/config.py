@@ -118,6 +118,9 @@ class TrainConfig:
     native bf16 that a start-up test finds faster), fp32 or bf16"""
     seed: int = 0
     """seed of the model initialization and the data stream"""
+    init_from: Path | None = None
+    """start from this checkpoint's (or run directory's) weights instead of a fresh model, with a fresh optimizer
+    and schedule: continuing on new data, such as a DAgger round's (the model settings are the checkpoint's)"""
     prompt_probability: float = 0.25
     """share of control sequences with a demonstration prompt (Gato: 0.25)"""
     action_shuffle: float = 0.0

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from generalist.batch import Batch, shuffle_action_inputs
 from generalist.checkpoint import (
     latest_checkpoint,
+    load_model,
     load_optimizer,
     load_text_tokenizer,
     load_weights,
@@ -242,6 +243,11 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
         start_step, tokens_seen, minutes_before = state["step"], state["tokens"], state["minutes"]
         model = load_weights(checkpoint)
         tokenizer = load_text_tokenizer(checkpoint)
+    elif config.init_from is not None:
+        model, tokenizer = load_model(config.init_from)
+        if model.config.context < config.sequence_length:
+            raise ValueError(f"{config.init_from}: a context of {model.config.context} tokens cannot read "
+                             f"sequences of {config.sequence_length}")
     else:
         model = build_model(config, tokenizer)
     precision = _agreed_precision(config.precision, where, read_precision(config.run_dir) if resume else None)

@@ -266,3 +266,15 @@ def test_a_resumed_run_keeps_the_precision_it_started_with():
     kept = train_module._agreed_precision("auto", where, started)
     assert kept.name == "fp32" and "chosen when the run started" in kept.reason
     assert train_module._agreed_precision("bf16", where, started).name == "bf16"  # a request given now wins
+
+
+@pytest.mark.slow
+def test_a_run_can_start_from_another_checkpoints_weights(tmp_path):
+    first = train(replace(TINY, run_dir=tmp_path / "first", steps=2))
+    continued = replace(TINY, run_dir=tmp_path / "second", steps=1, init_from=tmp_path / "first", learning_rate=0.0,
+                        warmup_steps=1, min_lr_ratio=0.0, weight_decay=0.0)
+    second = train(continued)
+    # A zero learning rate leaves the weights where the first run left them: the second run started from them.
+    for name, tensor in weights_of(first).items():
+        torch.testing.assert_close(weights_of(second)[name], tensor, rtol=0, atol=0, msg=name)
+    assert read_trainer_state(second)["step"] == 1
