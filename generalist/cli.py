@@ -13,8 +13,9 @@ occurs once in a command's tree may also be given bare (`--steps 100`).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from generalist.config import (
@@ -319,13 +320,17 @@ def _run_chat(args: argparse.Namespace) -> int:
             perplexity = chat_perplexity(model, tokenizer, heldout)
         print(f"held-out perplexity: {perplexity:.2f} ({len(heldout)} conversations)")
         return 0
-    interactive = sys.stdin.isatty()
+    if not 1 <= args.max_new_tokens < model.config.context:
+        raise ValueError(f"--max-new-tokens must lie in 1..{model.config.context - 1}: the context of "
+                         f"{model.config.context} tokens also holds the conversation")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     history: list[str] = []
-    while True:
-        try:
-            line = input("you> " if interactive else "")
-        except EOFError:
-            return 0
+    for line in _typed_lines(sys.stdin.isatty()):
+        if isinstance(line, UnicodeDecodeError):
+            print(f"generalist chat: that line is not UTF-8 ({line.reason} at byte {line.start}); type it again",
+                  file=sys.stderr, flush=True)
+            continue
         if not line.strip():
             continue
         history.append(line.strip())
@@ -333,6 +338,26 @@ def _run_chat(args: argparse.Namespace) -> int:
             reply = chat_reply(model, tokenizer, history, args.max_new_tokens, args.temperature)
         history.append(reply)
         print(f"assistant> {reply}", flush=True)
+    return 0
+
+
+def _typed_lines(interactive: bool) -> Iterator[str | UnicodeDecodeError]:
+    """The user's lines: typed at a prompt, or piped; a line that is not UTF-8 comes as its decoding error."""
+    if interactive:
+        while True:
+            try:
+                yield input("you> ")
+            except EOFError:
+                return
+            except UnicodeDecodeError as error:
+                yield error
+    else:
+        # Line by line from the bytes: one undecodable line must not take the buffered lines after it along.
+        for raw in sys.stdin.buffer:
+            try:
+                yield raw.decode("utf-8").rstrip("\r\n")
+            except UnicodeDecodeError as error:
+                yield error
 
 
 def _add_export(subparsers: argparse._SubParsersAction) -> None:

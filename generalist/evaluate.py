@@ -320,6 +320,9 @@ def chat_reply(
     temperature: float = 0.0,
 ) -> str:
     """The assistant's next turn after `history` (user first, alternating, ending with the user's turn)."""
+    if not 1 <= max_new_tokens < model.config.context:
+        raise ValueError(f"max_new_tokens must lie in 1..{model.config.context - 1} (the context of "
+                         f"{model.config.context} tokens also holds the conversation), got {max_new_tokens}")
     prompt = tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER} ")
     prompt = prompt[-(model.config.context - max_new_tokens) :]  # the latest turns, if the talk is long
     (ids,) = generate(model, [prompt], max_new_tokens, temperature)

@@ -45,7 +45,7 @@ from generalist.evaluate import (
     evaluate_captions,
     format_table,
 )
-from generalist.flags import save_json
+from generalist.flags import leaf_fields, load_json, save_json
 from generalist.report import PERPLEXITY_CURVE, CaptionReport, ChatReport, RunResults, write_report
 from generalist.train import read_precision, train
 
@@ -76,6 +76,28 @@ def record_missing(config: RunConfig) -> list[str]:
         ))
         recorded.append(task)
     return recorded
+
+
+# Settings a rerun of an existing run may change: how it is watched, and how it is evaluated and reported.
+RERUN_MAY_CHANGE = ("train.progress", "train.num_workers", "train.device", "eval.", "report.")
+
+
+def check_same_run(config: RunConfig) -> None:
+    """Refuse to rerun an existing run with other training settings (a rerun resumes it, it does not retrain)."""
+    path = config.run_dir / RUN_CONFIG
+    if not path.is_file():
+        return
+    saved = load_json(RunConfig, path)
+    differ = []
+    for dotted, *_ in leaf_fields(RunConfig):
+        now, before = config, saved
+        for part in dotted.split("."):
+            now, before = getattr(now, part), getattr(before, part)
+        if now != before and not any(dotted == allowed or dotted.startswith(allowed) for allowed in RERUN_MAY_CHANGE):
+            differ.append(f"{dotted}={before!r} (now {now!r})")
+    if differ:
+        raise ValueError(f"{config.run_dir} was run with {'; '.join(differ)}: rerunning it resumes that run, it "
+                         "does not retrain it; choose another --name for other settings")
 
 
 def train_config(config: RunConfig) -> TrainConfig:
@@ -202,6 +224,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
         timings[stage] = (time.monotonic() - clock) / 60
         clock = time.monotonic()
 
+    check_same_run(config)
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_json(config, config.run_dir / RUN_CONFIG)
     record_missing(config)

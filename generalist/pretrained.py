@@ -85,6 +85,11 @@ def export_checkpoint(
     holds (half the context), so that prompting from the export equals prompting from the recorded data.
     """
     out = Path(out)
+    if episodes < 1 or (steps is not None and steps < 1):
+        raise ValueError(f"--episodes and --steps must be at least 1 (an export without demonstrations cannot prompt "
+                         f"an evaluation), got {episodes} and {steps}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file: export into a new directory")
     if out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty: export into a new directory")
     model, tokenizer = load_model(checkpoint)

@@ -29,7 +29,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from generalist.batch import Batch, shuffle_action_inputs
 from generalist.checkpoint import (
+    find_latest,
     latest_checkpoint,
     load_model,
     load_optimizer,
@@ -48,7 +49,7 @@ from generalist.checkpoint import (
     read_trainer_state,
     save_checkpoint,
 )
-from generalist.config import EvalConfig, TrainConfig
+from generalist.config import DEVICES, PRECISIONS, EvalConfig, TrainConfig
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
 from generalist.evaluate import evaluate
 from generalist.flags import save_json
@@ -172,8 +173,35 @@ def task_losses(tasks: list[str], sums: torch.Tensor) -> dict[str, float]:
     }
 
 
+RESUMABLE_CHANGES = (
+    "steps", "max_minutes", "num_workers", "progress", "device", "log_every", "checkpoint_every", "checkpoint_minutes",
+    "keep_checkpoints", "interim_minutes", "eval_every", "eval_tasks",
+)
+"""Settings a resumed run may change: how long it trains, how it is watched and saved. The others (the model, the
+mixture, the data, the optimizer, the seed) decide what it learns and stay the saved ones."""
+
+
+def resumed_config(saved: TrainConfig, given: TrainConfig) -> TrainConfig:
+    """The config a resumed run continues with: the saved one, with the changes a resume allows.
+
+    A setting given now (other than its default) that differs from the saved one is an error naming it, unless
+    it is in RESUMABLE_CHANGES; the run writes where it is told (`given.run_dir`), wherever it was first trained.
+    """
+    default = TrainConfig()
+    names = [f.name for f in fields(TrainConfig) if f.name != "run_dir"]
+    changed = [name for name in names if getattr(given, name) != getattr(saved, name)
+               and getattr(given, name) != getattr(default, name)]
+    refused = [name for name in changed if name not in RESUMABLE_CHANGES]
+    if refused:
+        listed = "; ".join(f"{name} was {getattr(saved, name)!r}, now {getattr(given, name)!r}" for name in refused)
+        raise ValueError(f"a resumed run keeps what decides what it learns ({listed}): train a new run for that, "
+                         f"or resume with its settings (a resume may change {', '.join(RESUMABLE_CHANGES)})")
+    kept = {name: getattr(given, name) for name in ("progress", "num_workers")}
+    return replace(saved, run_dir=given.run_dir, **kept, **{name: getattr(given, name) for name in changed})
+
+
 class TrainingInterrupted(KeyboardInterrupt):
-    """Training stopped by SIGINT or SIGTERM after saving the step it had reached; the same command resumes."""
+    """Training stopped by SIGINT or SIGTERM after saving the step it had reached; `--resume` continues it."""
 
 
 class _StopSignals:
@@ -215,9 +243,23 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError("schedule='time' needs max_minutes > 0: the time the schedule spans")
     if not 0.0 <= config.action_shuffle <= 1.0:
         raise ValueError(f"action_shuffle is a share of action tokens in [0, 1], got {config.action_shuffle}")
-    if config.steps < 1 or config.batch_size < 1 or config.accumulation < 1:
-        raise ValueError(f"steps, batch_size and accumulation must be positive: {config.steps}, "
-                         f"{config.batch_size}, {config.accumulation}")
+    positive = {name: getattr(config, name) for name in (
+        "steps", "batch_size", "accumulation", "sequence_length", "checkpoint_every", "keep_checkpoints", "log_every",
+        "frame_stack")}
+    for name, value in positive.items():
+        if value < 1:
+            raise ValueError(f"{name} must be at least 1, got {value}")
+    for name in ("warmup_steps", "eval_every", "num_workers", "learning_rate", "weight_decay", "grad_clip",
+                 "min_lr_ratio"):
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must not be negative, got {getattr(config, name)}")
+    for name in ("max_minutes", "checkpoint_minutes", "interim_minutes"):
+        value = getattr(config, name)
+        if value is not None and not (value >= 0 and math.isfinite(value)):
+            raise ValueError(f"{name} must be a finite number of minutes, or none; got {value}")
+    if config.precision not in PRECISIONS or config.device not in DEVICES:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} and device one of {', '.join(DEVICES)}; "
+                         f"got {config.precision!r} and {config.device!r}")
 
 
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:
@@ -229,16 +271,13 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
     where = init_distributed(config.device)
     tokenizer = TextTokenizer.default()
     start_step, tokens_seen, minutes_before = 0, 0, 0.0
+    if not resume and (existing := find_latest(config.run_dir)) is not None:
+        raise ValueError(f"{config.run_dir} already holds a run (its latest checkpoint: {existing.name}): continue it "
+                         "with --resume, or train into another --run-dir")
     if resume:
         checkpoint = latest_checkpoint(config.run_dir)
         state = read_trainer_state(checkpoint)
-        # The saved config decides everything that changes the result; how the run is watched may change, and a
-        # time limit given now replaces the saved one.
-        config = replace(
-            state["train_config"],
-            max_minutes=config.max_minutes if config.max_minutes is not None else state["train_config"].max_minutes,
-            progress=config.progress, num_workers=config.num_workers,
-        )
+        config = resumed_config(state["train_config"], config)
         check_config(config)
         start_step, tokens_seen, minutes_before = state["step"], state["tokens"], state["minutes"]
         model = load_weights(checkpoint)
@@ -351,9 +390,15 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
                     )
                 raise TrainingInterrupted(
                     f"training stopped by {stop.received or 'a signal'} at step {step}; saved "
-                    f"{last_checkpoint or latest_checkpoint(config.run_dir)}; the same command resumes from it"
+                    f"{last_checkpoint or latest_checkpoint(config.run_dir)}; `generalist train --run-dir "
+                    f"{config.run_dir} --resume` (or the same `generalist run` command) resumes from it"
                 )
     finally:
+        # The data workers ignore SIGTERM (they must outlive a signal until the step is saved), so the exit's
+        # terminate-and-join of daemon processes would wait on them for ever: shut them down here, normally.
+        shutdown = getattr(steps, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
         stop.restore()
         if progress is not None:
             progress.close()

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from generalist.datasets.text import python_reference_lines
+from generalist.pretrained import PRETRAINED_DIR
 from generalist.tokenizers.text import TextTokenizer
 
 pytestmark = pytest.mark.slow  # every test here runs the CLI in a subprocess
@@ -47,6 +48,14 @@ def test_tokenizer_train_writes_a_loadable_model(tmp_path):
     [
         (("tokenizer", "train", "missing.txt", "--out", "x.model"), "no text file at missing.txt"),
         (("tokenizer", "train", "--out", "x.model", "--vocab-size", "100"), "Vocabulary size"),
+        (("collect", "--episodes", "0", "--out", "d"), "--episodes must be at least 1, got 0"),
+        (("collect", "--episodes", "-5", "--out", "d"), "--episodes must be at least 1, got -5"),
+        (("collect", "--max-episode-steps", "0", "--out", "d"), "--max-episode-steps must be at least 1"),
+        (("chat", "--max-new-tokens", "1024"), "--max-new-tokens must lie in 1..1023"),
+        (("chat", "--temperature", "nan"), "--temperature must be a finite number"),
+        (("train", "--run-dir", "r", "--log-every", "0"), "log_every must be at least 1, got 0"),
+        (("train", "--run-dir", "r", "--checkpoint-every", "0"), "checkpoint_every must be at least 1"),
+        (("evaluate", "--tasks", "cartpole", "--device", "tpu"), "unknown device 'tpu'"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(args, message, tmp_path):
@@ -117,3 +126,17 @@ def test_run_rejects_an_unknown_preset(tmp_path):
     )
     assert result.returncode == 2
     assert "unknown preset 'huge'; known: cpu, full, smoke" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_chat_reports_a_line_that_is_not_utf8_and_goes_on():
+    result = subprocess.run([sys.executable, "-m", "generalist.cli", "chat", "--max-new-tokens", "4"],
+                            input=b"hi \xff\xfe\nhello\n", capture_output=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert b"not UTF-8" in result.stderr and b"Traceback" not in result.stderr
+    assert result.stdout.count(b"assistant> ") == 1  # the second line was answered
+
+
+def test_export_without_demonstrations_is_refused(tmp_path):
+    result = run_cli("export", "--checkpoint", str(PRETRAINED_DIR), "--out", str(tmp_path / "x"), "--episodes", "0")
+    assert result.returncode == 2 and "--episodes and --steps must be at least 1" in result.stderr
+    assert not (tmp_path / "x").exists()

@@ -144,3 +144,16 @@ def test_a_time_budget_becomes_a_time_schedule_with_evenly_spaced_checkpoints():
     fixed = train_config(full())
     assert (fixed.schedule, fixed.steps, fixed.checkpoint_every, fixed.checkpoint_minutes) == ("steps", 4000, 500, None)
     assert isinstance(fixed, TrainConfig)
+
+
+def test_rerunning_a_run_with_other_training_settings_is_refused(tmp_path):
+    from generalist.flags import save_json
+    from generalist.pipeline import RUN_CONFIG, check_same_run
+
+    config = _smoke(tmp_path)
+    config.run_dir.mkdir(parents=True)
+    save_json(config, config.run_dir / RUN_CONFIG)
+    check_same_run(replace(config, eval=replace(config.eval, episodes=7)))  # re-evaluating is a rerun's business
+    changed = replace(config, train=replace(config.train, steps=5, weights={"cartpole": 1.0}))
+    with pytest.raises(ValueError, match=r"train.weights=.* train.steps=2 \(now 5\).*another --name"):
+        check_same_run(changed)

@@ -3,6 +3,7 @@
 import csv
 import itertools
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,13 @@ def test_a_signal_stops_training_at_a_step_boundary_with_that_step_saved(tmp_pat
     logged = [int(r["step"]) for r in csv.DictReader(metrics.open()) if r["metric"] == "train/loss"]
     state = read_trainer_state(latest_checkpoint(tmp_path))
     assert state["step"] == logged[-1] >= 3 and state["milestone"] is False
+    if number == signal.SIGINT:  # type what the message says, for one more step
+        told = stderr.split("`")[1].split()
+        assert told == ["generalist", "train", "--run-dir", str(tmp_path), "--resume"]
+        more = [sys.executable, "-m", "generalist.cli", *told[1:], "--steps", str(state["step"] + 1), "--no-progress"]
+        resumed = subprocess.run(more, capture_output=True, text=True, timeout=300)
+        assert resumed.returncode == 0, resumed.stderr
+        assert read_trainer_state(latest_checkpoint(tmp_path))["step"] == state["step"] + 1
 
 
 def test_a_second_signal_interrupts_at_once():
@@ -278,3 +286,51 @@ def test_a_run_can_start_from_another_checkpoints_weights(tmp_path):
     for name, tensor in weights_of(first).items():
         torch.testing.assert_close(weights_of(second)[name], tensor, rtol=0, atol=0, msg=name)
     assert read_trainer_state(second)["step"] == 1
+
+
+@pytest.mark.slow
+def test_an_error_inside_the_loop_ends_the_process_with_its_data_workers(tmp_path):
+    # The workers ignore SIGTERM; before the fix the process hung at exit, waiting to join them.
+    script = (
+        "import sys\n"
+        "from generalist import train as t\n"
+        "from pathlib import Path\n"
+        "from generalist.config import TrainConfig\n"
+        "def boom(*args, **kwargs):\n"
+        "    raise RuntimeError('boom')\n"
+        "t._optimizer_step = boom\n"
+        "t.train(TrainConfig(run_dir=Path(sys.argv[1]), weights={'dialogue': 1.0}, steps=4, batch_size=1,\n"
+        "                     sequence_length=64, num_workers=1, progress=False, precision='fp32'))\n"
+    )
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "run")], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0 and "RuntimeError: boom" in result.stderr
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize(("flag", "value"), [("log_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0),
+                                             ("sequence_length", 0), ("learning_rate", -1.0),
+                                             ("interim_minutes", float("nan")), ("precision", "fp16")])
+def test_settings_that_cannot_work_are_refused_before_training(tmp_path, flag, value):
+    with pytest.raises(ValueError, match=flag if flag != "precision" else "precision must be one of"):
+        train(replace(TINY, run_dir=tmp_path, **{flag: value}))
+
+
+@pytest.mark.slow
+def test_a_fresh_run_never_overwrites_a_run_and_a_resume_writes_where_it_is_told(tmp_path):
+    train(replace(TINY, run_dir=tmp_path / "a", steps=2))
+    with pytest.raises(ValueError, match="already holds a run .* with --resume"):
+        train(replace(TINY, run_dir=tmp_path / "a", steps=2))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    train(replace(TINY, run_dir=tmp_path / "b", steps=3), resume=True)
+    assert read_trainer_state(latest_checkpoint(tmp_path / "b"))["step"] == 3
+    assert read_trainer_state(latest_checkpoint(tmp_path / "a"))["step"] == 2  # the original is untouched
+
+
+@pytest.mark.slow
+def test_a_resume_refuses_settings_that_would_change_what_the_run_learns(tmp_path):
+    train(replace(TINY, run_dir=tmp_path, steps=2))
+    with pytest.raises(ValueError, match="weights was .* now .*learning_rate was 0.001, now 0.5"):
+        train(replace(TINY, run_dir=tmp_path, weights={"dialogue": 1.0}, learning_rate=0.5), resume=True)
+    assert read_trainer_state(latest_checkpoint(tmp_path))["step"] == 2  # nothing trained

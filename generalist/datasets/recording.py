@@ -349,6 +349,21 @@ def collect_task(
     return directory
 
 
+def check_collect_config(config: CollectConfig) -> None:
+    """Refuse settings that would record nothing or record something else than asked."""
+    if config.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {config.episodes}")
+    if config.max_episode_steps is not None and config.max_episode_steps < 1:
+        raise ValueError(f"--max-episode-steps must be at least 1 (or none for the task's own cap), got "
+                         f"{config.max_episode_steps}")
+    if config.shard_episodes < 1 or config.shard_bytes < 1 or config.max_attempts_factor <= 0:
+        raise ValueError("--shard-episodes, --shard-bytes and --max-attempts-factor must be positive")
+    if not (0.0 <= config.noise <= 1.0 and 0.0 <= config.beta <= 1.0):
+        raise ValueError(f"--noise and --beta are probabilities in [0, 1], got {config.noise} and {config.beta}")
+    if config.first_seed < 0:
+        raise ValueError(f"--first-seed must not be negative, got {config.first_seed}")
+
+
 def collect(config: CollectConfig, driver: Callable[[str], Driver] | None = None) -> list[Path]:
     """Record every task of `config`, with one progress bar per task; returns the dataset directories.
 
@@ -357,6 +372,7 @@ def collect(config: CollectConfig, driver: Callable[[str], Driver] | None = None
     unknown = [name for name in config.tasks if name not in TASKS]
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; known: {', '.join(TASKS)}")
+    check_collect_config(config)
     directories = []
     for name in config.tasks:
         done = episodes_on_disk(Path(config.out) / name)
