@@ -53,6 +53,7 @@ from generalist.config import DEVICES, PRECISIONS, EvalConfig, TrainConfig
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
 from generalist.evaluate import evaluate
 from generalist.flags import save_json
+from generalist.lock import exclusive
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
 from generalist.model import Generalist, ModelConfig, preset
 from generalist.precision import Precision, resolve_device, resolve_precision
@@ -265,8 +266,16 @@ def check_config(config: TrainConfig) -> None:
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:
     """Train per `config` (or continue the run in `config.run_dir`); returns the last checkpoint's directory.
 
-    `eval_config` sets the evaluations inside training (`eval_every`); they use the defaults without it.
+    `eval_config` sets the evaluations inside training (`eval_every`); they use the defaults without it. One
+    process at a time trains into a run directory (under torchrun, rank 0 holds the lock).
     """
+    if int(os.environ.get("RANK", "0")) != 0:
+        return _train(config, resume, eval_config)
+    with exclusive(config.run_dir, "a training run"):
+        return _train(config, resume, eval_config)
+
+
+def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) -> Path:
     check_config(config)
     where = init_distributed(config.device)
     tokenizer = TextTokenizer.default()

@@ -334,3 +334,10 @@ def test_a_resume_refuses_settings_that_would_change_what_the_run_learns(tmp_pat
     with pytest.raises(ValueError, match="weights was .* now .*learning_rate was 0.001, now 0.5"):
         train(replace(TINY, run_dir=tmp_path, weights={"dialogue": 1.0}, learning_rate=0.5), resume=True)
     assert read_trainer_state(latest_checkpoint(tmp_path))["step"] == 2  # nothing trained
+
+
+def test_a_second_training_into_one_run_directory_is_refused(tmp_path):
+    from generalist.lock import exclusive
+
+    with exclusive(tmp_path, "a training run"), pytest.raises(ValueError, match="being written by another process"):
+        train(replace(TINY, run_dir=tmp_path))

@@ -46,6 +46,7 @@ from generalist.envs.rollout import (
     rollout,
     single_env,
 )
+from generalist.lock import exclusive
 
 # Packages whose version changes what an env does: a dataset is never resumed under other versions.
 ENV_PACKAGES = ("gymnasium", "ale-py", "box2d")
@@ -294,6 +295,14 @@ def collect_task(
     """
     task = get_task(task_name)
     directory = Path(config.out) / task.name
+    with exclusive(directory, "a recording"):
+        return _collect_task(task, directory, config, on_episode, driver)
+
+
+def _collect_task(
+    task: Task, directory: Path, config: CollectConfig, on_episode: Callable[[Episode, bool], None] | None,
+    driver: Driver | None,
+) -> Path:
     settings = dataset_settings(task, config, None if driver is None else driver.description)
     if driver is not None and config.noise > 0:
         raise ValueError("a learner-driven recording already leaves the expert's states: do not add --noise")

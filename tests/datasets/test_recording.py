@@ -315,3 +315,13 @@ def test_noise_is_a_setting_of_the_dataset_and_older_datasets_had_none(tmp_path)
         collect_task("cartpole", _config(tmp_path / "f", min_return_fraction=0.8, noise=0.2))
     with pytest.raises(ValueError, match="noise is a probability"):
         run_episode(make("cartpole"), get_task("cartpole").expert(), seed=0, noise=1.5)
+
+
+def test_a_second_writer_to_a_dataset_is_refused_and_the_first_finishes(tmp_path: Path) -> None:
+    from generalist.lock import exclusive
+
+    config = _config(tmp_path / "data", episodes=2)
+    with exclusive(config.out / "cartpole", "a recording"):  # another process recording there
+        with pytest.raises(ValueError, match="being written by another process"):
+            collect_task("cartpole", config)
+    assert len(EpisodeDataset(collect_task("cartpole", config))) == 2  # free again once it is done
