@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -169,15 +170,40 @@ def resolve(path: str | Path) -> Path:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The newest complete checkpoint of a run; an error naming what is missing otherwise."""
+    """The newest complete checkpoint of a run; an error naming what is missing otherwise.
+
+    A damaged newest checkpoint (a file missing or unreadable: a disk that failed under it) gives way to the
+    newest whole one kept before it, with a warning naming both.
+    """
     run_dir = Path(run_dir)
     pointer = run_dir / CHECKPOINTS / LATEST
     if not pointer.is_file():
         raise FileNotFoundError(f"{pointer}: no checkpoint to resume from in {run_dir}")
     checkpoint = run_dir / CHECKPOINTS / pointer.read_text().strip()
-    if not (checkpoint / TRAINER_STATE).is_file():
-        raise FileNotFoundError(f"{checkpoint / TRAINER_STATE}: the latest checkpoint is incomplete")
-    return checkpoint
+    problem = _damage(checkpoint)
+    if problem is None:
+        return checkpoint
+    for earlier in reversed(list_checkpoints(run_dir)):
+        if earlier != checkpoint and _damage(earlier) is None:
+            warnings.warn(f"{checkpoint} is damaged ({problem}); using {earlier.name}, the newest whole checkpoint",
+                          stacklevel=2)
+            return earlier
+    raise FileNotFoundError(f"{checkpoint}: the latest checkpoint is damaged ({problem}) and no earlier one is whole")
+
+
+def _damage(checkpoint: Path) -> str | None:
+    """What is wrong with a training checkpoint's files, or None (headers and trainer state only: fast)."""
+    for name in (CONFIG_FILE, WEIGHTS_FILE, TEXT_TOKENIZER_FILE, OPTIMIZER_STATE, TRAINER_STATE):
+        if not (checkpoint / name).is_file():
+            return f"{name} missing"
+    try:
+        read_trainer_state(checkpoint)
+        for name in (WEIGHTS_FILE, OPTIMIZER_STATE):
+            with safetensors.safe_open(checkpoint / name, "pt"):
+                pass
+    except (ValueError, OSError, safetensors.SafetensorError) as error:
+        return str(error)
+    return None
 
 
 def find_latest(run_dir: str | Path) -> Path | None:
@@ -243,17 +269,33 @@ def save_checkpoint(
         "train_config": to_json_dict(config),
     }
     (partial / TRAINER_STATE).write_text(json.dumps(state, indent=2) + "\n")
+    # On disk before `latest` names it, as datasets are: a power loss leaves the previous checkpoint, not a hole.
+    for path in partial.iterdir():
+        _fsync(path)
+    _fsync(partial)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(partial, final)
+    _fsync(folder)
     pointer = folder / f".{LATEST}.partial"
     pointer.write_text(final.name + "\n")
+    _fsync(pointer)
     os.replace(pointer, folder / LATEST)
+    _fsync(folder)
     milestones = [c for c in list_checkpoints(run_dir) if c != final and _is_milestone(c)]
     kept = set(milestones[max(len(milestones) - config.keep_checkpoints + milestone, 0) :]) | {final}
     for old in list_checkpoints(run_dir):
         if old not in kept:
             shutil.rmtree(old)
     return final
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
 
 
 def _is_milestone(checkpoint: Path) -> bool:

@@ -211,6 +211,12 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     tasks = task_list(args.tasks)
     checkpoint = args.checkpoint or default_checkpoint()
     config, demonstrations = from_arguments(EvalConfig, args), demonstrations_dir(checkpoint)
+    if config.episodes < 1 or config.num_envs < 1 or config.seed < 0:
+        raise ValueError(f"--episodes and --num-envs must be at least 1 and --seed not negative; got "
+                         f"{config.episodes}, {config.num_envs} and {config.seed}")
+    for flag, value in (("--json", args.json), ("--video", args.video)):  # checked before the evaluation runs
+        if value is not None and Path(value).exists() and (Path(value).is_dir() == (flag == "--json")):
+            raise ValueError(f"{flag} {value}: expected {'a file' if flag == '--json' else 'a directory'}")
     model, _ = load_model(checkpoint, resolve_device(config.device))
     results = evaluate(model, tasks, config, demonstrations)
     print(format_table(results))
@@ -222,6 +228,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             path = Path(args.video) / f"{task}.gif"
             episode_return = record_video(model, task, path, config, demonstrations)
             print(f"wrote {path} (return {episode_return:g})")
+    failed = [r.task for r in results if r.error is not None]
+    if failed and len(failed) == len(results):
+        print(f"generalist evaluate: every task failed ({', '.join(failed)})", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -232,13 +232,14 @@ def format_table(results: Sequence[TaskResult]) -> str:
 
 
 def results_json(results: Sequence[TaskResult]) -> str:
-    """The results as JSON, one object per task."""
+    """The results as strict JSON, one object per task; a number that is not finite (no episode) is null."""
     rows = []
     for r in results:
         row = asdict(r)
         row["mean_return"], row["std_return"] = r.mean_return, r.std_return
-        rows.append(row)
-    return json.dumps(rows, indent=2, default=float)
+        rows.append({key: None if isinstance(value, float) and not math.isfinite(value) else value
+                     for key, value in row.items()})
+    return json.dumps(rows, indent=2, allow_nan=False)
 
 
 # ------------------------------------------------------------------------------------- captions and chat

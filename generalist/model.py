@@ -103,6 +103,10 @@ class ModelConfig:
     """Output head shares the id table's weights (fewer parameters; see the module docstring)."""
 
     def __post_init__(self) -> None:
+        sizes = (self.n_head, self.d_model, self.patch_channels, self.patch_size, self.n_position_buckets,
+                 self.image_channels, self.patch_groups, self.patch_stride, self.frame_stack)
+        if min(sizes) < 1:
+            raise ValueError("heads, width, patch sizes, channels, groups, buckets and frames must be at least 1")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into {self.n_head} heads of even width")
         if self.patch_size % self.patch_stride:
@@ -131,11 +135,36 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
-        """Rebuild from `to_dict`'s values; an unknown key is an error, never silently dropped."""
+        """Rebuild from `to_dict`'s values, checked before anything is allocated: an unknown key, a value of the
+        wrong type, or a model past `MAX_PARAMETERS` is an error, never silently dropped or built."""
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown model config keys {sorted(unknown)}")
-        return cls(**values)
+        for f in fields(cls):
+            if f.name not in values:
+                continue
+            value, kind = values[f.name], type(f.default)
+            # bool is an int and an int is a valid float in JSON; anything else must be of the default's type.
+            valid = isinstance(value, bool) if kind is bool else (
+                not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind))
+            if not valid:
+                raise ValueError(f"model config {f.name}: expected {kind.__name__}, got {value!r}")
+            if kind in (int, float) and not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"model config {f.name}: expected a finite number >= 0, got {value!r}")
+        config = cls(**values)
+        if config.parameter_estimate() > MAX_PARAMETERS:
+            raise ValueError(f"model config: about {config.parameter_estimate():,} parameters, more than the "
+                             f"{MAX_PARAMETERS:,} a checkpoint may ask for here")
+        return config
+
+    def parameter_estimate(self) -> int:
+        """About how many parameters this config builds (the blocks and the id table), computed without building."""
+        per_block = 4 * self.d_model**2 + 3 * self.d_model * self.d_ff
+        return self.n_layer * per_block + self.layout.table_size * self.d_model * (1 if self.tie_embeddings else 2)
+
+
+MAX_PARAMETERS = 20_000_000_000
+"""Largest model a checkpoint's config may ask for (80 GB in fp32): a damaged config is refused, not allocated."""
 
 
 # Presets are named code (docs/STYLE.md item 6). The paper's three come from Gato appendix C.1. The paper

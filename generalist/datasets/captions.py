@@ -121,15 +121,27 @@ def digit_captions(size: int = 32) -> list[CaptionExample]:
     ]
 
 
+MAX_IMAGE_PIXELS = 40_000_000
+"""Largest image decoded (a 120 KB PNG can hold 10,000 x 10,000 pixels: 300 MB decoded, minutes to resize)."""
+MAX_IMAGE_SIDE = 1024
+"""Largest side an image is resized to for the model."""
+
+
 def read_image(path: str | Path, size: int) -> np.ndarray:
     """One image file to uint8 (size, size, 3); an unreadable file is a `ValueError` naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file {path} does not exist")
+    if not 1 <= size <= MAX_IMAGE_SIDE:
+        raise ValueError(f"the image size must lie in 1..{MAX_IMAGE_SIDE}, got {size}")
     try:
-        with Image.open(path) as opened:
+        with Image.open(path) as opened:  # reads the header only: the size is known before any pixel is decoded
+            width, height = opened.size
+            if width * height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} an image may "
+                                 "have here; shrink it first")
             pixels = np.asarray(opened.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as error:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot decode the image ({error})") from error
     return to_rgb_square(pixels, size, str(path))
 

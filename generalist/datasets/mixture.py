@@ -410,6 +410,8 @@ def build_sources(
                     f"--tasks {task} --out {data_dir}`); caption and text tasks: {list(CAPTION_AND_TEXT_TASKS)}"
                 )
             expert = EpisodeDataset(directory)
+            if expert.task != task:
+                raise ValueError(f"{directory} holds episodes of {expert.task!r} (its index says so), not of {task!r}")
             sources[task] = ControlSource(task, expert, layout, prompt_probability, prompt_end_fraction)
             learned = None if learner_data_dir is None else Path(learner_data_dir) / task
             if learned is not None and learned.is_dir():
