@@ -308,7 +308,7 @@ def _is_milestone(checkpoint: Path) -> bool:
 def load_optimizer(optimizer: torch.optim.Optimizer, checkpoint: Path) -> None:
     """Restore AdamW's moments saved with a checkpoint into `optimizer`."""
     path = checkpoint / OPTIMIZER_STATE
-    tensors = safetensors.torch.load_file(path)
+    tensors = _read_weights(path)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         index, name = key.split(".", 1)

@@ -223,7 +223,8 @@ def from_json_dict(cls: type[T], values: Mapping[str, Any], source: str = "confi
     hints = typing.get_type_hints(cls)
     converted = {}
     for name, value in values.items():
-        hint, _ = _strip_optional(hints[name])
+        hint, optional = _strip_optional(hints[name])
+        _check_json_type(value, hint, optional, f"{source}: {name}")
         if value is not None and _is_config(hint):
             value = from_json_dict(hint, value, f"{source}: {name}")
         elif value is not None and hint is Path:
@@ -232,6 +233,29 @@ def from_json_dict(cls: type[T], values: Mapping[str, Any], source: str = "confi
             value = tuple(value)
         converted[name] = value
     return cls(**converted)
+
+
+def _check_json_type(value: Any, hint: Any, optional: bool, name: str) -> None:
+    """A JSON value of the field's type ("steps": "12" is an error, not a string compared with numbers)."""
+    if value is None:
+        if not optional:
+            raise ValueError(f"{name}: must not be null")
+        return
+    origin = typing.get_origin(hint)
+    if _is_config(hint) or origin in (dict, Mapping) or hint is Mapping:
+        valid = isinstance(value, Mapping)
+    elif origin is tuple:
+        valid = isinstance(value, list) and all(isinstance(item, str) for item in value)
+    elif hint is bool:
+        valid = isinstance(value, bool)
+    elif hint is int:
+        valid = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        valid = isinstance(value, (int, float)) and not isinstance(value, bool)
+    else:  # str and Path
+        valid = isinstance(value, str)
+    if not valid:
+        raise ValueError(f"{name}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
 
 
 def save_json(config: Any, path: str | Path) -> None:

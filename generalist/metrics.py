@@ -21,12 +21,16 @@ TASK_LOSS_PREFIX = "task_loss/"
 class MetricLog:
     """Scalars to TensorBoard event files and to metrics.csv (step, metric, value), appended across resumes."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, after_step: int | None = None) -> None:
+        """Open the run's logs; a resumed run (`after_step`: its checkpoint's step) first drops the rows logged
+        after that step by the run that stopped, which the resumed run logs again."""
         # Imported here: tensorboardX takes 0.9 s to import (it pulls protobuf), and only a writer needs it.
         from tensorboardX import SummaryWriter
 
         self.writer = SummaryWriter(str(run_dir / "tensorboard"))
         path = run_dir / METRICS_FILE
+        if after_step is not None and path.exists():
+            _drop_rows_after(path, after_step)
         new = not path.exists()
         self.file = path.open("a", newline="")
         self.csv = csv.writer(self.file)
@@ -59,3 +63,14 @@ def read_metrics(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         name: (np.array(sorted(points)), np.array([points[s] for s in sorted(points)]))
         for name, points in series.items()
     }
+
+
+def _drop_rows_after(path: Path, step: int) -> None:
+    """Keep the rows of metrics.csv up to `step`, rewriting it atomically."""
+    with path.open(newline="") as file:
+        rows = list(csv.reader(file))
+    kept = [rows[0], *(row for row in rows[1:] if row and int(row[0]) <= step)] if rows else []
+    partial = path.with_name(path.name + ".partial")
+    with partial.open("w", newline="") as file:
+        csv.writer(file).writerows(kept)
+    partial.replace(path)

@@ -51,6 +51,7 @@ from generalist.checkpoint import (
 )
 from generalist.config import DEVICES, PRECISIONS, EvalConfig, TrainConfig
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
+from generalist.envs import TASKS
 from generalist.evaluate import evaluate
 from generalist.flags import save_json
 from generalist.lock import exclusive
@@ -258,6 +259,9 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite number of minutes, or none; got {value}")
+    unknown = [task for task in config.eval_tasks if task not in TASKS]
+    if unknown:
+        raise ValueError(f"eval_tasks: unknown tasks {unknown}; known: {', '.join(TASKS)}")
     if config.precision not in PRECISIONS or config.device not in DEVICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} and device one of {', '.join(DEVICES)}; "
                          f"got {config.precision!r} and {config.device!r}")
@@ -323,7 +327,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
         save_json(config, config.run_dir / "train_config.json")
         write_precision(config.run_dir, precision)
         print(f"training in {precision.name}: {precision.reason}", flush=True)
-        log = MetricLog(config.run_dir)
+        log = MetricLog(config.run_dir, after_step=start_step if resume else None)
 
     steps: Iterator[list[Batch]] = iter(make_loader(mixture, config.num_workers))
     progress = _progress_bar(config, start_step, where.is_main)

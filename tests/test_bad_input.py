@@ -85,3 +85,27 @@ def test_a_damaged_newest_checkpoint_gives_way_to_the_previous_one(tmp_path):
         assert latest_checkpoint(tmp_path).name == "step-0000001"
     assert "damaged" in str(caught[0].message)
     assert train(replace(config, steps=3), resume=True).name == "step-0000003"  # resumed from step 1
+
+
+def test_a_config_file_value_of_the_wrong_type_is_refused(tmp_path):
+    from generalist.config import TrainConfig
+    from generalist.flags import load_json
+
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps({"steps": "12"}))
+    with pytest.raises(ValueError, match="steps: expected int, got '12'"):
+        load_json(TrainConfig, path)
+    path.write_text(json.dumps({"eval_tasks": "cartpole", "weights": {"cartpole": 1}}))
+    with pytest.raises(ValueError, match="eval_tasks: expected"):
+        load_json(TrainConfig, path)
+
+
+def test_a_resumed_run_logs_no_step_twice(tmp_path):
+    from generalist.metrics import METRICS_FILE, MetricLog
+
+    (tmp_path / METRICS_FILE).write_text("step,metric,value\n1,train/loss,3\n2,train/loss,2\n3,train/loss,1\n")
+    log = MetricLog(tmp_path, after_step=2)  # the checkpoint was step 2; step 3 is trained again
+    log.log(3, {"train/loss": 1.5})
+    log.close()
+    rows = (tmp_path / METRICS_FILE).read_text().splitlines()
+    assert rows == ["step,metric,value", "1,train/loss,3", "2,train/loss,2", "3,train/loss,1.5"]

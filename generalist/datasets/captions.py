@@ -159,6 +159,10 @@ def load_coco_captions(annotations: str | Path, image_dir: str | Path, size: int
         raise ValueError(f"{annotations}: expected a COCO captions file with 'images' and 'annotations' lists")
     try:
         files = {image["id"]: image["file_name"] for image in data["images"]}
+        root = image_dir.resolve()
+        outside = [name for name in files.values() if not (image_dir / name).resolve().is_relative_to(root)]
+        if outside:
+            raise ValueError(f"{annotations}: file names outside {image_dir}: {outside[:3]}")
         pairs = [(item["image_id"], str(item["caption"]).strip()) for item in data["annotations"]]
     except (KeyError, TypeError) as error:
         raise ValueError(f"{annotations}: malformed entry, missing {error}") from error

@@ -350,6 +350,8 @@ class EpisodeDataset:
             steps[info.shard] += info.length
             counts[info.shard] += 1
         for number, entry in enumerate(self.index["shards"]):
+            if not SHARD_PATTERN.fullmatch(str(entry["name"])):  # a name like ../x would read outside the dataset
+                raise DatasetError(f"{index_path}: damaged, shard name {entry['name']!r} is not shard-NNNNN")
             path = self.directory / entry["name"]
             if not path.is_dir():
                 raise DatasetError(f"{path}: missing, listed in {index_path}")
