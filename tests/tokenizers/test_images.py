@@ -91,8 +91,7 @@ def test_patches_hold_every_pixel_once(images):
     ("image", "message"),
     [
         (np.zeros((16, 16), np.uint8), "expected an image"),
-        (np.zeros((16, 16, 4), np.uint8), "3 channels"),
-        (np.zeros((16, 16, 1), np.uint8), "3 channels"),
+        (np.zeros((16, 16, 4), np.uint8), "up to 3 channels"),
         (np.zeros((16, 16, 3), np.int32), "dtype"),
         (np.full((16, 16, 3), 1.5), r"\[0, 1\]"),
         (np.full((16, 16, 3), np.nan), "NaN"),
@@ -102,3 +101,10 @@ def test_patches_hold_every_pixel_once(images):
 def test_bad_images_are_value_errors(image, message):
     with pytest.raises(ValueError, match=message):
         images_to_patches(image)
+
+
+def test_an_image_with_fewer_channels_gets_zero_channels_after_its_own():
+    image = np.full((16, 16, 1), 255, np.uint8)
+    patches, _, _ = images_to_patches(image, channels=3)
+    assert patches.shape == (1, 3, 16, 16)
+    assert np.all(patches[0, 0] > 0) and np.all(patches[0, 1:] == 0)
