@@ -115,6 +115,27 @@ def action_slots(kinds: torch.Tensor) -> torch.Tensor:
     return index - last_separator - 1
 
 
+def decisive_actions(batch: Batch) -> torch.Tensor:
+    """(B, T) bool: the action tokens whose id differs from the same slot's one timestep earlier in the row.
+
+    Where the expert changes its action is what predicting "as before" gets wrong (Pong's expert keeps its
+    action at 87% of its steps); a row's first timestep is never decisive (nothing before it to differ from).
+    """
+    rows, columns = (batch.kinds == TokenKind.ACTION).nonzero(as_tuple=True)  # (a,) each, row-major
+    decisive = torch.zeros_like(batch.loss_mask)
+    if len(rows) < 2:
+        return decisive
+    slots = action_slots(batch.kinds)[rows, columns]
+    # Sorted by (row, slot, column), consecutive entries of one (row, slot) are consecutive timesteps.
+    width = batch.ids.shape[1]
+    order = ((rows * (int(slots.max()) + 1) + slots) * width + columns).argsort()
+    rows, slots, columns = rows[order], slots[order], columns[order]
+    ids = batch.ids[rows, columns]
+    changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (ids[1:] != ids[:-1])
+    decisive[rows[1:][changed], columns[1:][changed]] = True
+    return decisive
+
+
 def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Generator | None = None) -> Batch:
     """The batch with each action token, with `probability`, read as the same slot of a random timestep of its row.
 

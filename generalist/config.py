@@ -126,6 +126,9 @@ class TrainConfig:
     action_shuffle: float = 0.0
     """share of action tokens the model reads as the action of another timestep of the same sequence, their
     targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
+    decisive_weight: float = 1.0
+    """loss weight of the action targets where the expert changes its action (1: no extra weight); against
+    learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps)"""
     learner_data_dir: Path | None = None
     """recordings driven by a trained agent and labelled by the expert (`collect --policy`, DAgger): a task
     recorded there draws `learner_share` of its windows from them, prompted by its expert recordings"""

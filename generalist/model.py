@@ -444,22 +444,30 @@ class Generalist(nn.Module):
         """Next-token logits at every position (b, t, v); for evaluation and tests, not for training."""
         return self.output_logits(self.hidden(batch, cache))
 
-    def forward(self, batch: Batch, targets: torch.Tensor | None = None) -> LossOutput:
+    def forward(
+        self, batch: Batch, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None
+    ) -> LossOutput:
         """Masked next-token cross-entropy: the token at t predicts t + 1, weighted by `loss_mask[t + 1]`.
 
-        `targets` (b, t) are the ids to predict when they differ from the ids read (`shuffle_action_inputs`).
+        `targets` (b, t) are the ids to predict when they differ from the ids read (`shuffle_action_inputs`);
+        `weights` (b, t) weigh each target in `loss` (a weighted mean), e.g. more on decisive actions. The text,
+        action and per-row losses stay unweighted, so they compare across runs.
         """
         hidden = self.hidden(batch)  # (b, t, d)
         rows, columns = batch.loss_mask[:, 1:].nonzero(as_tuple=True)  # (m,) each: positions that predict a target
         logits = self.output_logits(hidden[rows, columns])  # (m, v): only where a loss is taken
         targets = (batch.ids if targets is None else targets)[rows, columns + 1]  # (m,)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (m,)
+        loss = losses.sum() / max(len(losses), 1)
+        if weights is not None:
+            weight = weights[rows, columns + 1].to(losses.dtype)  # (m,)
+            loss = (losses * weight).sum() / weight.sum().clamp(min=1e-12)
         kinds = batch.kinds[rows, columns + 1]
         is_text, is_action = kinds == TokenKind.TEXT, kinds == TokenKind.ACTION
         n_text, n_action = int(is_text.sum()), int(is_action.sum())
         n_rows = batch.ids.shape[0]
         return LossOutput(
-            loss=losses.sum() / max(len(losses), 1),
+            loss=loss,
             text_loss=(losses * is_text).sum() / n_text if n_text else losses.new_tensor(math.nan),
             action_loss=(losses * is_action).sum() / n_action if n_action else losses.new_tensor(math.nan),
             n_text=n_text,

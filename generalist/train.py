@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from generalist.batch import Batch, shuffle_action_inputs
+from generalist.batch import Batch, decisive_actions, shuffle_action_inputs
 from generalist.checkpoint import (
     find_latest,
     latest_checkpoint,
@@ -149,7 +149,10 @@ def _optimizer_step(
         last = micro == len(shards) - 1
         sync = contextlib.nullcontext() if last or where.world_size == 1 else wrapped.no_sync()
         with sync, precision.autocast(where.device.type):
-            output = wrapped(shuffle_action_inputs(batch, config.action_shuffle), batch.ids)
+            weights = None
+            if config.decisive_weight != 1.0:
+                weights = 1.0 + (config.decisive_weight - 1.0) * decisive_actions(batch).float()
+            output = wrapped(shuffle_action_inputs(batch, config.action_shuffle), batch.ids, weights)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
             output.loss.item(),
@@ -252,7 +255,7 @@ def check_config(config: TrainConfig) -> None:
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     for name in ("warmup_steps", "eval_every", "num_workers", "learning_rate", "weight_decay", "grad_clip",
-                 "min_lr_ratio"):
+                 "min_lr_ratio", "decisive_weight"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative, got {getattr(config, name)}")
     for name in ("max_minutes", "checkpoint_minutes", "interim_minutes"):

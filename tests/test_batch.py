@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.batch import collate, shuffle_action_inputs
+from generalist.batch import collate, decisive_actions, shuffle_action_inputs
 from generalist.tokenizers import (
     NO_POSITION,
     ActionSpec,
@@ -118,3 +118,17 @@ def test_about_the_given_share_of_actions_is_shuffled():
     shuffled = shuffle_action_inputs(batch, 0.3, torch.Generator().manual_seed(0))
     changed = (shuffled.ids != batch.ids)[batch.kinds == TokenKind.ACTION].float().mean().item()
     assert 0.25 < changed < 0.32  # 0.3 x (1 - 1/100): a token drawn to its own timestep keeps its value
+
+
+def test_decisive_actions_are_where_a_slot_changes_from_the_step_before():
+    observations = {"continuous": np.zeros((5, 2), np.float32)}
+    one = tokenize_episode(observations, np.array([0, 0, 2, 2, 0]), ActionSpec("discrete", n=3), LAYOUT)
+    two = tokenize_episode(observations, np.array([[0.1, 0.5], [0.1, 0.9], [0.1, 0.9], [-0.3, 0.9], [-0.3, 0.9]]),
+                           ActionSpec("continuous", size=2), LAYOUT)
+    batch = collate([one, two], LAYOUT)
+    decisive = decisive_actions(batch)
+    actions = batch.kinds == TokenKind.ACTION
+    assert not decisive[~actions].any()
+    assert decisive[0][actions[0]].tolist() == [False, False, True, False, True]
+    # Row 2: slot 1 changes at step 1, slot 0 at step 3; each token on its own.
+    assert decisive[1][actions[1]].tolist() == [False, False, False, True, False, False, True, False, False, False]

@@ -279,3 +279,15 @@ def test_tiny_model_overfits_a_mixed_batch():
         final = model(batch)
     assert final.loss.item() < 0.05, final
     assert final.text_loss.item() < 0.1 and final.action_loss.item() < 0.1, final
+
+
+def test_target_weights_make_the_loss_a_weighted_mean_and_leave_its_parts_alone():
+    rng = np.random.default_rng(3)
+    model = _model()
+    batch = collate([_episode(rng, 3, image=None), tokenize_text(TEXT.encode("weights"), LAYOUT)], LAYOUT)
+    plain = model(batch)
+    torch.testing.assert_close(model(batch, weights=torch.ones(batch.shape)).loss, plain.loss)
+    only_actions = (batch.kinds == TokenKind.ACTION).float()  # text targets weigh nothing
+    weighted = model(batch, weights=only_actions)
+    torch.testing.assert_close(weighted.loss, plain.action_loss)
+    torch.testing.assert_close(weighted.text_loss, plain.text_loss)
