@@ -92,8 +92,8 @@ def load_weights(directory: str | Path, device: torch.device | str = "cpu") -> G
     if text_tokenizer.vocab_size != config.text_vocab_size:
         raise ValueError(f"{paths[2]}: {text_tokenizer.vocab_size} text ids, but {paths[0]} says "
                          f"text_vocab_size={config.text_vocab_size}")
-    model = Generalist(config)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: nothing is allocated until the weights are known to fit
+        expected = Generalist(config).state_dict()
     missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
     if missing or unexpected:
         raise ValueError(f"{paths[1]}: does not fit {paths[0]}: missing {missing}, unexpected {unexpected}")
@@ -101,6 +101,9 @@ def load_weights(directory: str | Path, device: torch.device | str = "cpu") -> G
         if tensor.shape != expected[name].shape or not tensor.is_floating_point():
             raise ValueError(f"{paths[1]}: {name} is {tensor.dtype} {tuple(tensor.shape)}, but {paths[0]} "
                              f"needs a float tensor of shape {tuple(expected[name].shape)}")
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"{paths[1]}: {name} holds NaN or infinite values")
+    model = Generalist(config)
     model.load_state_dict(tensors, strict=True)
     return model.to(device).eval()
 

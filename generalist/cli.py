@@ -457,9 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input from the user: a one-line message, not a traceback.
-        parser.exit(2, f"generalist {args.command}: error: {error}\n")
+    except (ValueError, OSError) as error:
+        # Bad input (a value, a path that is a file or a loop) or a machine that refused (a full disk): one line,
+        # not a traceback.
+        message = " ".join(str(error).split()) or type(error).__name__
+        parser.exit(2, f"generalist {args.command}: error: {message}\n")
     except KeyboardInterrupt as stopped:
         # Training says where it saved its last step (TrainingInterrupted); anything else was just interrupted.
         parser.exit(130, f"generalist {args.command}: {stopped or 'interrupted'}\n")
