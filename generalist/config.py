@@ -205,6 +205,14 @@ class RecordConfig:
     """expert episodes recorded per Atari task"""
     atari_max_steps: int = 2000
     """recorded Atari games are cut here (a Pong expert game lasts about 24,600 steps)"""
+    dagger_rounds: int = 0
+    """DAgger rounds after training: in each, the latest checkpoint's agent drives `dagger_episodes` episodes of
+    every control task while the expert labels each step, then training continues from that checkpoint on the
+    expert recordings and these (train.learner_share of windows), as long again as the first training"""
+    dagger_episodes: int = 50
+    """learner-driven episodes recorded per control task in each DAgger round"""
+    dagger_beta: float = 0.0
+    """probability that the expert's action is executed instead of the agent's at each step of a DAgger round"""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ import platform
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,11 @@ import torch
 
 from generalist.checkpoint import checkpoint_step, find_latest, list_checkpoints, load_model, read_trainer_state
 from generalist.config import CollectConfig, EvalConfig, RunConfig, TrainConfig
+from generalist.dagger import learner_driver
 from generalist.datasets.captions import skimage_samples
 from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import generate_scene
+from generalist.datasets.storage import EpisodeDataset
 from generalist.datasets.text import heldout_conversations
 from generalist.envs import TASKS, get_task
 from generalist.evaluate import (
@@ -111,6 +114,43 @@ def train_config(config: RunConfig) -> TrainConfig:
         checkpoint_minutes=train.max_minutes / curve_points if by_time and train.max_minutes else None,
         keep_checkpoints=curve_points + 1, log_every=10 if by_time else max(min(10, train.steps // 50), 1),
     )
+
+
+DAGGER_SEED = 2_000_000
+"""First seed of DAgger rounds' episodes (round k from DAGGER_SEED + 100,000 k): far from recording (0 on), the
+score baselines (1,000,000 on) and evaluation (5,000,000 on)."""
+
+
+def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[str, Any]]]:
+    """Run the DAgger rounds after the first training; the last checkpoint and what each round recorded.
+
+    Every step is idempotent, so a rerun after a kill resumes: a recording resumes at its next seed (its index
+    names the checkpoint that drives it), a round's training resumes or is found finished.
+    """
+    rounds = []
+    for k in range(1, config.record.dagger_rounds + 1):
+        learner_dir = config.run_dir / f"dagger-{k}"
+        for task in control_tasks(config.train.weights):
+            collect_config = CollectConfig(
+                tasks=(task,), episodes=config.record.dagger_episodes, out=learner_dir,
+                first_seed=DAGGER_SEED + 100_000 * k, beta=config.record.dagger_beta, prompt_data=config.train.data_dir,
+                max_episode_steps=config.record.atari_max_steps if get_task(task).is_atari else None,
+                progress=config.train.progress,
+            )
+            print(f"DAgger round {k}: {checkpoint} drives {collect_config.episodes} episodes of {task}", flush=True)
+            collect(collect_config, partial(learner_driver, checkpoint, config=collect_config))
+        driven = {task: EpisodeDataset(learner_dir / task) for task in control_tasks(config.train.weights)}
+        driver = checkpoint
+        round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
+            config.train, init_from=checkpoint, learner_data_dir=learner_dir))
+        checkpoint = train_stage(round_config)
+        rounds.append({
+            "round": k, "driver": str(driver), "checkpoint": str(checkpoint),
+            "steps": read_trainer_state(checkpoint)["step"],
+            "driven_return": {task: float(np.mean([e.episode_return for e in data])) for task, data in driven.items()},
+            "episodes": {task: len(data) for task, data in driven.items()},
+        })
+    return checkpoint, rounds
 
 
 def train_stage(config: RunConfig) -> Path:
@@ -231,6 +271,9 @@ def run_pipeline(config: RunConfig) -> RunResults:
     lap("record")
     checkpoint = train_stage(config)
     lap("train")
+    checkpoint, rounds = dagger_stage(config, checkpoint)
+    if rounds:
+        lap("dagger")
     state = read_trainer_state(checkpoint)
     model, tokenizer = load_model(checkpoint)
     weights = config.train.weights
@@ -256,7 +299,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
     results = RunResults(
         checkpoint=str(checkpoint), step=state["step"], tokens=state["tokens"], train_minutes=state["minutes"],
         control=control, control_unprompted=unprompted, captions=captions, chat=chat, curves=curves,
-        stage_minutes=timings,
+        stage_minutes=timings, dagger=rounds,
     )
     (config.run_dir / "results.json").write_text(results.to_json() + "\n")
     report = write_report(config.run_dir, results, config, machine_description(), read_precision(config.run_dir))

@@ -58,6 +58,7 @@ class RunResults:
     chat: ChatReport | None
     curves: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> step -> value
     stage_minutes: dict[str, float] = field(default_factory=dict)
+    dagger: list[dict[str, Any]] = field(default_factory=list)  # each DAgger round: driver, data, steps
 
     def to_json(self) -> str:
         """The results as JSON."""
@@ -310,6 +311,22 @@ def write_report(
             "",
         ]
 
+    if results.dagger:
+        lines += [
+            "## DAgger rounds",
+            "",
+            "Each round: the previous checkpoint's agent drove episodes of every control task while the expert "
+            "labelled each step; training then continued from it on the expert and these recordings.",
+            "",
+            "| round | driven by | episodes | return while the agent drove | steps trained | checkpoint |",
+            "| --- | --- | --- | --- | ---: | --- |",
+        ]
+        for entry in results.dagger:
+            episodes = ", ".join(f"{t} {n}" for t, n in entry["episodes"].items())
+            returns = ", ".join(f"{t} {r:.1f}" for t, r in entry["driven_return"].items())
+            lines.append(f"| {entry['round']} | `{entry['driver']}` | {episodes} | {returns} | {entry['steps']:,} | "
+                         f"`{entry['checkpoint']}` |")
+        lines.append("")
     lines += ["## Control tasks", ""]
     if results.control:
         mean = finite_mean([r.normalized for r in results.control])

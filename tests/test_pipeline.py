@@ -10,6 +10,7 @@ import pytest
 from generalist import train as train_module
 from generalist.checkpoint import read_trainer_state
 from generalist.config import RUN_PRESETS, RunConfig, TrainConfig, full, run_preset, smoke
+from generalist.datasets.storage import EpisodeDataset
 from generalist.evaluate import TaskResult
 from generalist.pipeline import control_tasks, record_missing, train_config, train_stage
 from generalist.report import (
@@ -157,3 +158,25 @@ def test_rerunning_a_run_with_other_training_settings_is_refused(tmp_path):
     changed = replace(config, train=replace(config.train, steps=5, weights={"cartpole": 1.0}))
     with pytest.raises(ValueError, match=r"train.weights=.* train.steps=2 \(now 5\).*another --name"):
         check_same_run(changed)
+
+
+@pytest.mark.slow
+def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(tmp_path, capsys):
+    from generalist.config import RecordConfig
+    from generalist.pipeline import dagger_stage
+
+    config = _smoke(tmp_path, steps=2)
+    config = replace(config, record=RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2),
+                     train=replace(config.train, weights={"cartpole": 1.0}))
+    record_missing(config)
+    first = train_stage(config)
+    last, rounds = dagger_stage(config, first)
+    learner = EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")
+    assert len(learner) == 2 and learner.index["driver"]["checkpoint"] == str(first.resolve())
+    assert last.parent.parent == config.run_dir / "round-1"
+    trained = read_trainer_state(last)["train_config"]
+    assert trained.init_from == first and trained.learner_data_dir == config.run_dir / "dagger-1"
+    assert rounds[0]["episodes"] == {"cartpole": 2} and rounds[0]["driver"] == str(first)
+    again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
+    assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2
+    assert "training finished" in capsys.readouterr().out
