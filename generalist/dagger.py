@@ -8,7 +8,7 @@ the expert's (`TrainConfig.learner_data_dir`, `learner_share`).
 
 Design choices:
 - The agent acts as in evaluation (`evaluate.agent_actor`): prompted by a demonstration from the expert
-  recordings (`CollectConfig.prompt_data`), greedy, in fp32.
+  recordings (`CollectConfig.prompt_data`), greedy, in fp32, on CUDA when available.
 - `beta` mixes per step: with that probability the expert's action is executed instead (DAgger's mixture
   policy), drawn from a generator seeded by the episode's seed.
 - The dataset's index records the driver (the resolved checkpoint and its training step) and beta among its
@@ -24,6 +24,7 @@ from generalist.checkpoint import TRAINER_STATE, demonstrations_dir, load_model,
 from generalist.config import CollectConfig, EvalConfig
 from generalist.datasets.recording import Driver
 from generalist.evaluate import agent_actor, prompt_dir
+from generalist.precision import resolve_device
 
 
 def learner_driver(checkpoint: str | Path, task: str, config: CollectConfig) -> Driver:
@@ -34,12 +35,12 @@ def learner_driver(checkpoint: str | Path, task: str, config: CollectConfig) -> 
     if state is not None and state["train_config"].weights.get(task, 0) <= 0:
         raise ValueError(f"{path} was not trained on {task!r} (its mixture: "
                          f"{', '.join(state['train_config'].weights)}): it cannot drive a recording of it")
-    eval_config = EvalConfig(data_dir=config.prompt_data, seed=config.first_seed, device="cpu")
+    eval_config = EvalConfig(data_dir=config.prompt_data, seed=config.first_seed)
     demonstrations = demonstrations_dir(path)
     prompts = prompt_dir(eval_config, task, demonstrations)
     if not (prompts / task).is_dir():
         raise FileNotFoundError(f"no expert recordings of {task!r} at {prompts / task} to prompt the agent: record "
                                 f"them with `generalist collect --tasks {task}` or pass --prompt-data")
-    model, _ = load_model(path)
+    model, _ = load_model(path, resolve_device(eval_config.device))
     actor = agent_actor(model, task, eval_config, demonstrations)
     return Driver(actor, {"checkpoint": str(path.resolve()), "step": None if state is None else state["step"]})
