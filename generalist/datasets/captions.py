@@ -14,6 +14,7 @@ multiple of 16 as the tokenizer expects.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,7 +136,8 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
     if not 1 <= size <= MAX_IMAGE_SIDE:
         raise ValueError(f"the image size must lie in 1..{MAX_IMAGE_SIDE}, got {size}")
     try:
-        with Image.open(path) as opened:  # reads the header only: the size is known before any pixel is decoded
+        with warnings.catch_warnings(), Image.open(path) as opened:  # the header only: no pixel decoded yet
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound follows, in one line
             width, height = opened.size
             if width * height > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} an image may "
