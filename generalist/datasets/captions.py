@@ -136,13 +136,14 @@ def read_image(path: str | Path, size: int) -> np.ndarray:
     if not 1 <= size <= MAX_IMAGE_SIDE:
         raise ValueError(f"the image size must lie in 1..{MAX_IMAGE_SIDE}, got {size}")
     try:
-        with warnings.catch_warnings(), Image.open(path) as opened:  # the header only: no pixel decoded yet
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own bound follows, in one line
-            width, height = opened.size
-            if width * height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} an image may "
-                                 "have here; shrink it first")
-            pixels = np.asarray(opened.convert("RGB"))
+            with Image.open(path) as opened:  # the header only: no pixel is decoded yet
+                width, height = opened.size
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{path}: {width}x{height} pixels, more than the {MAX_IMAGE_PIXELS:,} an image "
+                                     "may have here; shrink it first")
+                pixels = np.asarray(opened.convert("RGB"))
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
         raise ValueError(f"{path}: cannot decode the image ({error})") from error
     return to_rgb_square(pixels, size, str(path))
