@@ -23,7 +23,7 @@ ANYTHING = st.one_of(st.integers(-10**12, 10**12), st.floats(allow_nan=True, all
                      st.text(max_size=5), st.none(), st.lists(st.integers(), max_size=2))
 
 
-@settings(max_examples=300, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=10_000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.dictionaries(st.sampled_from([*FIELDS, "tie_embeddings"]), ANYTHING, max_size=4))
 def test_a_config_json_of_any_values_is_a_model_config_or_one_value_error(values):
     try:

@@ -34,7 +34,7 @@ def _one_clear_line(code: int, stderr: str) -> None:
         assert stderr.strip() and "error" in stderr
 
 
-@settings(max_examples=30, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=180_000, suppress_health_check=[HealthCheck.too_slow])
 @given(steps=NUMBERS, batch=NUMBERS, length=st.sampled_from(["-1", "0", "1", "8", "64", "nan"]), log=NUMBERS,
        rate=NUMBERS, minutes=st.sampled_from(["none", "0", "-1", "nan", "0.001"]), run_dir_is_file=st.booleans())
 def test_train_flags(steps, batch, length, log, rate, minutes, run_dir_is_file):
@@ -48,7 +48,7 @@ def test_train_flags(steps, batch, length, log, rate, minutes, run_dir_is_file):
         _one_clear_line(*_exit_code(argv))
 
 
-@settings(max_examples=20, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=180_000, suppress_health_check=[HealthCheck.too_slow])
 @given(episodes=NUMBERS, steps=NUMBERS, shard=NUMBERS, seed=NUMBERS, noise=NUMBERS, out_is_file=st.booleans())
 def test_collect_flags(episodes, steps, shard, seed, noise, out_is_file):
     with tempfile.TemporaryDirectory() as directory:
@@ -61,7 +61,7 @@ def test_collect_flags(episodes, steps, shard, seed, noise, out_is_file):
         _one_clear_line(*_exit_code(argv))
 
 
-@settings(max_examples=20, deadline=60_000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=20, deadline=180_000, suppress_health_check=[HealthCheck.too_slow])
 @given(episodes=st.sampled_from(["-1", "0", "1", "x"]), envs=NUMBERS, seed=NUMBERS, temperature=NUMBERS,
        prompt_tokens=st.sampled_from(["none", "-5", "0", "4", "100000"]), slide=NUMBERS)
 def test_evaluate_flags(episodes, envs, seed, temperature, prompt_tokens, slide):
