@@ -25,6 +25,15 @@ _META_SPACE = "\u2581"
 DEFAULT_MODEL = "text.model"
 
 
+def _check_encodable(text: str) -> None:
+    """Refuse a string that is not Unicode text (lone surrogates: bytes that were not UTF-8, as Python keeps them
+    from a command line), which SentencePiece would reject with a C++ error."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text: not valid UTF-8 at character {error.start} (bytes that were not UTF-8?)") from error
+
+
 @dataclass(frozen=True)
 class TextTokenizerConfig:
     """How a SentencePiece model is trained."""
@@ -101,6 +110,7 @@ class TextTokenizer:
         """One string to its ids (int64), exactly reversible by `decode`."""
         if not isinstance(text, str):
             raise ValueError(f"text: expected a str, got {type(text).__name__}")
+        _check_encodable(text)
         parts = text.split(_META_SPACE)
         if len(parts) == 1:
             return np.asarray(self._processor.encode(text), dtype=np.int64)
@@ -114,6 +124,8 @@ class TextTokenizer:
 
     def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
         """Many strings at once (SentencePiece's batched call), each as `encode` would."""
+        for text in texts:
+            _check_encodable(text)
         if any(_META_SPACE in text for text in texts):
             return [self.encode(text) for text in texts]
         return [np.asarray(ids, dtype=np.int64) for ids in self._processor.encode(list(texts))]

@@ -79,3 +79,12 @@ def test_bad_inputs(tmp_path, tokenizer):
         tokenizer.encode(b"bytes")
     with pytest.raises(ValueError, match="0..3071"):
         tokenizer.decode(np.array([5000]))
+
+
+def test_text_that_is_not_utf8_is_a_value_error():
+    tokenizer = TextTokenizer.default()
+    bad = b"hi \xff".decode("utf-8", errors="surrogateescape")  # what Python makes of such bytes in argv
+    with pytest.raises(ValueError, match="not valid UTF-8 at character 3"):
+        tokenizer.encode(bad)
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        tokenizer.encode_batch(["fine", bad])
