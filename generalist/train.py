@@ -262,6 +262,8 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(config, name)
         if value is not None and not (value >= 0 and math.isfinite(value)):
             raise ValueError(f"{name} must be a finite number of minutes, or none; got {value}")
+    if os.path.lexists(config.run_dir) and not config.run_dir.is_dir():
+        raise ValueError(f"--run-dir {config.run_dir} is not a directory (a file, or a link that leads nowhere)")
     unknown = [task for task in config.eval_tasks if task not in TASKS]
     if unknown:
         raise ValueError(f"eval_tasks: unknown tasks {unknown}; known: {', '.join(TASKS)}")
