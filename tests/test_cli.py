@@ -56,9 +56,12 @@ def test_tokenizer_train_writes_a_loadable_model(tmp_path):
         (("train", "--run-dir", "r", "--log-every", "0"), "log_every must be at least 1, got 0"),
         (("train", "--run-dir", "r", "--checkpoint-every", "0"), "checkpoint_every must be at least 1"),
         (("evaluate", "--tasks", "cartpole", "--device", "tpu"), "unknown device 'tpu'"),
+        (("evaluate", "--tasks", "cartpole", "--json", "."), "--json .: expected a file"),
+        (("train", "--run-dir", "a-file", "--weights", "dialogue=1"), "--run-dir a-file is not a directory"),
     ],
 )
 def test_bad_input_is_one_line_not_a_traceback(args, message, tmp_path):
+    (tmp_path / "a-file").write_text("a file where a directory is expected")
     result = subprocess.run(
         [sys.executable, "-m", "generalist.cli", *args], capture_output=True, text=True, cwd=tmp_path
     )
