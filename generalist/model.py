@@ -312,7 +312,7 @@ def apply_rotary(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
 
 
 class AttentionCache(Protocol):
-    """What the attention layers need of a KV cache (policy.py has the one implementation)."""
+    """What the attention layers need of a KV cache (agent.py has the one implementation)."""
 
     positions: torch.Tensor
     """(b, t) rotary positions of the new tokens."""
