@@ -96,10 +96,10 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
 def _add_collect(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "collect",
-        help="record expert episodes, one memory-mapped dataset per task",
-        description="Run each task's scripted expert and write its episodes to OUT/<task>. Writes are atomic: "
-        "a rerun resumes an interrupted dataset at the next seed and skips a finished one. --tasks all records "
-        "every task.",
+        help="record expert episodes (or, with --policy, a trained agent's labelled by the expert), one dataset per task",
+        description="Run each task's scripted expert and write its episodes to OUT/<task>; with --policy a trained "
+        "agent drives while the expert labels every step (DAgger). Writes are atomic: a rerun resumes an "
+        "interrupted dataset at the next seed and skips a finished one. --tasks all records every task.",
     )
     add_arguments(parser, CollectConfig, exclude=("tasks",))
     parser.add_argument("--tasks", dest="task_names", default="cartpole", help="comma-separated task names, or all")
