@@ -96,7 +96,7 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
 def _add_collect(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "collect",
-        help="record expert episodes (or, with --policy, a trained agent's labelled by the expert), one dataset per task",
+        help="record expert episodes (with --policy: a trained agent's, labelled by the expert), a dataset per task",
         description="Run each task's scripted expert and write its episodes to OUT/<task>; with --policy a trained "
         "agent drives while the expert labels every step (DAgger). Writes are atomic: a rerun resumes an "
         "interrupted dataset at the next seed and skips a finished one. --tasks all records every task.",
