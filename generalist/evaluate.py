@@ -104,13 +104,11 @@ class AgentActor:
 
     def __init__(self, agent: Agent, new_prompt: Callable[[], TokenizedSequence | None]) -> None:
         self.agent, self.new_prompt = agent, new_prompt
-        self.started = False
 
     def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
         """Give the rows' new episodes their prompts (drawn in row order)."""
         prompts = [self.new_prompt() for _ in rows]
-        self.agent.reset(prompts, episodes=None if not self.started else list(rows))
-        self.started = True
+        self.agent.reset(prompts, episodes=None if self.agent.engine is None else list(rows))
 
     def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
         """The agent's actions for every row (executed, and its own labels)."""

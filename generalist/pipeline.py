@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import time
-from collections.abc import Mapping
 from dataclasses import asdict, replace
 from functools import partial
 from pathlib import Path
@@ -38,7 +37,7 @@ from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
 from generalist.datasets.text import heldout_conversations
-from generalist.envs import TASKS, get_task
+from generalist.envs import control_tasks, get_task
 from generalist.evaluate import (
     TaskResult,
     caption_images,
@@ -53,11 +52,6 @@ from generalist.report import PERPLEXITY_CURVE, CaptionReport, ChatReport, RunRe
 from generalist.train import read_precision, train
 
 RUN_CONFIG = "config.json"
-
-
-def control_tasks(weights: Mapping[str, float]) -> list[str]:
-    """The environment tasks of a mixture, in registry order."""
-    return [task for task in TASKS if weights.get(task, 0) > 0]
 
 
 # ------------------------------------------------------------------------------------------------ stages

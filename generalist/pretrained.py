@@ -19,7 +19,7 @@ from generalist.config import EvalConfig
 from generalist.datasets.mixture import ControlSource
 from generalist.datasets.recording import SETTINGS, open_writer, recorded_setting
 from generalist.datasets.storage import EpisodeDataset
-from generalist.envs import TASKS
+from generalist.envs import control_tasks
 from generalist.envs.rollout import Episode
 from generalist.model import Generalist
 
@@ -37,8 +37,7 @@ def default_checkpoint() -> Path:
 
 def trained_control_tasks(checkpoint: str | Path) -> list[str]:
     """The control tasks of the mixture a training checkpoint was trained on (from its trainer.json)."""
-    weights = trained_weights(checkpoint)
-    return [task for task in TASKS if weights.get(task, 0) > 0]
+    return control_tasks(trained_weights(checkpoint))
 
 
 def export_demonstrations(source: Path, target: Path, episodes: int, steps: int) -> Path:

@@ -98,7 +98,7 @@ def test_training_mixes_learner_windows_prompted_by_expert_episodes(checkpoint, 
     sources = build_sources(["cartpole"], cartpole_data, layout, tokenizer, learner_data_dir=tmp_path / "learner",
                             learner_share=0.5)
     mixed = sources["cartpole"]
-    assert isinstance(mixed, LearnerMixSource) and mixed.learner.prompts is mixed.expert.episodes
+    assert isinstance(mixed, LearnerMixSource) and mixed.learner.prompts is mixed.expert
     assert isinstance(build_sources(["cartpole"], cartpole_data, layout, tokenizer)["cartpole"], ControlSource)
 
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from pydoc_data.topics import topics
 from typing import Any, Protocol
@@ -98,7 +98,7 @@ class ControlSource:
     prompt_probability: float = 0.25
     prompt_end_fraction: float = 0.5
     packable: bool = False
-    prompts: EpisodeSource | None = None  # where prompts come from (None: other episodes of `episodes`)
+    prompts: ControlSource | None = None  # the source of prompts (None: other episodes of this one)
     _tokens_per_step: int | None = field(default=None, init=False, repr=False)
 
     def tokens_per_step(self) -> int:
@@ -137,19 +137,19 @@ class ControlSource:
             )
         episode = int(rng.choice(shard.items(len(self.episodes), self.name)))
         parts = []
-        prompts = self.episodes if self.prompts is None else self.prompts
-        if len(prompts) > (self.prompts is None) and max_steps > 1 and rng.random() < self.prompt_probability:
-            other = int(rng.integers(len(prompts) - (self.prompts is None)))
-            if self.prompts is None:
+        prompter = self if self.prompts is None else self.prompts
+        own = self.prompts is None  # prompts from this source's own episodes: never the window's episode
+        if len(prompter.episodes) > own and max_steps > 1 and rng.random() < self.prompt_probability:
+            other = int(rng.integers(len(prompter.episodes) - own))
+            if own:
                 other += other >= episode  # any episode but this one
-            other_length = prompts.episode_length(other)
+            other_length = prompter.episodes.episode_length(other)
             prompt_steps = min(max_steps // 2, other_length)
             if rng.random() < self.prompt_end_fraction:
                 prompt_start = other_length - prompt_steps
             else:
                 prompt_start = int(rng.integers(other_length - prompt_steps + 1))
-            source = self if self.prompts is None else replace(self, episodes=self.prompts, prompts=None)
-            parts.append(source.tokenize_window(other, prompt_start, prompt_start + prompt_steps))
+            parts.append(prompter.tokenize_window(other, prompt_start, prompt_start + prompt_steps))
             max_steps -= prompt_steps
         length = self.episodes.episode_length(episode)
         window = min(max_steps, length)
@@ -417,9 +417,8 @@ def build_sources(
             if learned is not None and learned.is_dir():
                 learner = EpisodeDataset(learned)
                 check_learner_data(expert, learner)
-                sources[task] = LearnerMixSource(
-                    sources[task],
-                    ControlSource(task, learner, layout, prompt_probability, prompt_end_fraction, prompts=expert),
-                    learner_share,
-                )
+                from_expert = sources[task]
+                from_learner = ControlSource(task, learner, layout, prompt_probability, prompt_end_fraction,
+                                             prompts=from_expert)
+                sources[task] = LearnerMixSource(from_expert, from_learner, learner_share)
     return sources

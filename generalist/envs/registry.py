@@ -178,6 +178,11 @@ def get_task(task: str | Task) -> Task:
         raise KeyError(f"unknown task {task!r}; known: {', '.join(TASKS)}") from None
 
 
+def control_tasks(weights: Mapping[str, float]) -> list[str]:
+    """The environment tasks of a task mixture (weight above 0), in registry order."""
+    return [task for task in TASKS if weights.get(task, 0) > 0]
+
+
 def task_list(names: str) -> tuple[str, ...]:
     """Task names from a comma-separated string ("all" for every task); unknown names are a ValueError."""
     if names.strip() == "all":

@@ -77,15 +77,18 @@ class EpisodeEnd:
     counted: bool  # within the row's quota
 
 
-def sub_env_view(observations: Observation, infos: dict, index: int) -> tuple[Observation, dict]:
-    """Sub-env `index`'s observation and info out of a vector env's batched ones (for per-env policies)."""
-    observation = {key: value[index] for key, value in observations.items()}
-    info = {
+def sub_env_info(infos: dict, index: int) -> dict:
+    """Sub-env `index`'s info out of a vector env's batched one (only the keys that sub-env set)."""
+    return {
         key: value[index]
         for key, value in infos.items()
         if not key.startswith("_") and infos.get(f"_{key}", np.ones(index + 1, bool))[index]
     }
-    return observation, info
+
+
+def sub_env_view(observations: Observation, infos: dict, index: int) -> tuple[Observation, dict]:
+    """Sub-env `index`'s observation and info out of a vector env's batched ones (for per-env policies)."""
+    return {key: value[index] for key, value in observations.items()}, sub_env_info(infos, index)
 
 
 def rollout(
@@ -115,7 +118,7 @@ def rollout(
     quota = np.asarray(quotas if quotas is not None else [np.iinfo(np.int64).max] * n, np.int64)
     current = [next(row_seeds) for row_seeds in seeds]
     observations, batched_infos = env.reset(seed=current)
-    infos = [sub_env_view(observations, batched_infos, i)[1] for i in range(n)]
+    infos = [sub_env_info(batched_infos, i) for i in range(n)]
     actor.start(range(n), current)
     if on_start is not None:
         on_start(range(n), observations)
@@ -131,7 +134,7 @@ def rollout(
         if on_step is not None:
             on_step(Transition(observations, infos, actions, rewards, terminated, truncated))
         observations = next_observations
-        infos = [sub_env_view(observations, batched_infos, i)[1] for i in range(n)]
+        infos = [sub_env_info(batched_infos, i) for i in range(n)]
         done = np.flatnonzero(terminated | truncated)
         stop = False
         for i in done:
@@ -155,7 +158,7 @@ def rollout(
         observations, reset_infos = env.reset(seed=[current[i] if mask[i] else None for i in range(n)],
                                               options={"reset_mask": mask})
         for i in rows:
-            infos[i] = sub_env_view(observations, reset_infos, i)[1]
+            infos[i] = sub_env_info(reset_infos, i)
         actor.start(rows, [current[i] for i in rows])
         if on_start is not None:
             on_start(rows, observations)
