@@ -12,8 +12,9 @@ Design choices:
 - A step tokenizes the B observations in one tokenizer call, then feeds every token not yet cached in one
   pass: the previous step's last action token (never fed on its own: nothing needed its logits), the new
   observation, patches included, and the separator. Then the action tokens are decoded one at a time, each
-  restricted to the ids valid for its slot, greedy or sampled with a temperature. A prompt given to `reset`
-  is fed in the same pass as the first observation.
+  restricted to the ids valid for its slot, greedy or sampled with a temperature. A continuous slot may instead
+  act on the expectation over its bins (`continuous_decoding="mean"`): the env gets that value, and the context
+  the bin nearest to it. A prompt given to `reset` is fed in the same pass as the first observation.
 - The model must be in eval mode: patch positions are then the middle of their buckets and nothing drops
   out, so acting is reproducible and equal to a full forward.
 - Context sliding. When a step would not fit the context, the oldest whole timesteps are dropped. A kept token
@@ -45,6 +46,7 @@ from generalist.batch import Batch, collate
 from generalist.model import Generalist
 from generalist.tokenizers import (
     ACTION_POSITION,
+    N_BINS,
     NO_POSITION,
     PATCH_SIZE,
     ActionSpec,
@@ -83,6 +85,23 @@ def sample_tokens(
         logits = logits.masked_fill(logits < kth, float("-inf"))
     # exp(-inf) is exactly 0: a restricted id has probability 0 and is never drawn.
     return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)[:, 0]
+
+
+CONTINUOUS_DECODINGS = ("mode", "mean")
+"""How a continuous action slot is decoded: its most likely bin (or a sample at a temperature), or the
+expectation over its bins."""
+
+
+def expected_bin_value(logits: torch.Tensor, first_bin_id: int) -> torch.Tensor:
+    """The expectation (b,) in [-1, 1] of a continuous action over its 1024 bins' centres, from logits (b, v)."""
+    probabilities = F.softmax(logits[:, first_bin_id:first_bin_id + N_BINS].float(), dim=-1)  # (b, 1024)
+    centres = (torch.arange(N_BINS, device=logits.device, dtype=torch.float32) + 0.5) * (2.0 / N_BINS) - 1.0
+    return probabilities @ centres
+
+
+def value_to_bin(value: torch.Tensor) -> torch.Tensor:
+    """Values in [-1, 1] (b,) to the bins 0..1023 holding them, as `continuous_to_bins(mu_law=False)` bins them."""
+    return ((value + 1.0) * (N_BINS / 2.0)).floor().long().clamp(0, N_BINS - 1)
 
 
 # -------------------------------------------------------------------------------------------- the cache
@@ -380,9 +399,14 @@ class Agent:
         keep_prompt: bool = True,
         slide_fraction: float = 0.25,
         generator: torch.Generator | None = None,
+        continuous_decoding: str = "mode",
     ) -> None:
         if not 0.0 <= slide_fraction < 1.0:
             raise ValueError(f"slide_fraction must lie in [0, 1), got {slide_fraction}")
+        if continuous_decoding not in CONTINUOUS_DECODINGS:
+            raise ValueError(f"continuous_decoding must be one of {CONTINUOUS_DECODINGS}, got {continuous_decoding!r}")
+        # The expectation over bins exists only for continuous slots; discrete actions decode as always.
+        self.expected_value = continuous_decoding == "mean" and spec.kind == "continuous"
         self.model, self.spec, self.text_tokenizer = model, spec, text_tokenizer
         self.layout = model.config.layout
         self.temperature, self.keep_prompt, self.slide_fraction = temperature, keep_prompt, slide_fraction
@@ -437,10 +461,15 @@ class Agent:
             self.n_slides += engine.make_room(row, len(unit) + self.spec.size, self.slide_fraction)
             engine.append(row, unit)
         logits = engine.feed()  # (B, v)
-        chosen, slot_logits = [], []
+        chosen, slot_logits, values = [], [], []
         for slot in range(self.spec.size):
             slot_logits.append(logits)
-            ids = sample_tokens(logits, self._allowed[slot], self.temperature, None, self.generator)  # (B,)
+            if self.expected_value:
+                value = expected_bin_value(logits, self.layout.continuous_offset)  # (B,)
+                values.append(value)
+                ids = value_to_bin(value) + self.layout.continuous_offset
+            else:
+                ids = sample_tokens(logits, self._allowed[slot], self.temperature, None, self.generator)  # (B,)
             chosen.append(ids)
             if slot + 1 < self.spec.size:
                 logits = engine.feed_loose(ids, TokenKind.ACTION)
@@ -448,7 +477,9 @@ class Agent:
         for row in range(engine.n_rows):
             engine.extend_last(row, _action_tokens(ids[row], self._steps[row], self.layout.image_channels))
             self._steps[row] += 1
-        return ActionStep(decode_actions(ids, self.spec, self.layout), ids, torch.stack(slot_logits, dim=1))
+        actions = (torch.stack(values, dim=1).cpu().numpy() if self.expected_value
+                   else decode_actions(ids, self.spec, self.layout))
+        return ActionStep(actions, ids, torch.stack(slot_logits, dim=1))
 
     def _stack_frames(self, observations: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
         """Each image as the model reads it: with a frame-stacking model, the episode's last frames stacked by

@@ -142,10 +142,93 @@ def _add_baselines(subparsers: argparse._SubParsersAction) -> None:
 def _run_baselines(args: argparse.Namespace) -> int:
     from generalist.envs import task_list
     from generalist.envs.baselines import BASELINES_PATH, BaselineConfig, format_table, run_baselines
+    from generalist.envs.external import is_external
 
+    tasks = task_list(args.tasks)
+    if args.out is None and any(is_external(task) for task in tasks):
+        raise ValueError("gym: and minari: tasks are measured into a file of your own (--out FILE), not into the "
+                         "package's baselines; normalize their scores with evaluate's --reference-min/--reference-max")
     out = Path(args.out) if args.out else BASELINES_PATH
-    data = run_baselines(BaselineConfig(task_list(args.tasks), args.episodes, args.seed, out, args.workers))
+    data = run_baselines(BaselineConfig(tasks, args.episodes, args.seed, out, args.workers))
     print(format_table(data))
+    return 0
+
+
+def _add_inspect(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "inspect",
+        help="show how a dataset's or an env's spaces become tokens, before training on it",
+        description="DATA is minari:<dataset id> (a local Minari dataset), gym:<env id> (an env registered in this "
+        "Python environment; gym:<module>:<env id> imports its module), or a directory recorded by `generalist "
+        "collect`. Prints each part of the observation space and what it becomes (continuous, discrete, image, "
+        "text), the action space, and the episodes.",
+    )
+    parser.add_argument("data", help="minari:<dataset id>, gym:<env id>, or a recorded dataset directory")
+    parser.set_defaults(run=_run_inspect)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    from generalist.envs.external import GYM_PREFIX, MINARI_PREFIX
+
+    if args.data.startswith(MINARI_PREFIX):
+        from generalist.datasets.minari_source import MinariEpisodes
+
+        print(MinariEpisodes(args.data[len(MINARI_PREFIX):]).describe())
+        return 0
+    if args.data.startswith(GYM_PREFIX):
+        import gymnasium as gym
+
+        from generalist.envs import get_task
+        from generalist.envs.spaces import observation_mapping
+
+        task = get_task(args.data)
+        env = gym.make(task.env_id)
+        try:
+            print(f"{args.data}: step cap {task.max_episode_steps}, no recorded episodes\nobservations:")
+            print("\n".join(f"  {line}" for line in observation_mapping(env.observation_space).describe().splitlines()))
+            kind = f"{task.action_size} {task.action_kind}" + (" actions" if task.action_kind == "discrete" else
+                                                                " values, rescaled to [-1, 1]")
+            print(f"actions: {env.action_space} -> {kind}")
+        finally:
+            env.close()
+        return 0
+    from generalist.datasets.storage import EpisodeDataset
+
+    data = EpisodeDataset(args.data, allow_incomplete=True)
+    print(f"{data.task}: {len(data)} episodes, {data.num_steps} steps ({args.data})")
+    print("observations:\n" + "\n".join(f"  {key}: {spec.dtype} {spec.shape}" for key, spec in
+                                         data.observation_specs.items()))
+    print(f"actions: {data.action_spec.size} {data.action_spec.kind}"
+          + (f" of {data.action_spec.n} values" if data.action_spec.kind == "discrete" else " in [-1, 1]"))
+    return 0
+
+
+def _add_export_minari(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "export-minari",
+        help="write a dataset recorded by `generalist collect` as a local Minari dataset",
+        description="Lossless: observations in the observation contract's Dict space, actions in the agent's space, "
+        "rewards, terminations, truncations and every episode's seed. Each episode is replayed from its seed to "
+        "recover the observation it ended on (our recordings do not store it); a replay that differs from the "
+        "recording stops the export, naming the episode and the step. Written under MINARI_DATASETS_PATH "
+        "(default ~/.minari/datasets).",
+    )
+    parser.add_argument("data", help="a recorded dataset directory, such as data/cartpole")
+    parser.add_argument("--id", required=True, dest="dataset_id",
+                        help="the new dataset's id, (namespace/)name-v<version>, such as generalist/cartpole-v0")
+    parser.set_defaults(run=_run_export_minari)
+
+
+def _run_export_minari(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from generalist.datasets.minari_source import export_to_minari
+    from generalist.datasets.storage import EpisodeDataset
+
+    with tqdm(total=len(EpisodeDataset(args.data)), unit="episode", desc="replaying") as bar:
+        dataset = export_to_minari(args.data, args.dataset_id, progress=lambda _: bar.update())
+    print(f"wrote Minari dataset {args.dataset_id}: {dataset.total_episodes} episodes, {dataset.total_steps} steps "
+          f"({dataset.storage.data_path})")
     return 0
 
 
@@ -441,6 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_tokenizer(subparsers)
     _add_collect(subparsers)
     _add_baselines(subparsers)
+    _add_inspect(subparsers)
+    _add_export_minari(subparsers)
     _add_train(subparsers)
     _add_evaluate(subparsers)
     _add_diagnose(subparsers)

@@ -48,12 +48,20 @@ class EvalConfig:
     """the demonstration prompt's token budget, whole timesteps (None: half the model's context)"""
     temperature: float = 0.0
     """0 acts greedily; above 0 samples the action tokens"""
+    continuous_decoding: str = "mode"
+    """a continuous action as its most likely bin (mode; sampled at a temperature above 0) or as the expectation
+    over its bins (mean)"""
     keep_prompt: bool = True
     """keep the prompt in the context when the episode outgrows it (else its timesteps slide out too)"""
     slide_fraction: float = 0.25
     """share of the context freed at once when an episode outgrows it (0: only what the step needs)"""
     data_dir: Path | None = None
     """where the recorded demonstrations are (None: the checkpoint's own, else the training data)"""
+    reference_min: float | None = None
+    """the return normalized to 0 (with reference_max): for a task outside the registry, a random policy's (what
+    `generalist baselines` measures); default the Minari dataset's ref_min_score"""
+    reference_max: float | None = None
+    """the return normalized to 1 (with reference_min), an expert's; default the Minari dataset's ref_max_score"""
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available): where the model acts"""
     precision: str = "fp32"
@@ -129,6 +137,9 @@ class TrainConfig:
     decisive_weight: float = 1.0
     """loss weight of the action targets where the expert changes its action (1: no extra weight); against
     learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps)"""
+    action_sigma: float = 0.0
+    """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
+    ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""
     learner_data_dir: Path | None = None
     """recordings driven by a trained agent and labelled by the expert (`collect --policy`, DAgger): a task
     recorded there draws `learner_share` of its windows from them, prompted by its expert recordings"""

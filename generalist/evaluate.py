@@ -35,12 +35,12 @@ from PIL import Image
 from generalist.agent import Agent, generate
 from generalist.batch import collate
 from generalist.config import EvalConfig
-from generalist.datasets.mixture import ControlSource
+from generalist.datasets.mixture import ControlSource, episode_source
 from generalist.datasets.scenes import generate_scene, parse_caption
-from generalist.datasets.storage import EpisodeDataset
 from generalist.datasets.text import ASSISTANT_MARKER, USER_MARKER, format_chat
-from generalist.envs import expert_normalized, get_task, human_normalized, make, make_vector
+from generalist.envs import TASKS, Task, expert_normalized, get_task, human_normalized, make, make_vector
 from generalist.envs.contract import Observation
+from generalist.envs.external import GYM_PREFIX, MINARI_PREFIX
 from generalist.envs.rollout import Actions, rollout, seed_sequences, single_env, unbatch
 from generalist.model import Generalist
 from generalist.precision import resolve_precision
@@ -74,13 +74,17 @@ def demonstration_prompt(
     task: str, data_dir: str | Path, layout: TokenLayout, rng: np.random.Generator, max_tokens: int
 ) -> TokenizedSequence:
     """The last whole timesteps, at most `max_tokens` tokens, of a random recorded expert episode of `task`."""
-    directory = Path(data_dir) / task
-    if not directory.is_dir():
+    if task.startswith(GYM_PREFIX):
         raise FileNotFoundError(
-            f"no demonstrations of {task!r} at {directory}: record them with `generalist collect --tasks {task}`, "
-            "or evaluate with prompt='none'"
+            f"{task} has no recorded demonstrations to prompt with: evaluate it with prompt='none' (--prompt none), "
+            "or evaluate minari:<dataset id>, whose dataset recorded this env and prompts from its episodes"
         )
-    source = ControlSource(task, EpisodeDataset(directory), layout)
+    if not task.startswith(MINARI_PREFIX) and not (Path(data_dir) / task).is_dir():
+        raise FileNotFoundError(
+            f"no demonstrations of {task!r} at {Path(data_dir) / task}: record them with `generalist collect --tasks "
+            f"{task}`, or evaluate with prompt='none'"
+        )
+    source = ControlSource(task, episode_source(task, data_dir), layout)
     episode = int(rng.integers(len(source.episodes)))
     length = source.episodes.episode_length(episode)
     per_step = source.tokens_per_step()
@@ -131,7 +135,8 @@ def agent_actor(
         return demonstration_prompt(task, directory, layout, rng, budget) if config.prompt != "none" else None
 
     agent = Agent(model, get_task(task).action_spec(), temperature=config.temperature,
-                  keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction)
+                  keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction,
+                  continuous_decoding=config.continuous_decoding)
     return AgentActor(agent, new_prompt)
 
 
@@ -163,12 +168,27 @@ def evaluate_task(
                     result.lengths.append(end.length)
         finally:
             env.close()
-        result.normalized = expert_normalized(task, result.mean_return)
+        result.normalized = normalized_score(spec, result.mean_return, config)
         if spec.human_scores is not None:
             result.human_normalized = human_normalized(task, result.mean_return)
     except Exception as error:  # one bad task must not end an evaluation of many
         result.error = f"{type(error).__name__}: {error}"
     return result
+
+
+def normalized_score(task: Task, score: float, config: EvalConfig) -> float:
+    """`score` normalized so that 0 is the random policy and 1 the expert: by the config's reference scores when
+    given, else the task's own (a Minari dataset's), else the measured baselines of a registered task; NaN when
+    a task outside the registry has none."""
+    given = (config.reference_min, config.reference_max)
+    if (given[0] is None) != (given[1] is None):
+        raise ValueError("give both reference_min and reference_max, or neither")
+    low, high = given if given[0] is not None else (task.reference_scores or (None, None))
+    if low is not None and high is not None:
+        if high == low:
+            raise ValueError(f"{task.name}: the reference scores are equal ({low}); nothing to normalize by")
+        return (score - low) / (high - low)
+    return expert_normalized(task.name, score) if task.name in TASKS else math.nan
 
 
 @torch.no_grad()

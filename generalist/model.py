@@ -25,6 +25,9 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
 - The loss (Gato section 2.3) is next-token cross-entropy on text and action targets only. Target positions
   are gathered before the head, so no logits are made where no loss is taken: on control data most positions
   carry none, and the head over the whole table is the largest matmul of a small model.
+- Continuous action targets may be smoothed (`action_sigma`): the target is a Gaussian over neighbouring bins
+  ("HL-Gauss", Farebrother et al., 2024) instead of the one exact bin, so a near miss costs less than a far one;
+  the logged losses stay the exact bin's cross-entropy, comparable across runs.
 - `forward(batch)` is pure: no episode state lives on the module. A KV cache, when given to `hidden`, is a
   separate object owned by the agent (agent.py) that the attention layers read and write.
 
@@ -48,6 +51,7 @@ from torch import nn
 from generalist.batch import Batch
 from generalist.tokenizers import (
     ACTION_POSITION,
+    N_BINS,
     N_POSITION_BUCKETS,
     PATCH_SIZE,
     TextTokenizerConfig,
@@ -389,6 +393,37 @@ class LossOutput:
     row_targets: torch.Tensor  # (b,) targets in each row
 
 
+def gaussian_bin_kernel(sigma: float, n_bins: int = N_BINS) -> torch.Tensor:
+    """Mass of a Gaussian of std `sigma` bins, centred on a bin's centre, in that bin and its neighbours (2w + 1,).
+
+    Offsets run -w..w with w = ceil(4 sigma) (at most n_bins - 1); the mass past 4 sigma (under 1e-4) is dropped.
+    """
+    if not (sigma > 0 and math.isfinite(sigma)):
+        raise ValueError(f"action_sigma must be a finite number of bins above 0, got {sigma}")
+    w = min(math.ceil(4 * sigma), n_bins - 1)
+    edges = torch.arange(-w, w + 2, dtype=torch.float64) - 0.5  # (2w + 2,) bin edges around the centre 0
+    cdf = 0.5 * (1 + torch.erf(edges / (sigma * math.sqrt(2))))
+    return (cdf[1:] - cdf[:-1]).float()
+
+
+def smoothed_bin_loss(
+    logits: torch.Tensor, target_ids: torch.Tensor, first_bin_id: int, sigma: float, n_bins: int = N_BINS
+) -> torch.Tensor:
+    """Cross-entropy (m,) of logits (m, v) against a Gaussian over the bins around each target bin (HL-Gauss).
+
+    The Gaussian is cut at the ends of the bin range and renormalized (its mass past the ends would otherwise
+    fall on ids of other kinds).
+    """
+    kernel = gaussian_bin_kernel(sigma, n_bins).to(logits.device)  # (2w + 1,)
+    w = (len(kernel) - 1) // 2
+    bins = target_ids[:, None] - first_bin_id + torch.arange(-w, w + 1, device=logits.device)  # (m, 2w + 1)
+    inside = (bins >= 0) & (bins < n_bins)
+    mass = kernel * inside  # (m, 2w + 1)
+    mass = mass / mass.sum(dim=1, keepdim=True)
+    picked = logits.gather(1, bins.clamp(0, n_bins - 1) + first_bin_id)  # (m, 2w + 1)
+    return torch.logsumexp(logits, dim=1) - (mass * picked).sum(dim=1)
+
+
 class Generalist(nn.Module):
     """The decoder: embeddings, `n_layer` blocks, a final norm and the output head over the id table."""
 
@@ -445,25 +480,38 @@ class Generalist(nn.Module):
         return self.output_logits(self.hidden(batch, cache))
 
     def forward(
-        self, batch: Batch, targets: torch.Tensor | None = None, weights: torch.Tensor | None = None
+        self,
+        batch: Batch,
+        targets: torch.Tensor | None = None,
+        weights: torch.Tensor | None = None,
+        action_sigma: float = 0.0,
     ) -> LossOutput:
         """Masked next-token cross-entropy: the token at t predicts t + 1, weighted by `loss_mask[t + 1]`.
 
         `targets` (b, t) are the ids to predict when they differ from the ids read (`shuffle_action_inputs`);
-        `weights` (b, t) weigh each target in `loss` (a weighted mean), e.g. more on decisive actions. The text,
-        action and per-row losses stay unweighted, so they compare across runs.
+        `weights` (b, t) weigh each target in `loss` (a weighted mean), e.g. more on decisive actions;
+        `action_sigma` > 0 trains continuous action targets against a Gaussian of that many bins around the
+        exact bin (`smoothed_bin_loss`). The text, action and per-row losses stay the unweighted exact-target
+        cross-entropy, so they compare across runs.
         """
         hidden = self.hidden(batch)  # (b, t, d)
         rows, columns = batch.loss_mask[:, 1:].nonzero(as_tuple=True)  # (m,) each: positions that predict a target
         logits = self.output_logits(hidden[rows, columns])  # (m, v): only where a loss is taken
         targets = (batch.ids if targets is None else targets)[rows, columns + 1]  # (m,)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (m,)
-        loss = losses.sum() / max(len(losses), 1)
-        if weights is not None:
-            weight = weights[rows, columns + 1].to(losses.dtype)  # (m,)
-            loss = (losses * weight).sum() / weight.sum().clamp(min=1e-12)
         kinds = batch.kinds[rows, columns + 1]
         is_text, is_action = kinds == TokenKind.TEXT, kinds == TokenKind.ACTION
+        trained = losses
+        if action_sigma > 0:
+            first_bin = self.config.layout.continuous_offset
+            smooth = is_action & (targets >= first_bin) & (targets < first_bin + N_BINS)  # continuous actions
+            if smooth.any():
+                trained = losses.clone()
+                trained[smooth] = smoothed_bin_loss(logits[smooth].float(), targets[smooth], first_bin, action_sigma)
+        loss = trained.sum() / max(len(trained), 1)
+        if weights is not None:
+            weight = weights[rows, columns + 1].to(trained.dtype)  # (m,)
+            loss = (trained * weight).sum() / weight.sum().clamp(min=1e-12)
         n_text, n_action = int(is_text.sum()), int(is_action.sum())
         n_rows = batch.ids.shape[0]
         return LossOutput(

@@ -193,7 +193,7 @@ def _cache_key(task: str, config: EvalConfig) -> str:
     # The settings that change an evaluation's result; the episodes are the same seeds whatever num_envs is.
     key = f"{task}|episodes={config.episodes}|seed={config.seed}|prompt={config.prompt}"
     defaults = EvalConfig()
-    for name in ("prompt_tokens", "temperature", "keep_prompt", "slide_fraction"):
+    for name in ("prompt_tokens", "temperature", "continuous_decoding", "keep_prompt", "slide_fraction"):
         if getattr(config, name) != getattr(defaults, name):  # keys of runs evaluated with the defaults stay valid
             key += f"|{name}={getattr(config, name)}"
     return key

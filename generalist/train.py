@@ -152,7 +152,8 @@ def _optimizer_step(
             weights = None
             if config.decisive_weight != 1.0:
                 weights = 1.0 + (config.decisive_weight - 1.0) * decisive_actions(batch).float()
-            output = wrapped(shuffle_action_inputs(batch, config.action_shuffle), batch.ids, weights)
+            inputs = shuffle_action_inputs(batch, config.action_shuffle)
+            output = wrapped(inputs, batch.ids, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
             output.loss.item(),
@@ -255,7 +256,7 @@ def check_config(config: TrainConfig) -> None:
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     for name in ("warmup_steps", "eval_every", "num_workers", "learning_rate", "weight_decay", "grad_clip",
-                 "min_lr_ratio", "decisive_weight"):
+                 "min_lr_ratio", "decisive_weight", "action_sigma"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative, got {getattr(config, name)}")
     for name in ("max_minutes", "checkpoint_minutes", "interim_minutes"):

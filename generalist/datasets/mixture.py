@@ -33,8 +33,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from generalist.batch import Batch, collate
 from generalist.datasets import captions, text
+from generalist.datasets.minari_source import MinariEpisodes
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
+from generalist.envs.external import MINARI_PREFIX
 from generalist.tokenizers import (
     ActionSpec,
     TextTokenizer,
@@ -371,6 +373,24 @@ def _single_threaded_worker(_: int) -> None:
 CAPTION_AND_TEXT_TASKS = ("scenes", "digits", "sample_images", "dialogue", "prose")
 
 
+def episode_source(task: str, data_dir: str | Path) -> EpisodeSource:
+    """The recorded episodes of a control task: `data_dir/<task>`, or the local Minari dataset of a
+    ``minari:<dataset id>`` task."""
+    if task.startswith(MINARI_PREFIX):
+        return MinariEpisodes(task[len(MINARI_PREFIX):])
+    directory = Path(data_dir) / task
+    if not directory.is_dir():
+        raise FileNotFoundError(
+            f"task {task!r}: no recorded data at {directory} (record it with `generalist collect --tasks {task} "
+            f"--out {data_dir}`, or train on a local Minari dataset: minari:<dataset id>); caption and text tasks: "
+            f"{list(CAPTION_AND_TEXT_TASKS)}"
+        )
+    episodes = EpisodeDataset(directory)
+    if episodes.task != task:
+        raise ValueError(f"{directory} holds episodes of {episodes.task!r} (its index says so), not of {task!r}")
+    return episodes
+
+
 def build_sources(
     tasks: Sequence[str],
     data_dir: str | Path,
@@ -403,18 +423,10 @@ def build_sources(
         elif task == "prose":
             sources[task] = TextSource(task, [*text.jokes(), *topics.values()], tokenizer, layout)
         else:
-            directory = Path(data_dir) / task
-            if not directory.is_dir():
-                raise FileNotFoundError(
-                    f"task {task!r}: no recorded data at {directory} (record it with `generalist collect "
-                    f"--tasks {task} --out {data_dir}`); caption and text tasks: {list(CAPTION_AND_TEXT_TASKS)}"
-                )
-            expert = EpisodeDataset(directory)
-            if expert.task != task:
-                raise ValueError(f"{directory} holds episodes of {expert.task!r} (its index says so), not of {task!r}")
+            expert = episode_source(task, data_dir)
             sources[task] = ControlSource(task, expert, layout, prompt_probability, prompt_end_fraction)
             learned = None if learner_data_dir is None else Path(learner_data_dir) / task
-            if learned is not None and learned.is_dir():
+            if learned is not None and learned.is_dir() and isinstance(expert, EpisodeDataset):
                 learner = EpisodeDataset(learned)
                 check_learner_data(expert, learner)
                 from_expert = sources[task]

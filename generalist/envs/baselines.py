@@ -93,7 +93,7 @@ def measure_policy(task: str, policy: str, episodes: int, first_seed: int) -> di
 
 
 def task_entry(
-    task: str, episodes: int, first_seed: int, random: dict[str, Any], expert: dict[str, Any]
+    task: str, episodes: int, first_seed: int, random: dict[str, Any], expert: dict[str, Any] | None
 ) -> dict[str, Any]:
     """The stored entry of one task: how it was measured, and the random and expert summaries."""
     spec = get_task(task)
@@ -112,10 +112,15 @@ def task_entry(
     return entry
 
 
+def task_policies(task: str) -> tuple[str, ...]:
+    """The policies measured on a task: random, and the expert where the task has one (not a gym:/minari: task)."""
+    return POLICIES if get_task(task).expert_name() != "none" else ("random",)
+
+
 def measure_task(task: str, episodes: int, first_seed: int) -> dict[str, Any]:
     """The entry of one task, measured in this process."""
-    random, expert = (measure_policy(task, policy, episodes, first_seed) for policy in POLICIES)
-    return task_entry(task, episodes, first_seed, random, expert)
+    results = {policy: measure_policy(task, policy, episodes, first_seed) for policy in task_policies(task)}
+    return task_entry(task, episodes, first_seed, results["random"], results.get("expert"))
 
 
 def run_baselines(config: BaselineConfig) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def run_baselines(config: BaselineConfig) -> dict[str, Any]:
     data = load_baselines(config.out) if config.out.exists() else _empty()
     # Longest runs first (long episodes, the expert before random) so that the workers finish together.
     jobs = sorted(
-        ((task, policy) for task in config.tasks for policy in POLICIES),
+        ((task, policy) for task in config.tasks for policy in task_policies(task)),
         key=lambda job: (-get_task(job[0]).max_episode_steps, job[1] != "expert"),
     )
     results: dict[str, dict[str, Any]] = {task: {} for task in config.tasks}
@@ -137,8 +142,9 @@ def run_baselines(config: BaselineConfig) -> dict[str, Any]:
             results[task][policy] = future.result()
             bar.set_postfix_str(f"{task} {policy} {results[task][policy]['mean']:.1f}")
             bar.update()
-            if len(results[task]) == len(POLICIES):
-                data["tasks"][task] = task_entry(task, config.episodes, config.first_seed, **results[task])
+            if len(results[task]) == len(task_policies(task)):
+                data["tasks"][task] = task_entry(task, config.episodes, config.first_seed, results[task]["random"],
+                                                 results[task].get("expert"))
                 write_baselines(data, config.out)
     return data
 
@@ -147,7 +153,8 @@ def format_table(data: Mapping[str, Any]) -> str:
     """The stored baselines as a plain-text table: task, random and expert mean +- std (n)."""
     lines = [f"{'task':<24}{'random':>24}{'expert':>24}"]
     for name, entry in data["tasks"].items():
-        cells = [f"{entry[p]['mean']:.1f} +- {entry[p]['std']:.1f} ({entry[p]['n']})" for p in ("random", "expert")]
+        cells = [f"{entry[p]['mean']:.1f} +- {entry[p]['std']:.1f} ({entry[p]['n']})" if entry.get(p) else "none"
+                 for p in ("random", "expert")]
         lines.append(f"{name:<24}{cells[0]:>24}{cells[1]:>24}")
     return "\n".join(lines)
 

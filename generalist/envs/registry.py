@@ -35,6 +35,7 @@ from typing import Any, Literal
 import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
+from gymnasium.envs.registration import EnvSpec
 from gymnasium.wrappers import RescaleAction
 
 from generalist.envs import experts
@@ -43,6 +44,8 @@ from generalist.envs.contract import SeedEveryReset, TruncateWithoutReward, Vect
 from generalist.envs.policies import Policy
 from generalist.tokenizers import ActionSpec
 
+EXTERNAL_PREFIXES = ("gym:", "minari:")
+"""Task names outside the registry: a Gymnasium env id, a local Minari dataset (`generalist.envs.external`)."""
 ATARI_STEP_CAP = 27_000  # 108,000 frames at frameskip 4: the usual 30 minutes of play, ALE v5's own limit
 
 
@@ -68,6 +71,9 @@ class Task:
     env_kwargs: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     human_scores: HumanScores | None = None
     steps_without_reward: int | None = None  # truncate an episode after this many steps with no reward
+    env_spec: EnvSpec | None = None  # made from this spec instead of env_id (a Minari dataset's recorded env)
+    expected_action_space: spaces.Space | None = None  # the env's must equal it (a Minari dataset's)
+    reference_scores: tuple[float, float] | None = None  # returns normalized to 0 and 1 (tasks with no baselines)
 
     @property
     def is_atari(self) -> bool:
@@ -91,7 +97,7 @@ class Task:
         factory = self.expert
         while isinstance(factory, partial):
             factory = factory.func
-        return factory.__name__
+        return "none" if factory.__name__ == "no_expert" else factory.__name__
 
 
 # ALE v5 defaults, spelled out so that they are stored beside every recorded dataset.
@@ -169,9 +175,14 @@ TASKS: Mapping[str, Task] = MappingProxyType(
 
 
 def get_task(task: str | Task) -> Task:
-    """The registered task of that name (a Task passes through)."""
+    """The registered task of that name, or a ``gym:``/``minari:`` task (`generalist.envs.external`); a Task passes
+    through."""
     if isinstance(task, Task):
         return task
+    if task.startswith(EXTERNAL_PREFIXES):
+        from generalist.envs.external import external_task  # it imports this module
+
+        return external_task(task)
     try:
         return TASKS[task]
     except KeyError:
@@ -188,9 +199,10 @@ def task_list(names: str) -> tuple[str, ...]:
     if names.strip() == "all":
         return tuple(TASKS)
     tasks = tuple(name.strip() for name in names.split(",") if name.strip())
-    unknown = [name for name in tasks if name not in TASKS]
+    unknown = [name for name in tasks if name not in TASKS and not name.startswith(EXTERNAL_PREFIXES)]
     if unknown or not tasks:
-        raise ValueError(f"unknown tasks {unknown or names!r}; known: {', '.join(TASKS)}")
+        raise ValueError(f"unknown tasks {unknown or names!r}; known: {', '.join(TASKS)}, gym:<env id> and "
+                         "minari:<dataset id>")
     return tasks
 
 
@@ -212,7 +224,16 @@ def make(
 
         gym.register_envs(ale_py)
     cap = spec.max_episode_steps if max_episode_steps is None else max_episode_steps
-    env = gym.make(spec.env_id, max_episode_steps=cap, render_mode=render_mode, **spec.env_kwargs)
+    if spec.env_spec is not None:
+        env = gym.make(spec.env_spec, max_episode_steps=cap, render_mode=render_mode)
+    elif spec.env_id:
+        env = gym.make(spec.env_id, max_episode_steps=cap, render_mode=render_mode, **spec.env_kwargs)
+    else:
+        raise ValueError(f"{spec.name}: no environment to play (the dataset was created without one)")
+    if spec.expected_action_space is not None and env.action_space != spec.expected_action_space:
+        env.close()
+        raise ValueError(f"{spec.name}: the env's action space {env.action_space} differs from the dataset's "
+                         f"{spec.expected_action_space}")
     env = spec.wrapper(env)
     if spec.steps_without_reward is not None:
         env = TruncateWithoutReward(env, spec.steps_without_reward)
