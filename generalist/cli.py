@@ -300,8 +300,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     for flag, value in (("--json", args.json), ("--video", args.video)):  # checked before the evaluation runs
         if value is not None and Path(value).exists() and (Path(value).is_dir() == (flag == "--json")):
             raise ValueError(f"{flag} {value}: expected {'a file' if flag == '--json' else 'a directory'}")
-    model, _ = load_model(checkpoint, resolve_device(config.device))
-    results = evaluate(model, tasks, config, demonstrations)
+    model, tokenizer = load_model(checkpoint, resolve_device(config.device))
+    results = evaluate(model, tasks, config, demonstrations, tokenizer)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(results_json(results) + "\n")

@@ -71,7 +71,12 @@ class TaskResult:
 
 
 def demonstration_prompt(
-    task: str, data_dir: str | Path, layout: TokenLayout, rng: np.random.Generator, max_tokens: int
+    task: str,
+    data_dir: str | Path,
+    layout: TokenLayout,
+    rng: np.random.Generator,
+    max_tokens: int,
+    text_encoder: TextTokenizer | None = None,
 ) -> TokenizedSequence:
     """The last whole timesteps, at most `max_tokens` tokens, of a random recorded expert episode of `task`."""
     if task.startswith(GYM_PREFIX):
@@ -84,7 +89,7 @@ def demonstration_prompt(
             f"no demonstrations of {task!r} at {Path(data_dir) / task}: record them with `generalist collect --tasks "
             f"{task}`, or evaluate with prompt='none'"
         )
-    source = ControlSource(task, episode_source(task, data_dir), layout)
+    source = ControlSource(task, episode_source(task, data_dir), layout, text_encoder=text_encoder)
     episode = int(rng.integers(len(source.episodes)))
     length = source.episodes.episode_length(episode)
     per_step = source.tokens_per_step()
@@ -121,10 +126,15 @@ class AgentActor:
 
 
 def agent_actor(
-    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None
+    model: Generalist,
+    task: str,
+    config: EvalConfig,
+    demonstrations: Path | None = None,
+    text_tokenizer: TextTokenizer | None = None,
 ) -> AgentActor:
     """The agent of `model` acting in `task` per `config`, each episode prompted by a demonstration unless
-    config.prompt is "none"; prompts are drawn from a generator seeded with config.seed."""
+    config.prompt is "none"; prompts are drawn from a generator seeded with config.seed. `text_tokenizer` (the
+    checkpoint's) reads text observations, for a task that has them."""
     if config.prompt not in ("demonstration", "none"):
         raise ValueError(f"prompt must be 'demonstration' or 'none', got {config.prompt!r}")
     rng = np.random.default_rng(config.seed)
@@ -132,9 +142,11 @@ def agent_actor(
     directory = prompt_dir(config, task, demonstrations)
 
     def new_prompt() -> TokenizedSequence | None:
-        return demonstration_prompt(task, directory, layout, rng, budget) if config.prompt != "none" else None
+        if config.prompt == "none":
+            return None
+        return demonstration_prompt(task, directory, layout, rng, budget, text_tokenizer)
 
-    agent = Agent(model, get_task(task).action_spec(), temperature=config.temperature,
+    agent = Agent(model, get_task(task).action_spec(), text_tokenizer, temperature=config.temperature,
                   keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction,
                   continuous_decoding=config.continuous_decoding)
     return AgentActor(agent, new_prompt)
@@ -147,7 +159,11 @@ def acting_precision(model: Generalist, config: EvalConfig) -> contextlib.Abstra
 
 
 def evaluate_task(
-    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None
+    model: Generalist,
+    task: str,
+    config: EvalConfig,
+    demonstrations: Path | None = None,
+    text_tokenizer: TextTokenizer | None = None,
 ) -> TaskResult:
     """Roll out `config.episodes` prompt-conditioned episodes of `task`; a failure is returned in the result."""
     result = TaskResult(task, prompted=config.prompt != "none")
@@ -157,7 +173,7 @@ def evaluate_task(
         # Each env plays a fixed share, so the episodes are always the same seeds: keeping the first `episodes` to
         # finish would favour short episodes.
         quotas = config.episodes // n + (np.arange(n) < config.episodes % n)
-        actor = agent_actor(model, task, config, demonstrations)
+        actor = agent_actor(model, task, config, demonstrations, text_tokenizer)
         env = make_vector(task, n, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         try:
             with acting_precision(model, config):
@@ -222,16 +238,20 @@ def record_video(
 
 
 def evaluate(
-    model: Generalist, tasks: Sequence[str], config: EvalConfig, demonstrations: Path | None = None
+    model: Generalist,
+    tasks: Sequence[str],
+    config: EvalConfig,
+    demonstrations: Path | None = None,
+    text_tokenizer: TextTokenizer | None = None,
 ) -> list[TaskResult]:
     """Evaluate many tasks, one after another; each row holds its scores or its error.
 
     `demonstrations`: a checkpoint's own recorded demonstrations, used for the tasks it has when
-    config.data_dir is not set.
+    config.data_dir is not set; `text_tokenizer`: the checkpoint's, for tasks with text observations.
     """
     model.eval()
     with torch.no_grad():
-        return [evaluate_task(model, task, config, demonstrations) for task in tasks]
+        return [evaluate_task(model, task, config, demonstrations, text_tokenizer) for task in tasks]
 
 
 def format_table(results: Sequence[TaskResult]) -> str:

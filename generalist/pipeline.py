@@ -37,7 +37,7 @@ from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
 from generalist.datasets.text import heldout_conversations
-from generalist.envs import control_tasks, get_task
+from generalist.envs import control_tasks, evaluated_tasks, get_task
 from generalist.evaluate import (
     TaskResult,
     caption_images,
@@ -193,13 +193,16 @@ def _cache_key(task: str, config: EvalConfig) -> str:
     # The settings that change an evaluation's result; the episodes are the same seeds whatever num_envs is.
     key = f"{task}|episodes={config.episodes}|seed={config.seed}|prompt={config.prompt}"
     defaults = EvalConfig()
-    for name in ("prompt_tokens", "temperature", "continuous_decoding", "keep_prompt", "slide_fraction"):
+    for name in ("prompt_tokens", "temperature", "continuous_decoding", "keep_prompt", "slide_fraction",
+                 "reference_min", "reference_max"):
         if getattr(config, name) != getattr(defaults, name):  # keys of runs evaluated with the defaults stay valid
             key += f"|{name}={getattr(config, name)}"
     return key
 
 
-def cached_evaluate(model: Any, checkpoint: Path, tasks: list[str], config: EvalConfig) -> list[TaskResult]:
+def cached_evaluate(
+    model: Any, checkpoint: Path, tasks: list[str], config: EvalConfig, tokenizer: Any = None
+) -> list[TaskResult]:
     """`evaluate`, one task at a time, keeping each task's result in the checkpoint's evaluations.json.
 
     An evaluation of a large run takes long: one interrupted, or rerun for the report, repeats none of the tasks
@@ -214,7 +217,7 @@ def cached_evaluate(model: Any, checkpoint: Path, tasks: list[str], config: Eval
         if key in cache:
             results.append(TaskResult(**cache[key]))
             continue
-        (result,) = evaluate(model, [task], config)
+        (result,) = evaluate(model, [task], config, text_tokenizer=tokenizer)
         results.append(result)
         if result.error is None:
             cache[key] = asdict(result)
@@ -228,7 +231,7 @@ def learning_curves(config: RunConfig, eval_config: EvalConfig) -> dict[str, dic
     """Scores of every kept checkpoint: control tasks' normalized scores, caption accuracy, chat perplexity."""
     report, weights = config.report, config.train.weights
     curves: dict[str, dict[int, float]] = {}
-    tasks = control_tasks(weights)
+    tasks = evaluated_tasks(weights)
     checkpoints = list_checkpoints(config.run_dir)
     conversations = heldout_conversations() if weights.get("dialogue", 0) > 0 else []
     if len(checkpoints) > report.curve_points + 1:  # a run that kept more: evenly spaced ones, the last included
@@ -238,7 +241,7 @@ def learning_curves(config: RunConfig, eval_config: EvalConfig) -> dict[str, dic
     for checkpoint in checkpoints:
         step = checkpoint_step(checkpoint)
         model, tokenizer = load_model(checkpoint)
-        for result in cached_evaluate(model, checkpoint, tasks, curve_eval):
+        for result in cached_evaluate(model, checkpoint, tasks, curve_eval, tokenizer):
             curves.setdefault(f"{result.task}/normalized", {})[step] = result.normalized
         if weights.get("scenes", 0) > 0:
             scores, _ = evaluate_captions(model, tokenizer, report.curve_scenes, eval_config.seed)
@@ -274,12 +277,12 @@ def run_pipeline(config: RunConfig) -> RunResults:
     # Demonstrations come from the data the run trained on unless the evaluation names its own.
     eval_config = config.eval if config.eval.data_dir is not None else replace(config.eval,
                                                                                 data_dir=config.train.data_dir)
-    tasks = control_tasks(weights)
+    tasks = evaluated_tasks(weights)
     if tasks:
         print(f"evaluating {checkpoint} on {len(tasks)} control tasks", flush=True)
-    control = cached_evaluate(model, checkpoint, tasks, eval_config)
+    control = cached_evaluate(model, checkpoint, tasks, eval_config, tokenizer)
     unprompted = (
-        cached_evaluate(model, checkpoint, tasks, replace(eval_config, prompt="none"))
+        cached_evaluate(model, checkpoint, tasks, replace(eval_config, prompt="none"), tokenizer)
         if config.report.prompt_ablation else []
     )
     captions = chat = None

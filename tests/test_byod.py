@@ -28,7 +28,7 @@ from generalist.envs.spaces import (
     observation_mapping,
 )
 from generalist.evaluate import normalized_score
-from generalist.tokenizers import TextTokenizer, TokenLayout
+from generalist.tokenizers import TextTokenizer, TokenKind, TokenLayout
 
 minari = pytest.importorskip("minari")
 from minari.data_collector import EpisodeBuffer  # noqa: E402
@@ -338,6 +338,11 @@ def test_train_and_evaluate_on_a_local_minari_dataset_and_an_env_by_id(toy_datas
     assert prompted.returncode == 0 and "| demo | 2 |" in prompted.stdout, prompted.stdout + prompted.stderr
     by_id = _cli("inspect", f"gym:{TOY}", env=env)
     assert by_id.returncode == 0 and "observation['count']: Discrete(13, start=3) -> discrete" in by_id.stdout
+    piped = _cli("run", "--preset", "smoke", "--runs-dir", str(tmp_path / "runs"), "--name", "byod", "--weights",
+                 f"{task}=1", "--data-dir", str(tmp_path / "data"), env=env)
+    assert piped.returncode == 0, piped.stderr
+    results = json.loads((tmp_path / "runs" / "byod" / "results.json").read_text())
+    assert [row["task"] for row in results["control"]] == [task] and results["control"][0]["error"] is None
 
 
 @pytest.mark.slow
@@ -351,3 +356,20 @@ def test_baselines_of_an_env_by_id_measure_random_into_the_users_file(toy_on_pat
     assert measured.returncode == 0, measured.stderr
     entry = json.loads(out.read_text())["tasks"][f"gym:{TOY}"]
     assert entry["random"]["n"] == 3 and entry["expert"] is None and entry["expert_name"] == "none"
+
+
+def test_text_observations_of_a_minari_dataset_become_text_tokens(minari_root):
+    n = 5
+    space = spaces.Dict({"note": spaces.Text(12), "x": spaces.Box(-1, 1, (1,), np.float32)})
+    buffer = EpisodeBuffer(id=0, seed=1, infos={},
+                           observations={"note": [f"step {t}" for t in range(n + 1)],
+                                         "x": np.zeros((n + 1, 1), np.float32)},
+                           actions=np.zeros(n, np.int64), rewards=np.ones(n), terminations=np.zeros(n, bool),
+                           truncations=np.zeros(n, bool))
+    _create("toy/text-v0", [buffer], observation_space=space, action_space=spaces.Discrete(2))
+    observations, _ = MinariEpisodes("toy/text-v0").read(0, 1, 3)
+    assert observations["text"].tolist() == ["step 1", "step 2"]
+    source = build_sources(["minari:toy/text-v0"], "unused", LAYOUT, TEXT)["minari:toy/text-v0"]
+    window = source.tokenize_window(0, 1, 3)
+    texts = window.ids[window.kinds == TokenKind.TEXT]
+    assert TEXT.decode(texts.tolist()).replace(" ", "") == "step1step2"

@@ -47,6 +47,7 @@ from generalist.tokenizers import (
     tokenize_episode,
     tokenize_text,
 )
+from generalist.tokenizers.stream import TextEncoder
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class ControlSource:
     prompt_end_fraction: float = 0.5
     packable: bool = False
     prompts: ControlSource | None = None  # the source of prompts (None: other episodes of this one)
+    text_encoder: TextEncoder | None = None  # reads text observations (a Minari dataset's Text space)
     _tokens_per_step: int | None = field(default=None, init=False, repr=False)
 
     def tokens_per_step(self) -> int:
@@ -127,7 +129,7 @@ class ControlSource:
         actions = actions[history:]
         if shuffle_images is not None and "image" in observations:
             observations["image"] = observations["image"][shuffle_images.permutation(len(actions))]
-        return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout)
+        return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout, self.text_encoder)
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """A window of one of this shard's episodes, maybe behind a prompt from another episode."""
@@ -424,7 +426,8 @@ def build_sources(
             sources[task] = TextSource(task, [*text.jokes(), *topics.values()], tokenizer, layout)
         else:
             expert = episode_source(task, data_dir)
-            sources[task] = ControlSource(task, expert, layout, prompt_probability, prompt_end_fraction)
+            sources[task] = ControlSource(task, expert, layout, prompt_probability, prompt_end_fraction,
+                                          text_encoder=tokenizer)
             learned = None if learner_data_dir is None else Path(learner_data_dir) / task
             if learned is not None and learned.is_dir() and isinstance(expert, EpisodeDataset):
                 learner = EpisodeDataset(learned)

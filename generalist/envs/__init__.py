@@ -3,7 +3,16 @@
 from generalist.envs.baselines import expert_normalized, human_normalized, load_baselines
 from generalist.envs.contract import OBSERVATION_KEYS, Observation, check_observation
 from generalist.envs.policies import Action, Policy, RandomPolicy
-from generalist.envs.registry import TASKS, Task, control_tasks, get_task, make, make_vector, task_list
+from generalist.envs.registry import (
+    TASKS,
+    Task,
+    control_tasks,
+    evaluated_tasks,
+    get_task,
+    make,
+    make_vector,
+    task_list,
+)
 from generalist.envs.rollout import Actions, Actor, Episode, EpisodeEnd, rollout, run_episode
 
 __all__ = [
@@ -20,6 +29,7 @@ __all__ = [
     "Task",
     "check_observation",
     "control_tasks",
+    "evaluated_tasks",
     "expert_normalized",
     "get_task",
     "human_normalized",

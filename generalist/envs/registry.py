@@ -194,6 +194,12 @@ def control_tasks(weights: Mapping[str, float]) -> list[str]:
     return [task for task in TASKS if weights.get(task, 0) > 0]
 
 
+def evaluated_tasks(weights: Mapping[str, float]) -> list[str]:
+    """The tasks of a mixture that play an env: the registered ones (registry order), then ``minari:`` datasets."""
+    external = [task for task, weight in weights.items() if task.startswith(EXTERNAL_PREFIXES) and weight > 0]
+    return control_tasks(weights) + sorted(external)
+
+
 def task_list(names: str) -> tuple[str, ...]:
     """Task names from a comma-separated string ("all" for every task); unknown names are a ValueError."""
     if names.strip() == "all":
