@@ -393,14 +393,18 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
     _add_hardware_flags(parser)
     parser.add_argument("--perplexity", action="store_true",
-                        help="print the perplexity per text token over the held-out conversations, then exit")
+                        help="print the perplexity per text token and per word over the held-out conversations of "
+                        "both dialogue corpora (chatterbot, chitchat), then exit")
+    parser.add_argument("--prompts", action="store_true",
+                        help="answer the 20 fixed chat prompts (each a new conversation) and check the replies: the "
+                        "share of their words that are words of the training corpora, the longest run of one word")
     parser.set_defaults(run=_run_chat)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
     from generalist.checkpoint import load_model
-    from generalist.datasets.text import heldout_conversations
-    from generalist.evaluate import chat_perplexity, chat_reply
+    from generalist.datasets.text import CHAT_PROMPTS, chitchat_split, corpus_vocabulary, heldout_conversations
+    from generalist.evaluate import chat_perplexities, chat_reply, reply_checks
     from generalist.precision import resolve_device, resolve_precision
     from generalist.pretrained import default_checkpoint
 
@@ -408,10 +412,20 @@ def _run_chat(args: argparse.Namespace) -> int:
     model, tokenizer = load_model(args.checkpoint or default_checkpoint(), device)
     precision = resolve_precision(args.precision, device)
     if args.perplexity:
-        heldout = heldout_conversations()
-        with precision.autocast(device.type):
-            perplexity = chat_perplexity(model, tokenizer, heldout)
-        print(f"held-out perplexity: {perplexity:.2f} ({len(heldout)} conversations)")
+        for corpus, heldout in (("chatterbot", heldout_conversations()), ("chitchat", chitchat_split()[1])):
+            with precision.autocast(device.type):
+                scores = chat_perplexities(model, tokenizer, heldout)
+            print(f"held-out {corpus} perplexity: {scores.per_token:.2f} per token, {scores.per_word:.2f} per word "
+                  f"({len(heldout)} conversations, {scores.tokens} tokens, {scores.words} words)")
+        return 0
+    if args.prompts:
+        replies = []
+        for prompt in CHAT_PROMPTS:
+            with precision.autocast(device.type):
+                replies.append(chat_reply(model, tokenizer, [prompt], args.max_new_tokens, args.temperature))
+            print(f"user> {prompt}\nassistant> {replies[-1]}", flush=True)
+        known, longest = reply_checks(replies, corpus_vocabulary())
+        print(f"words of the training corpora: {known:.1%}; longest run of one word: {longest}")
         return 0
     if not 1 <= args.max_new_tokens < model.config.context:
         raise ValueError(f"--max-new-tokens must lie in 1..{model.config.context - 1}: the context of "

@@ -37,7 +37,7 @@ from generalist.batch import collate
 from generalist.config import EvalConfig
 from generalist.datasets.mixture import ControlSource, episode_source
 from generalist.datasets.scenes import generate_scene, parse_caption
-from generalist.datasets.text import ASSISTANT_MARKER, USER_MARKER, format_chat
+from generalist.datasets.text import ASSISTANT_MARKER, CHAT_MARKERS, USER_MARKER, format_chat, words
 from generalist.envs import TASKS, Task, expert_normalized, get_task, human_normalized, make, make_vector
 from generalist.envs.contract import Observation
 from generalist.envs.external import GYM_PREFIX, MINARI_PREFIX
@@ -332,26 +332,68 @@ def evaluate_captions(
     return caption_scores(predictions, scenes), predictions
 
 
+@dataclass(frozen=True)
+class ChatPerplexity:
+    """Perplexity of held-out conversations per text token and per word (comparable across tokenizers)."""
+
+    per_token: float
+    per_word: float
+    tokens: int
+    words: int
+
+
 @torch.no_grad()
-def chat_perplexity(
+def chat_perplexities(
     model: Generalist, tokenizer: TextTokenizer, conversations: Sequence[Sequence[str]], batch: int = 16
-) -> float:
-    """Perplexity per text token of whole conversations (chat format, then eos), cut to the model's context."""
+) -> ChatPerplexity:
+    """Perplexities of whole conversations (chat format, then eos), each cut to the model's context.
+
+    Per word: the summed loss of every text token over the words scored (`text.words` of the chat text the kept
+    tokens decode to, each turn marker one word, the end-of-sequence one more when it fits), so two tokenizers
+    that cut the same text into different pieces score on one scale.
+    """
     model.eval()
     layout = model.config.layout
     context = model.config.context
-    total_loss = total_tokens = 0.0
+    total_loss = total_tokens = total_words = 0.0
     for start in range(0, len(conversations), batch):
-        sequences = [
-            tokenize_text(np.append(tokenizer.encode(format_chat(c)), tokenizer.eos_id)[:context], layout)
-            for c in conversations[start : start + batch]
-        ]
+        kept = [np.append(tokenizer.encode(format_chat(c)), tokenizer.eos_id)[:context]
+                for c in conversations[start : start + batch]]
+        sequences = [tokenize_text(ids, layout) for ids in kept]
         output = model(collate(sequences, layout).to(next(model.parameters()).device))
         total_loss += float(output.loss) * output.n_text
         total_tokens += output.n_text
+        for ids in kept:
+            text = tokenizer.decode(ids[1:])  # the first token is read, never predicted
+            markers = sum(text.count(marker) for marker in CHAT_MARKERS)
+            for marker in CHAT_MARKERS:
+                text = text.replace(marker, " ")
+            total_words += len(words(text)) + markers + int(ids[-1] == tokenizer.eos_id)
     if not total_tokens:
         raise ValueError("chat_perplexity: no conversations with text to score")
-    return math.exp(total_loss / total_tokens)
+    return ChatPerplexity(math.exp(total_loss / total_tokens), math.exp(total_loss / max(total_words, 1)),
+                          int(total_tokens), int(total_words))
+
+
+def chat_perplexity(
+    model: Generalist, tokenizer: TextTokenizer, conversations: Sequence[Sequence[str]], batch: int = 16
+) -> float:
+    """Perplexity per text token of whole conversations (`chat_perplexities`)."""
+    return chat_perplexities(model, tokenizer, conversations, batch).per_token
+
+
+def reply_checks(replies: Sequence[str], vocabulary: set[str]) -> tuple[float, int]:
+    """(share of the replies' words that are words of `vocabulary`, the longest run of one word repeated)."""
+    said = [words(reply) for reply in replies]
+    flat = [w for reply in said for w in reply]
+    known = sum(w in vocabulary for w in flat) / len(flat) if flat else math.nan
+    longest = 0
+    for reply in said:
+        run = 0
+        for i, w in enumerate(reply):
+            run = run + 1 if i and w == reply[i - 1] else 1
+            longest = max(longest, run)
+    return known, longest
 
 
 def chat_reply(

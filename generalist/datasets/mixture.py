@@ -6,7 +6,8 @@ Each sequence holds one task's data, at most `sequence_length` tokens:
   task, taken from that episode's end with probability `prompt_end_fraction` (half) and from a uniform point
   otherwise. The prompt takes half of the timesteps that fit, the window the rest.
 - captions: image patches, then the caption's text and end-of-sequence.
-- dialogue and prose: the text and end-of-sequence, or a window of it when it is longer than the sequence.
+- dialogue, chitchat and prose: the text and end-of-sequence, or a window of it when it is longer than the
+  sequence.
 Short samples (captions, dialogues) are packed: a sequence is filled with samples of its task until the next
 one does not fit, rather than padded. bench/data.py measures why: a 64x64 caption is about 30 tokens, so
 padding it to a control window's 1,024 would waste almost all of a batch's compute.
@@ -372,7 +373,7 @@ def _single_threaded_worker(_: int) -> None:
 
 
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
-CAPTION_AND_TEXT_TASKS = ("scenes", "digits", "sample_images", "dialogue", "prose")
+CAPTION_AND_TEXT_TASKS = ("scenes", "digits", "sample_images", "dialogue", "chitchat", "prose")
 
 
 def episode_source(task: str, data_dir: str | Path) -> EpisodeSource:
@@ -421,6 +422,9 @@ def build_sources(
             )
         elif task == "dialogue":
             train, _ = text.split_conversations(text.chatterbot_conversations())
+            sources[task] = TextSource(task, [text.format_chat(c) for c in train], tokenizer, layout)
+        elif task == "chitchat":
+            train, _ = text.chitchat_split()
             sources[task] = TextSource(task, [text.format_chat(c) for c in train], tokenizer, layout)
         elif task == "prose":
             sources[task] = TextSource(task, [*text.jokes(), *topics.values()], tokenizer, layout)

@@ -2,6 +2,9 @@
 
 - Dialogue: the English conversations of `chatterbot-corpus` (BSD-3; about 2,000 short conversations in YAML),
   deduplicated and split by whole conversation into train and held-out (`split_conversations`).
+- Chit-chat: `chitchat-dataset` (MIT; 7,168 real two-person conversations, about 2.5M words, read from the
+  installed package), normalized from texting style (`normalize_turn`), deduplicated, and split by conversation:
+  a conversation is held out when the SHA-256 of its id falls in the first 5% (`chitchat_split`).
 - Jokes: `pyjokes` (BSD-3), 283 one-liners.
 - Prose: Python's `pydoc_data` topics (about 65k words of reference text, in the standard library).
 
@@ -12,7 +15,9 @@ marker or a newline followed by one cannot be formatted (it would not parse back
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import re
 from collections.abc import Sequence
 from importlib import resources
@@ -92,6 +97,123 @@ def split_conversations(
 def heldout_conversations() -> list[Conversation]:
     """The conversations chat perplexity is measured on: the share of the corpus training never reads."""
     return split_conversations(chatterbot_conversations())[1]
+
+
+_SPACES = re.compile(r"\s+")
+# Contractions typed without their apostrophe that are never another word; "ill", "id", "well", "were", "its"
+# are left alone, as they are words too.
+_APOSTROPHES = {
+    "im": "I'm", "ive": "I've", "dont": "don't", "doesnt": "doesn't", "didnt": "didn't", "cant": "can't",
+    "wont": "won't", "isnt": "isn't", "arent": "aren't", "wasnt": "wasn't", "werent": "weren't",
+    "havent": "haven't", "hasnt": "hasn't", "couldnt": "couldn't", "wouldnt": "wouldn't", "shouldnt": "shouldn't",
+    "thats": "that's", "whats": "what's", "youre": "you're", "theyre": "they're", "theres": "there's",
+    "lets": "let's", "hes": "he's", "shes": "she's", "youve": "you've", "yall": "y'all",
+}
+_WORD = re.compile(r"[A-Za-z']+")
+
+
+def normalize_turn(text: str) -> str:
+    """One chit-chat turn from texting style to plain written English: whitespace collapsed, a lone "i" made "I",
+    apostrophes put back into unambiguous contractions ("im", "dont"), letters repeated more than twice cut to
+    two ("sooooo"), and the first letter capitalized."""
+    text = _SPACES.sub(" ", text).strip()
+
+    def word(match: re.Match[str]) -> str:
+        token = match.group(0)
+        lower = token.lower()
+        if lower == "i":
+            return "I"
+        if lower.startswith("i'"):
+            return "I" + token[1:]
+        if lower in _APOSTROPHES:
+            fixed = _APOSTROPHES[lower]
+            return fixed[0].upper() + fixed[1:] if token[0].isupper() else fixed
+        return token
+
+    text = re.sub(r"(.)\1{2,}", r"\1\1", _WORD.sub(word, text))
+    return text[:1].upper() + text[1:]
+
+
+@functools.lru_cache(maxsize=1)
+def chitchat_conversations() -> tuple[tuple[str, Conversation], ...]:
+    """(id, turns) of every chitchat-dataset conversation: each turn the messages one speaker sent in a row,
+    joined and normalized; empty turns dropped, consecutive turns of one speaker merged, conversations of one
+    turn (3,150 of them: nobody answered) and exact repeats dropped (4,010 remain); in the order of their ids.
+    Read once per process (8 s)."""
+    try:
+        data_file = resources.files("chitchat_dataset").joinpath("dataset.json")
+    except ModuleNotFoundError:
+        raise ModuleNotFoundError(
+            "the chit-chat corpus needs the chitchat-dataset package: pip install -e . (it is a dependency)"
+        ) from None
+    data = json.loads(data_file.read_text(encoding="utf-8"))
+    seen: dict[Conversation, str] = {}
+    for key in sorted(data):
+        turns: list[str] = []
+        speakers: list[str] = []
+        for group in data[key]["messages"]:
+            text = normalize_turn(" ".join(message["text"] for message in group))
+            if not text or any(marker in text for marker in CHAT_MARKERS):
+                continue
+            if speakers and group[0]["sender"] == speakers[-1]:
+                turns[-1] = f"{turns[-1]} {text}"
+            else:
+                turns.append(text)
+                speakers.append(group[0]["sender"])
+        if len(turns) >= 2:
+            seen.setdefault(tuple(turns), key)
+    return tuple((key, turns) for turns, key in seen.items())
+
+
+CHITCHAT_HELDOUT = 0.05
+"""Share of chit-chat conversations held out, by the hash of their id."""
+
+
+def chitchat_split() -> tuple[list[Conversation], list[Conversation]]:
+    """(train, held-out) chit-chat conversations: held out when the SHA-256 of the conversation's id, read as a
+    fraction, is below `CHITCHAT_HELDOUT`; the same on every machine."""
+    train, heldout = [], []
+    for key, turns in chitchat_conversations():
+        digest = hashlib.sha256(key.encode()).digest()
+        (heldout if int.from_bytes(digest[:8], "big") / 2**64 < CHITCHAT_HELDOUT else train).append(turns)
+    return train, heldout
+
+
+def words(text: str) -> list[str]:
+    """The words of a text, lower-cased (letters and apostrophes): what reply checks and per-word perplexity count."""
+    return [w.lower() for w in _WORD.findall(text)]
+
+
+CHAT_PROMPTS = (
+    "hello",
+    "hi, how are you?",
+    "good morning!",
+    "what is your name?",
+    "who made you?",
+    "are you a robot?",
+    "what can you do?",
+    "how old are you?",
+    "where are you from?",
+    "what do you like to do for fun?",
+    "do you have any pets?",
+    "what is your favorite food?",
+    "what did you do today?",
+    "i am tired today",
+    "what music do you like?",
+    "tell me a joke",
+    "what is the weather like?",
+    "what is python?",
+    "what is the capital of france?",
+    "goodbye",
+)
+"""The fixed chat prompts whose replies docs/RESULTS.md shows for every shipped model: greetings, questions about
+itself, small talk, a joke, and questions outside the corpora."""
+
+
+def corpus_vocabulary() -> set[str]:
+    """Every word of the project's text corpora (train splits): what a reply's words are checked against."""
+    lines = [*tokenizer_corpus(), *(turn for c in chitchat_split()[0] for turn in c)]
+    return {w for line in lines for w in words(line)}
 
 
 def jokes() -> list[str]:
