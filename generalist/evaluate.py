@@ -291,24 +291,29 @@ class CaptionScores:
     exact: float  # share of captions equal to the truth
     attribute_accuracy: float  # share of (object, attribute) slots right: size, colour, shape, cell
     bleu4: float  # corpus BLEU-4 (sacrebleu), 0..100
+    per_attribute: dict[str, float] = field(default_factory=dict)  # size, colour, shape, cell: share right
+
+
+CAPTION_ATTRIBUTES = ("size", "colour", "shape", "cell")
 
 
 def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScores:
     """Exact-caption rate, per-attribute accuracy (objects compared in order) and BLEU-4 against the truths."""
 
-    right = slots = 0
+    right = dict.fromkeys(CAPTION_ATTRIBUTES, 0)
+    objects = 0
     for prediction, scene in zip(predictions, scenes, strict=True):
         stated = parse_caption(prediction) or []
         for index, obj in enumerate(scene.objects):
-            slots += 4
+            objects += 1
             if index < len(stated):
-                said = stated[index]
-                right += (said.size == obj.size) + (said.colour == obj.colour) + (said.shape == obj.shape)
-                right += said.cell == obj.cell
+                for name in CAPTION_ATTRIBUTES:
+                    right[name] += getattr(stated[index], name) == getattr(obj, name)
     truths = [scene.caption for scene in scenes]
     exact = float(np.mean([p == t for p, t in zip(predictions, truths, strict=True)]))
     bleu = sacrebleu.corpus_bleu(list(predictions), [truths]).score
-    return CaptionScores(len(truths), exact, right / max(slots, 1), float(bleu))
+    per_attribute = {name: count / max(objects, 1) for name, count in right.items()}
+    return CaptionScores(len(truths), exact, sum(right.values()) / max(4 * objects, 1), float(bleu), per_attribute)
 
 
 def caption_images(
@@ -321,11 +326,12 @@ def caption_images(
 
 
 def evaluate_captions(
-    model: Generalist, tokenizer: TextTokenizer, n: int = 100, seed: int = 0, batch: int = 32
+    model: Generalist, tokenizer: TextTokenizer, n: int = 100, seed: int = 0, batch: int = 32, style: str = "plain"
 ) -> tuple[CaptionScores, list[str]]:
-    """Caption `n` held-out scenes (colour-shape pairs never seen in training); the scores and the captions."""
+    """Caption `n` held-out scenes (colour-shape pairs never seen in training) of a scene style ("unseen": on
+    backgrounds never seen in training either); the scores and the captions."""
     model.eval()
-    scenes = [generate_scene(seed + i, "heldout") for i in range(n)]
+    scenes = [generate_scene(seed + i, "heldout", style) for i in range(n)]
     predictions: list[str] = []
     for start in range(0, n, batch):
         predictions += caption_images(model, tokenizer, [s.image for s in scenes[start : start + batch]])

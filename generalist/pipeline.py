@@ -36,16 +36,18 @@ from generalist.datasets.captions import skimage_samples
 from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
-from generalist.datasets.text import heldout_conversations
+from generalist.datasets.text import CHAT_PROMPTS, chitchat_split, corpus_vocabulary, heldout_conversations
 from generalist.envs import control_tasks, evaluated_tasks, get_task
 from generalist.evaluate import (
     TaskResult,
     caption_images,
+    chat_perplexities,
     chat_perplexity,
     chat_reply,
     evaluate,
     evaluate_captions,
     format_table,
+    reply_checks,
 )
 from generalist.flags import leaf_fields, load_json, save_json
 from generalist.report import PERPLEXITY_CURVE, CaptionReport, ChatReport, RunResults, write_report
@@ -163,9 +165,14 @@ def train_stage(config: RunConfig) -> Path:
     return train(train_config(config), eval_config=config.eval)
 
 
-def evaluate_captions_stage(model: Any, tokenizer: Any, scenes: int, seed: int) -> CaptionReport:
-    """Caption held-out scenes (scores and a few examples) and the real sample images."""
+def evaluate_captions_stage(
+    model: Any, tokenizer: Any, scenes: int, seed: int, styles: tuple[str, ...] = ()
+) -> CaptionReport:
+    """Caption held-out scenes (scores and a few examples), held-out scenes of other `styles`, and the real
+    sample images."""
     scores, predictions = evaluate_captions(model, tokenizer, scenes, seed)
+    by_style = {"plain": scores} if styles else {}
+    by_style.update({style: evaluate_captions(model, tokenizer, scenes, seed, style=style)[0] for style in styles})
     truths = [generate_scene(seed + i, "heldout").caption for i in range(min(scenes, 8))]
     samples = skimage_samples()[:8]
     captions = caption_images(model, tokenizer, [sample.image for sample in samples])
@@ -173,17 +180,23 @@ def evaluate_captions_stage(model: Any, tokenizer: Any, scenes: int, seed: int) 
         scores,
         list(zip(truths, predictions[: len(truths)], strict=True)),
         [(s.source, s.caption, c) for s, c in zip(samples, captions, strict=True)],
+        by_style,
     )
 
 
 def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int) -> ChatReport:
-    """Perplexity over the held-out conversations and the model's reply to the first turn of a few of them."""
-    heldout = heldout_conversations()
-    perplexity = chat_perplexity(model, tokenizer, heldout)
+    """Perplexity per token and per word over both corpora's held-out conversations, the model's reply to the
+    first turn of a few, and its replies to the fixed prompts with their checks."""
+    corpora = {"chatterbot": heldout_conversations(), "chitchat": chitchat_split()[1]}
+    scores = {name: chat_perplexities(model, tokenizer, heldout) for name, heldout in corpora.items()}
+    heldout = corpora["chatterbot"]
     replies = [
         (c[0], c[1] if len(c) > 1 else "", chat_reply(model, tokenizer, [c[0]])) for c in heldout[:samples]
     ]
-    return ChatReport(perplexity, replies)
+    answers = [(prompt, chat_reply(model, tokenizer, [prompt])) for prompt in CHAT_PROMPTS]
+    known, longest = reply_checks([reply for _, reply in answers], corpus_vocabulary())
+    return ChatReport(scores["chatterbot"].per_token, replies,
+                      {name: (s.per_token, s.per_word) for name, s in scores.items()}, answers, known, longest)
 
 
 EVALUATIONS = "evaluations.json"
@@ -233,7 +246,8 @@ def learning_curves(config: RunConfig, eval_config: EvalConfig) -> dict[str, dic
     curves: dict[str, dict[int, float]] = {}
     tasks = evaluated_tasks(weights)
     checkpoints = list_checkpoints(config.run_dir)
-    conversations = heldout_conversations() if weights.get("dialogue", 0) > 0 else []
+    talks = weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0
+    conversations = heldout_conversations() if talks else []
     if len(checkpoints) > report.curve_points + 1:  # a run that kept more: evenly spaced ones, the last included
         keep = np.unique(np.linspace(0, len(checkpoints) - 1, report.curve_points + 1).round().astype(int))
         checkpoints = [checkpoints[i] for i in keep]
@@ -286,9 +300,10 @@ def run_pipeline(config: RunConfig) -> RunResults:
         if config.report.prompt_ablation else []
     )
     captions = chat = None
-    if weights.get("scenes", 0) > 0 or weights.get("sample_images", 0) > 0:
-        captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed)
-    if weights.get("dialogue", 0) > 0:
+    if any(weights.get(task, 0) > 0 for task in ("scenes", "varied_scenes", "sample_images")):
+        styles = ("varied", "unseen") if weights.get("varied_scenes", 0) > 0 else ()
+        captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed, styles)
+    if weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0:
         chat = evaluate_chat_stage(model, tokenizer, config.report.chat_samples)
     lap("evaluate")
     curves = learning_curves(config, eval_config) if config.report.curve_points else {}

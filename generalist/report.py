@@ -20,7 +20,7 @@ import numpy as np
 
 from generalist.config import RunConfig, run_preset
 from generalist.datasets.captions import skimage_samples
-from generalist.evaluate import CaptionScores, TaskResult, format_table
+from generalist.evaluate import CAPTION_ATTRIBUTES, CaptionScores, TaskResult, format_table
 from generalist.flags import leaf_fields
 from generalist.metrics import TASK_LOSS_PREFIX, read_metrics
 
@@ -34,14 +34,19 @@ class CaptionReport:
     scores: CaptionScores
     scene_examples: list[tuple[str, str]]  # (truth, prediction)
     sample_images: list[tuple[str, str, str]]  # (source, description, prediction)
+    by_style: dict[str, CaptionScores] = field(default_factory=dict)  # held-out scenes of each style scored
 
 
 @dataclass
 class ChatReport:
     """Held-out chat perplexity and sample replies."""
 
-    perplexity: float
+    perplexity: float  # per text token, on the held-out chatterbot conversations (the figure older runs report)
     samples: list[tuple[str, str, str]]  # (user turn, reference reply, model reply)
+    per_corpus: dict[str, tuple[float, float]] = field(default_factory=dict)  # corpus: (per token, per word)
+    prompt_replies: list[tuple[str, str]] = field(default_factory=list)  # the fixed prompts and the replies
+    known_words: float = math.nan  # share of the prompt replies' words that are words of the training corpora
+    longest_run: int = 0  # longest run of one word repeated in those replies
 
 
 @dataclass
@@ -373,6 +378,15 @@ def write_report(
             f"{s.n} scenes whose colour-shape pairs never appear in training: exact captions {s.exact:.1%}, "
             f"per-attribute accuracy {s.attribute_accuracy:.1%}, BLEU-4 {s.bleu4:.1f} (sacrebleu).",
             "",
+        ]
+        if results.captions.by_style:
+            lines += ["| held-out scenes | n | exact | size | colour | shape | cell | BLEU-4 |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            for style, t in results.captions.by_style.items():
+                cells = " | ".join(f"{t.per_attribute.get(a, math.nan):.1%}" for a in CAPTION_ATTRIBUTES)
+                lines.append(f"| {style} | {t.n} | {t.exact:.1%} | {cells} | {t.bleu4:.1f} |")
+            lines.append("")
+        lines += [
             "| truth | caption |",
             "| --- | --- |",
         ]
@@ -392,11 +406,23 @@ def write_report(
             "",
             f"Held-out perplexity per text token: {results.chat.perplexity:.2f}.",
             "",
-            "| user | reference | model |",
-            "| --- | --- | --- |",
         ]
+        if results.chat.per_corpus:
+            lines += ["| held-out corpus | perplexity per token | per word |", "| --- | ---: | ---: |"]
+            lines += [f"| {name} | {token:.2f} | {word:.1f} |"
+                      for name, (token, word) in results.chat.per_corpus.items()]
+            lines.append("")
+        lines += ["| user | reference | model |", "| --- | --- | --- |"]
         lines += [f"| {_escape(u)} | {_escape(r)} | {_escape(m)} |" for u, r, m in results.chat.samples]
         lines.append("")
+        if results.chat.prompt_replies:
+            lines += [
+                f"The fixed prompts (`generalist chat --prompts`): {results.chat.known_words:.1%} of the replies' "
+                f"words are words of the training corpora; the longest run of one word is {results.chat.longest_run}.",
+                "", "| prompt | reply |", "| --- | --- |",
+            ]
+            lines += [f"| {_escape(p)} | {_escape(r)} |" for p, r in results.chat.prompt_replies]
+            lines.append("")
     path = run_dir / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -198,11 +198,12 @@ class SceneCaptionSource:
     tokenizer: TextTokenizer
     layout: TokenLayout
     packable: bool = True
+    style: str = "plain"  # plain: the dark background only; varied: backgrounds, colours, sizes and scales vary
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One scene: its patches, then its caption and end-of-sequence."""
         seed = int(rng.integers(2**40)) * shard.count + shard.index
-        scene = generate_scene(seed, "train")
+        scene = generate_scene(seed, "train", self.style)
         return _caption_sequence(scene.image, scene.caption, self.tokenizer, self.layout, max_tokens)
 
 
@@ -373,7 +374,7 @@ def _single_threaded_worker(_: int) -> None:
 
 
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
-CAPTION_AND_TEXT_TASKS = ("scenes", "digits", "sample_images", "dialogue", "chitchat", "prose")
+CAPTION_AND_TEXT_TASKS = ("scenes", "varied_scenes", "digits", "sample_images", "dialogue", "chitchat", "prose")
 
 
 def episode_source(task: str, data_dir: str | Path) -> EpisodeSource:
@@ -413,8 +414,8 @@ def build_sources(
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
     sources: dict[str, SequenceSource] = {}
     for task in tasks:
-        if task == "scenes":
-            sources[task] = SceneCaptionSource(tokenizer, layout)
+        if task in ("scenes", "varied_scenes"):
+            sources[task] = SceneCaptionSource(tokenizer, layout, style="plain" if task == "scenes" else "varied")
         elif task in ("digits", "sample_images"):
             examples = captions.digit_captions() if task == "digits" else captions.skimage_samples()
             sources[task] = CaptionListSource(

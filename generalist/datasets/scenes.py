@@ -13,8 +13,17 @@ Held-out split: four (colour, shape) pairs (`HELD_OUT_PAIRS`) never appear in a 
 held-out scene contains at least one of them, so captioning it needs colour and shape recombined. Every other
 attribute, and every colour and every shape on its own, is seen in training.
 
-Scenes are deterministic in their seed and split. `parse_caption` inverts the grammar, so evaluation can score
-each attribute of each object.
+Styles (`generate_scene(..., style=)`): "plain" is the scene above, on the one dark background. "varied" draws
+the background from three families (a flat colour anywhere in RGB, a linear gradient between two colours in any
+direction, a flat colour under per-pixel noise), jitters each object's colour within its word (up to 30 per
+channel, always nearest to its own colour of the six) and its size within its word (small 4-6 pixels, large 8-9.5),
+and renders the scene at 48, 64, 96 or 128 pixels, resized to 64 as `generalist caption` resizes any image.
+"unseen" is "varied" on backgrounds of families training never draws (`UNSEEN_BACKGROUNDS`: stripes and a
+checkerboard of two colours): the held-out backgrounds. 99% of a background's pixels keep a contrast of at least
+`MIN_CONTRAST` (RGB distance) to every object drawn on it, so that each object stays visible.
+
+Scenes are deterministic in their seed, split and style. `parse_caption` inverts the grammar, so evaluation can
+score each attribute of each object.
 """
 
 from __future__ import annotations
@@ -51,6 +60,14 @@ CELL_PHRASES = (
 HELD_OUT_PAIRS = frozenset({("red", "square"), ("green", "circle"), ("blue", "triangle"), ("yellow", "diamond")})
 BACKGROUND = (28, 28, 32)
 Split = Literal["train", "heldout"]
+Style = Literal["plain", "varied", "unseen"]
+STYLES = ("plain", "varied", "unseen")
+SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
+UNSEEN_BACKGROUNDS = ("stripes", "checkerboard")
+RENDER_SIZES = (48, 64, 96, 128)
+VARIED_SIZES = {"small": (4.0, 6.0), "large": (8.0, 9.5)}  # a cell is 21 pixels: 9.5 still fits in it
+COLOUR_JITTER = 30.0
+MIN_CONTRAST = 80.0
 
 
 @dataclass(frozen=True)
@@ -77,9 +94,9 @@ class Scene:
     objects: tuple[SceneObject, ...]
 
 
-def _shape_mask(shape: str, centre: tuple[float, float], half: float) -> np.ndarray:
-    """Boolean (64, 64) mask of a shape: array arithmetic over the pixel grid."""
-    rows, cols = np.mgrid[0:IMAGE_SIZE, 0:IMAGE_SIZE].astype(np.float32) + 0.5
+def _shape_mask(shape: str, centre: tuple[float, float], half: float, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Boolean (size, size) mask of a shape: array arithmetic over the pixel grid."""
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
     dy, dx = rows - centre[0], cols - centre[1]
     if shape == "circle":
         return dy**2 + dx**2 <= half**2
@@ -90,6 +107,45 @@ def _shape_mask(shape: str, centre: tuple[float, float], half: float) -> np.ndar
     if shape == "diamond":
         return np.abs(dy) + np.abs(dx) <= half
     raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def _jittered_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
+    """The colour of `colour` moved by up to COLOUR_JITTER per channel, still nearest to its own word's colour."""
+    base = np.array(COLOURS[colour], np.float32)
+    others = np.array([rgb for name, rgb in COLOURS.items() if name != colour], np.float32)
+    while True:
+        value = np.clip(base + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0, 255)
+        if np.linalg.norm(value - base) < np.linalg.norm(others - value, axis=1).min():
+            return value
+
+
+def _background(rng: np.random.Generator, family: str, size: int) -> np.ndarray:
+    """A (size, size, 3) float background of one family."""
+    first, second = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    rows, cols = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    if family == "flat":
+        return np.broadcast_to(first, (size, size, 3)).copy()
+    if family == "gradient":
+        angle = rng.uniform(0, 2 * np.pi)
+        t = (np.cos(angle) * (cols - 0.5) + np.sin(angle) * (rows - 0.5)) / np.sqrt(0.5) + 0.5  # 0..1 across
+        return first + np.clip(t, 0, 1)[..., None] * (second - first)
+    if family == "noise":
+        return first + rng.normal(0, rng.uniform(8, 30), (size, size, 3))
+    if family == "stripes":
+        period = rng.uniform(0.08, 0.25)
+        on = (np.floor((rows if rng.random() < 0.5 else cols) / period) % 2).astype(bool)
+        return np.where(on[..., None], first, second)
+    if family == "checkerboard":
+        period = rng.uniform(0.08, 0.25)
+        on = ((np.floor(rows / period) + np.floor(cols / period)) % 2).astype(bool)
+        return np.where(on[..., None], first, second)
+    raise ValueError(f"unknown background family {family!r}")
+
+
+def _contrasts(background: np.ndarray, colours: list[np.ndarray]) -> bool:
+    """Whether every colour lies at least MIN_CONTRAST from 99% of the background's pixels (noise may come near)."""
+    pixels = background.reshape(-1, 3)
+    return all(np.percentile(np.linalg.norm(pixels - colour, axis=1), 1) >= MIN_CONTRAST for colour in colours)
 
 
 def _pick_attributes(rng: np.random.Generator, split: Split, n_objects: int) -> list[tuple[str, str, str]]:
@@ -103,15 +159,24 @@ def _pick_attributes(rng: np.random.Generator, split: Split, n_objects: int) -> 
             return picked
 
 
-def generate_scene(seed: int, split: Split = "train") -> Scene:
-    """The scene of one seed in one split (train scenes never hold a held-out colour-shape pair)."""
+def generate_scene(seed: int, split: Split = "train", style: Style = "plain") -> Scene:
+    """The scene of one seed in one split and style (train scenes never hold a held-out colour-shape pair)."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    # The split is part of the seed, so the two splits are different streams.
-    rng = np.random.default_rng([seed, 0 if split == "train" else 1])
+    if style not in STYLES:
+        raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    # The split (and a style other than plain) is part of the seed, so each is a different stream.
+    stream = [seed, 0 if split == "train" else 1] + ([] if style == "plain" else [STYLES.index(style)])
+    rng = np.random.default_rng(stream)
     n_objects = int(rng.integers(1, 4))
     cells = np.sort(rng.choice(GRID * GRID, size=n_objects, replace=False))
     attributes = _pick_attributes(rng, split, n_objects)
+    if style == "plain":
+        return _plain_scene(rng, cells, attributes)
+    return _styled_scene(rng, cells, attributes, UNSEEN_BACKGROUNDS if style == "unseen" else SEEN_BACKGROUNDS)
+
+
+def _plain_scene(rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]]) -> Scene:
     cell_size = IMAGE_SIZE / GRID
     image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
     image[:] = np.array(BACKGROUND) + rng.normal(0, 3, 3)
@@ -125,6 +190,36 @@ def generate_scene(seed: int, split: Split = "train") -> Scene:
         image[mask] = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 6, 3), 0, 255)
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row), float(centre_col))))
     return Scene(image.round().astype(np.uint8), caption_of(objects), tuple(objects))
+
+
+def _styled_scene(
+    rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...]
+) -> Scene:
+    from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
+
+    render = int(rng.choice(RENDER_SIZES))
+    scale = render / IMAGE_SIZE
+    colours = [_jittered_colour(rng, colour) for _, colour, _ in attributes]
+    family = str(rng.choice(families))
+    for _ in range(100):  # a background that every object stands out from
+        background = np.clip(_background(rng, family, render), 0, 255)
+        if _contrasts(background, colours):
+            break
+    else:  # not found in 100 draws (rare): the plain background, which contrasts with every colour
+        background = np.broadcast_to(np.array(BACKGROUND, np.float32), (render, render, 3)).copy()
+    image = background.astype(np.float32)
+    cell_size = IMAGE_SIZE / GRID
+    objects = []
+    for cell, (shape, colour, size), rgb in zip(cells, attributes, colours, strict=True):
+        half = rng.uniform(*VARIED_SIZES[size])
+        slack = max(cell_size / 2 - half - 1, 0.0)
+        centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
+        centre_col = (cell % GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
+        mask = _shape_mask(shape, (centre_row * scale, centre_col * scale), half * scale, render)
+        image[mask] = rgb
+        objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row), float(centre_col))))
+    resized = to_rgb_square(image.round().astype(np.uint8), IMAGE_SIZE)
+    return Scene(resized, caption_of(objects), tuple(objects))
 
 
 def caption_of(objects: list[SceneObject] | tuple[SceneObject, ...]) -> str:

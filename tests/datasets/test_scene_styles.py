@@ -1,0 +1,73 @@
+"""Scene styles: varied backgrounds, colours, sizes and scales, and held-out background families."""
+
+import numpy as np
+import pytest
+
+from generalist.datasets.scenes import (
+    COLOURS,
+    HELD_OUT_PAIRS,
+    IMAGE_SIZE,
+    STYLES,
+    generate_scene,
+    parse_caption,
+)
+from generalist.evaluate import caption_scores
+
+NAMES = list(COLOURS)
+PALETTE = np.array([COLOURS[name] for name in NAMES], np.float32)
+
+
+def _nearest_colour(pixel: np.ndarray) -> str:
+    return NAMES[int(np.linalg.norm(PALETTE - pixel, axis=1).argmin())]
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_every_style_is_deterministic_and_keeps_the_split(style):
+    for seed in range(20):
+        scene = generate_scene(seed, "train", style)
+        again = generate_scene(seed, "train", style)
+        assert np.array_equal(scene.image, again.image) and scene.caption == again.caption
+        assert scene.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and scene.image.dtype == np.uint8
+        assert not any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
+        assert any((o.colour, o.shape) in HELD_OUT_PAIRS for o in generate_scene(seed, "heldout", style).objects)
+        assert parse_caption(scene.caption) is not None
+
+
+@pytest.mark.parametrize("style", ["varied", "unseen"])
+def test_styled_objects_keep_the_colour_their_caption_names(style):
+    """At each object's centre the pixel is nearest to its own colour word, after the jitter and the resize."""
+    right = total = 0
+    for seed in range(150):
+        scene = generate_scene(seed, "heldout", style)
+        for obj in scene.objects:
+            row, col = (int(c) for c in obj.centre)
+            right += _nearest_colour(scene.image[row, col].astype(np.float32)) == obj.colour
+            total += 1
+    assert right / total > 0.97
+
+
+def test_styles_differ_where_they_should():
+    plain = [generate_scene(s, "train").image for s in range(30)]
+    varied = [generate_scene(s, "train", "varied").image for s in range(30)]
+    corner = lambda images: np.array([image[0, 0] for image in images], np.float32)  # noqa: E731
+    assert corner(plain).std(axis=0).max() < 10  # one dark background
+    assert corner(varied).std(axis=0).min() > 40  # backgrounds across the range
+    # Held-out backgrounds are patterns: many pixels of each of two colours along the image's border.
+    unseen = [generate_scene(s, "heldout", "unseen").image for s in range(30)]
+    two_tone = [len(np.unique(np.concatenate([im[0], im[-1], im[:, 0], im[:, -1]]), axis=0)) >= 2 for im in unseen]
+    assert all(two_tone)
+    with pytest.raises(ValueError, match="style"):
+        generate_scene(0, "train", "fancy")
+
+
+def test_caption_scores_report_each_attribute():
+    scenes = [generate_scene(s, "heldout") for s in range(4)]
+    truths = [scene.caption for scene in scenes]
+    wrong_colour = [truth.replace(" red ", " blue ") if " red " in truth else truth.replace(" green ", " red ")
+                    for truth in truths]
+    perfect = caption_scores(truths, scenes)
+    assert perfect.per_attribute == {"size": 1.0, "colour": 1.0, "shape": 1.0, "cell": 1.0} and perfect.exact == 1.0
+    spoiled = caption_scores(wrong_colour, scenes)
+    assert spoiled.per_attribute["size"] == spoiled.per_attribute["shape"] == spoiled.per_attribute["cell"] == 1.0
+    assert spoiled.per_attribute["colour"] < 1.0
+    assert spoiled.attribute_accuracy == pytest.approx(sum(spoiled.per_attribute.values()) / 4)
