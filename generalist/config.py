@@ -270,10 +270,12 @@ class RunConfig:
 
 # ---------------------------------------------------------------------------------------------- presets
 
+# The scikit-image samples stay out of the presets' mixtures (issue 20): with 0.05 of the tokens a run memorized
+# their eight captions, so captioning them is a qualitative check of real images only if they are never trained on.
+# Their share went to the digits, the other real images, so the text's share of the full mixture is unchanged.
 CPU_WEIGHTS = {
     "cartpole": 1.0, "acrobot": 1.0, "mountaincar": 1.0, "mountaincar_continuous": 1.0, "pendulum": 1.0,
-    "lunarlander": 1.0, "lunarlander_continuous": 1.0, "scenes": 1.0, "digits": 0.1, "sample_images": 0.05,
-    "dialogue": 0.3, "prose": 0.15,
+    "lunarlander": 1.0, "lunarlander_continuous": 1.0, "scenes": 1.0, "digits": 0.1, "dialogue": 0.3, "prose": 0.15,
 }
 
 # The full run's tokens, moved (docs/RESULTS.md, full-v2) from the Atari games, flat at 0% with 2 of 12.6 each,
@@ -282,7 +284,7 @@ CPU_WEIGHTS = {
 FULL_WEIGHTS = {
     "cartpole": 1.0, "acrobot": 0.75, "mountaincar": 0.75, "mountaincar_continuous": 0.5, "pendulum": 2.0,
     "lunarlander": 2.0, "lunarlander_continuous": 2.0, "pong": 0.5, "breakout": 0.5,
-    "scenes": 2.0, "digits": 0.1, "sample_images": 0.05, "dialogue": 0.3, "prose": 0.15,
+    "scenes": 2.0, "digits": 0.15, "dialogue": 0.3, "prose": 0.15,
 }
 
 # A run trains for a time budget unless it fixes a step count: the cosine spans the minutes given (a step count

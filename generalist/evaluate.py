@@ -35,6 +35,7 @@ from PIL import Image
 from generalist.agent import Agent, generate
 from generalist.batch import collate
 from generalist.config import EvalConfig
+from generalist.datasets.emoji import emoji_accuracy, emoji_classes, render_emoji
 from generalist.datasets.mixture import ControlSource, episode_source
 from generalist.datasets.scenes import generate_scene, parse_caption
 from generalist.datasets.text import ASSISTANT_MARKER, CHAT_MARKERS, USER_MARKER, format_chat, words
@@ -346,6 +347,21 @@ class ChatPerplexity:
     per_word: float
     tokens: int
     words: int
+
+
+def evaluate_emoji(
+    model: Generalist, tokenizer: TextTokenizer, n: int = 200, seed: int = 0, batch: int = 32
+) -> tuple[float, list[tuple[str, str]]]:
+    """Class accuracy on `n` held-out renderings of emoji spread over the classes; the (truth, caption) pairs."""
+    model.eval()
+    classes = emoji_classes()
+    indices = [int(i) for i in np.linspace(0, len(classes) - 1, n).round()]
+    images = [render_emoji(classes[i], seed + k, "heldout") for k, i in enumerate(indices)]
+    predictions: list[str] = []
+    for start in range(0, n, batch):
+        predictions += caption_images(model, tokenizer, images[start : start + batch])
+    pairs = [(classes[i].caption, p) for i, p in zip(indices, predictions, strict=True)]
+    return emoji_accuracy(predictions, indices), pairs
 
 
 @torch.no_grad()

@@ -46,6 +46,7 @@ from generalist.evaluate import (
     chat_reply,
     evaluate,
     evaluate_captions,
+    evaluate_emoji,
     format_table,
     reply_checks,
 )
@@ -166,10 +167,10 @@ def train_stage(config: RunConfig) -> Path:
 
 
 def evaluate_captions_stage(
-    model: Any, tokenizer: Any, scenes: int, seed: int, styles: tuple[str, ...] = ()
+    model: Any, tokenizer: Any, scenes: int, seed: int, styles: tuple[str, ...] = (), emoji: bool = False
 ) -> CaptionReport:
-    """Caption held-out scenes (scores and a few examples), held-out scenes of other `styles`, and the real
-    sample images."""
+    """Caption held-out scenes (scores and a few examples), held-out scenes of other `styles`, held-out emoji
+    renderings (with `emoji`), and the real sample images."""
     scores, predictions = evaluate_captions(model, tokenizer, scenes, seed)
     by_style = {"plain": scores} if styles else {}
     by_style.update({style: evaluate_captions(model, tokenizer, scenes, seed, style=style)[0] for style in styles})
@@ -181,6 +182,7 @@ def evaluate_captions_stage(
         list(zip(truths, predictions[: len(truths)], strict=True)),
         [(s.source, s.caption, c) for s, c in zip(samples, captions, strict=True)],
         by_style,
+        *(evaluate_emoji(model, tokenizer, scenes, seed) if emoji else (None, [])),
     )
 
 
@@ -300,9 +302,10 @@ def run_pipeline(config: RunConfig) -> RunResults:
         if config.report.prompt_ablation else []
     )
     captions = chat = None
-    if any(weights.get(task, 0) > 0 for task in ("scenes", "varied_scenes", "sample_images")):
+    if any(weights.get(task, 0) > 0 for task in ("scenes", "varied_scenes", "emoji", "sample_images")):
         styles = ("varied", "unseen") if weights.get("varied_scenes", 0) > 0 else ()
-        captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed, styles)
+        captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed, styles,
+                                           weights.get("emoji", 0) > 0)
     if weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0:
         chat = evaluate_chat_stage(model, tokenizer, config.report.chat_samples)
     lap("evaluate")

@@ -35,6 +35,8 @@ class CaptionReport:
     scene_examples: list[tuple[str, str]]  # (truth, prediction)
     sample_images: list[tuple[str, str, str]]  # (source, description, prediction)
     by_style: dict[str, CaptionScores] = field(default_factory=dict)  # held-out scenes of each style scored
+    emoji_accuracy: float | None = None  # class accuracy on held-out emoji renderings, when the run trains on them
+    emoji_examples: list[tuple[str, str]] = field(default_factory=list)  # (truth, caption)
 
 
 @dataclass
@@ -385,6 +387,13 @@ def write_report(
             for style, t in results.captions.by_style.items():
                 cells = " | ".join(f"{t.per_attribute.get(a, math.nan):.1%}" for a in CAPTION_ATTRIBUTES)
                 lines.append(f"| {style} | {t.n} | {t.exact:.1%} | {cells} | {t.bleu4:.1f} |")
+            lines.append("")
+        if results.captions.emoji_accuracy is not None:
+            n_emoji = len(results.captions.emoji_examples)
+            lines += [f"OpenMoji emoji (held-out renderings of {n_emoji} classes spread over the 1,417): class "
+                      f"accuracy {results.captions.emoji_accuracy:.1%}.", "",
+                      "| emoji | caption |", "| --- | --- |"]
+            lines += [f"| {_escape(t)} | {_escape(p)} |" for t, p in results.captions.emoji_examples[:8]]
             lines.append("")
         lines += [
             "| truth | caption |",

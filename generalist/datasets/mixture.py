@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from generalist.batch import Batch, collate
-from generalist.datasets import captions, text
+from generalist.datasets import captions, emoji, text
 from generalist.datasets.minari_source import MinariEpisodes
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
@@ -208,6 +208,21 @@ class SceneCaptionSource:
 
 
 @dataclass
+class EmojiCaptionSource:
+    """OpenMoji emoji, each drawn anew (`generalist.datasets.emoji`), with their templated captions."""
+
+    tokenizer: TextTokenizer
+    layout: TokenLayout
+    packable: bool = True
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """One rendering of a random emoji: its patches, then its caption and end-of-sequence."""
+        seed = int(rng.integers(2**40)) * shard.count + shard.index
+        image, caption = emoji.emoji_example(int(rng.integers(len(emoji.emoji_classes()))), seed, "train")
+        return _caption_sequence(image, caption, self.tokenizer, self.layout, max_tokens)
+
+
+@dataclass
 class CaptionListSource:
     """A fixed list of (image, caption) pairs: real sample images, digits, a COCO-layout folder."""
 
@@ -374,7 +389,9 @@ def _single_threaded_worker(_: int) -> None:
 
 
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
-CAPTION_AND_TEXT_TASKS = ("scenes", "varied_scenes", "digits", "sample_images", "dialogue", "chitchat", "prose")
+CAPTION_AND_TEXT_TASKS = (
+    "scenes", "varied_scenes", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",
+)
 
 
 def episode_source(task: str, data_dir: str | Path) -> EpisodeSource:
@@ -416,6 +433,8 @@ def build_sources(
     for task in tasks:
         if task in ("scenes", "varied_scenes"):
             sources[task] = SceneCaptionSource(tokenizer, layout, style="plain" if task == "scenes" else "varied")
+        elif task == "emoji":
+            sources[task] = EmojiCaptionSource(tokenizer, layout)
         elif task in ("digits", "sample_images"):
             examples = captions.digit_captions() if task == "digits" else captions.skimage_samples()
             sources[task] = CaptionListSource(
