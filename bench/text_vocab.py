@@ -13,10 +13,12 @@ import numpy as np
 
 from generalist.datasets.text import (
     CHAT_MARKERS,
+    TOKENIZER_CORPORA,
     chatterbot_conversations,
+    chitchat_split,
     format_chat,
     split_conversations,
-    tokenizer_corpus,
+    tokenizer_lines,
 )
 from generalist.tokenizers.text import TextTokenizerConfig, train_text_tokenizer
 
@@ -25,9 +27,15 @@ def main() -> None:
     """Print one markdown row per vocabulary size."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2048, 3072, 4096, 5120, 6144])
+    parser.add_argument("--corpus", choices=TOKENIZER_CORPORA, default="shipped",
+                        help="shipped: held-out chatterbot dialogues; chitchat: plus the chit-chat train split, "
+                        "measured on the held-out chit-chat conversations")
     args = parser.parse_args()
-    lines = tokenizer_corpus()
-    _, heldout = split_conversations(chatterbot_conversations())
+    lines = tokenizer_lines(args.corpus)
+    if args.corpus == "chitchat":
+        heldout = chitchat_split()[1]
+    else:
+        _, heldout = split_conversations(chatterbot_conversations())
     heldout_text = [format_chat(c) for c in heldout]
     print(f"corpus: {len(lines):,} lines, {sum(map(len, lines)):,} characters\n")
     print("| V | learned pieces | seen >= 5 times | seen >= 10 times | held-out chars/token |")

@@ -77,14 +77,16 @@ def _add_tokenizer(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", required=True, help="path of the .model file to write")
     train.add_argument("--vocab-size", type=int, default=3072, help="text vocabulary V (ids 0..V-1)")
     train.add_argument("--model-type", choices=["unigram", "bpe"], default="unigram", help="SentencePiece algorithm")
+    train.add_argument("--corpus", choices=["shipped", "chitchat"], default="shipped",
+                       help="with no files: the shipped corpus, or it plus the chit-chat train conversations")
     train.set_defaults(run=_run_tokenizer_train)
 
 
 def _run_tokenizer_train(args: argparse.Namespace) -> int:
-    from generalist.datasets.text import CHAT_MARKERS, tokenizer_corpus
+    from generalist.datasets.text import CHAT_MARKERS, tokenizer_lines
     from generalist.tokenizers.text import TextTokenizerConfig, read_text_files, train_text_tokenizer
 
-    lines = read_text_files(args.inputs) if args.inputs else tokenizer_corpus()
+    lines = read_text_files(args.inputs) if args.inputs else tokenizer_lines(args.corpus)
     config = TextTokenizerConfig(
         vocab_size=args.vocab_size, model_type=args.model_type, user_defined_symbols=CHAT_MARKERS
     )

@@ -125,6 +125,9 @@ class TrainConfig:
     precision: str = "auto"
     """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, or a CPU with
     native bf16 that a start-up test finds faster), fp32 or bf16"""
+    text_tokenizer: Path | None = None
+    """a SentencePiece .model to train with (`generalist tokenizer train`); None: the shipped one. Saved in every
+    checkpoint, which keeps it"""
     seed: int = 0
     """seed of the model initialization and the data stream"""
     init_from: Path | None = None

@@ -288,7 +288,7 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
 def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) -> Path:
     check_config(config)
     where = init_distributed(config.device)
-    tokenizer = TextTokenizer.default()
+    tokenizer = TextTokenizer.default() if config.text_tokenizer is None else TextTokenizer.load(config.text_tokenizer)
     start_step, tokens_seen, minutes_before = 0, 0, 0.0
     if not resume and (existing := find_latest(config.run_dir)) is not None:
         raise ValueError(f"{config.run_dir} already holds a run (its latest checkpoint: {existing.name}): continue it "

@@ -341,3 +341,18 @@ def test_a_second_training_into_one_run_directory_is_refused(tmp_path):
 
     with exclusive(tmp_path, "a training run"), pytest.raises(ValueError, match="being written by another process"):
         train(replace(TINY, run_dir=tmp_path))
+
+
+def test_a_run_trains_with_a_text_tokenizer_of_its_own_and_keeps_it(tmp_path):
+    from generalist.checkpoint import load_model
+    from generalist.datasets.text import CHAT_MARKERS, tokenizer_lines
+    from generalist.tokenizers.text import TextTokenizerConfig, train_text_tokenizer
+
+    path = tmp_path / "small.model"
+    config = TextTokenizerConfig(vocab_size=700, user_defined_symbols=CHAT_MARKERS)
+    train_text_tokenizer(tokenizer_lines()[:3000], config, out=path)
+    checkpoint = train(replace(TINY, run_dir=tmp_path / "run", text_tokenizer=path, steps=2))
+    model, tokenizer = load_model(checkpoint)
+    assert tokenizer.vocab_size == 700 != TextTokenizer.default().vocab_size
+    assert model.config.text_vocab_size == 700
+    assert tokenizer.encode("hello there").tolist() == TextTokenizer.load(path).encode("hello there").tolist()

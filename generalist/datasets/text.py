@@ -210,6 +210,21 @@ CHAT_PROMPTS = (
 itself, small talk, a joke, and questions outside the corpora."""
 
 
+TOKENIZER_CORPORA = ("shipped", "chitchat")
+"""What a text tokenizer may be trained on: the shipped corpus, or it and the chit-chat train split."""
+
+
+def tokenizer_lines(corpus: str = "shipped") -> list[str]:
+    """The lines of a tokenizer corpus (`TOKENIZER_CORPORA`): `tokenizer_corpus()`, plus with "chitchat" the
+    chit-chat train conversations in chat format (held-out ones never)."""
+    if corpus not in TOKENIZER_CORPORA:
+        raise ValueError(f"tokenizer corpus must be one of {TOKENIZER_CORPORA}, got {corpus!r}")
+    lines = tokenizer_corpus()
+    if corpus == "chitchat":
+        lines += [line for c in chitchat_split()[0] for line in format_chat(c).splitlines()]
+    return lines
+
+
 def corpus_vocabulary() -> set[str]:
     """Every word of the project's text corpora (train splits): what a reply's words are checked against."""
     lines = [*tokenizer_corpus(), *(turn for c in chitchat_split()[0] for turn in c)]
