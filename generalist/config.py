@@ -238,6 +238,8 @@ class ReportConfig:
     """held-out scenes captioned"""
     chat_samples: int = 3
     """held-out conversations whose first turn the model answers in the report"""
+    chat_heldout: int | None = None
+    """held-out conversations of each dialogue corpus the chat perplexity is measured on (None: all of them)"""
     curve_points: int = 4
     """kept checkpoints re-evaluated for the learning curves (0: none); checkpoints fall at even fractions of
     the run"""
@@ -330,7 +332,8 @@ def smoke() -> RunConfig:
         ),
         eval=EvalConfig(episodes=2),
         record=RecordConfig(episodes=2),
-        report=ReportConfig(caption_scenes=4, chat_samples=1, curve_points=2, curve_episodes=1, curve_scenes=2),
+        report=ReportConfig(caption_scenes=4, chat_samples=1, chat_heldout=4, curve_points=2, curve_episodes=1,
+                            curve_scenes=2),
     )
 
 

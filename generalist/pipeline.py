@@ -186,14 +186,15 @@ def evaluate_captions_stage(
     )
 
 
-def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int) -> ChatReport:
-    """Perplexity per token and per word over both corpora's held-out conversations, the model's reply to the
-    first turn of a few, and its replies to the fixed prompts with their checks."""
-    corpora = {"chatterbot": heldout_conversations(), "chitchat": chitchat_split()[1]}
-    scores = {name: chat_perplexities(model, tokenizer, heldout) for name, heldout in corpora.items()}
-    heldout = corpora["chatterbot"]
+def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int, heldout: int | None = None) -> ChatReport:
+    """Perplexity per token and per word over both corpora's held-out conversations (the first `heldout` of each;
+    None: all), the model's reply to the first turn of a few, and its replies to the fixed prompts with their
+    checks."""
+    corpora = {"chatterbot": heldout_conversations()[:heldout], "chitchat": chitchat_split()[1][:heldout]}
+    scores = {name: chat_perplexities(model, tokenizer, conversations) for name, conversations in corpora.items()}
     replies = [
-        (c[0], c[1] if len(c) > 1 else "", chat_reply(model, tokenizer, [c[0]])) for c in heldout[:samples]
+        (c[0], c[1] if len(c) > 1 else "", chat_reply(model, tokenizer, [c[0]]))
+        for c in corpora["chatterbot"][:samples]
     ]
     answers = [(prompt, chat_reply(model, tokenizer, [prompt])) for prompt in CHAT_PROMPTS]
     known, longest = reply_checks([reply for _, reply in answers], corpus_vocabulary())
@@ -307,7 +308,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
         captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed, styles,
                                            weights.get("emoji", 0) > 0)
     if weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0:
-        chat = evaluate_chat_stage(model, tokenizer, config.report.chat_samples)
+        chat = evaluate_chat_stage(model, tokenizer, config.report.chat_samples, config.report.chat_heldout)
     lap("evaluate")
     curves = learning_curves(config, eval_config) if config.report.curve_points else {}
     lap("curves")
