@@ -15,7 +15,6 @@ error naming the task.
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
@@ -46,10 +45,10 @@ def local_minari_dataset(dataset_id: str) -> Any:
     import minari  # imported here: only Minari tasks need it (and its storage backend)
     from minari.storage.datasets_root_dir import get_dataset_path
 
-    root = Path(os.environ.get("MINARI_DATASETS_PATH", Path.home() / ".minari" / "datasets"))
-    if not (Path(get_dataset_path(dataset_id)) / "data").is_dir():
-        raise FileNotFoundError(f"Minari dataset {dataset_id!r} is not in the local database {root} "
-                                "(MINARI_DATASETS_PATH); nothing is downloaded: create or copy it there first")
+    where = Path(get_dataset_path(dataset_id))
+    if not (where / "data").is_dir():
+        raise FileNotFoundError(f"Minari dataset {dataset_id!r} is not in the local database (no {where}; the "
+                                "database is MINARI_DATASETS_PATH); nothing is downloaded: create or copy it there")
     return minari.load_dataset(dataset_id)
 
 

@@ -14,8 +14,8 @@ Continuous parts of a Dict are concatenated in key order into one ``continuous``
 tokenized, and `UnsupportedSpace` says which part and why.
 
 Actions: Discrete(n) (n <= 1024) is one discrete slot, a 1-D Box with finite bounds one continuous slot per
-dimension, rescaled to [-1, 1] (Gymnasium's ``RescaleAction`` does it
-in the env; `ActionMapping.to_agent` does it to recorded actions).
+dimension, rescaled to [-1, 1] (Gymnasium's ``RescaleAction`` does it in the env; `ActionMapping.to_agent` does it
+to recorded actions).
 """
 
 from __future__ import annotations
@@ -31,14 +31,14 @@ from gymnasium import spaces
 from generalist.envs.contract import DISCRETE_VALUES, PATCH_SIZE, Observation
 
 FieldKind = Literal["continuous", "discrete", "image", "text"]
-Path = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]
 
 
 class UnsupportedSpace(ValueError):
     """A space (or part of one) that cannot be tokenized; the message names the part and why."""
 
 
-def _name(path: Path) -> str:
+def _name(path: KeyPath) -> str:
     return "observation" + "".join(f"[{key!r}]" for key in path)
 
 
@@ -46,7 +46,7 @@ def _name(path: Path) -> str:
 class Field:
     """One leaf of an observation space and where it goes in the contract."""
 
-    path: Path  # keys (Dict) and indices (Tuple) from the top of the space to this leaf
+    path: KeyPath  # keys (Dict) and indices (Tuple) from the top of the space to this leaf
     kind: FieldKind
     space: spaces.Space
     size: int  # values it adds to `continuous` or `discrete`; 0 for an image or text
@@ -78,7 +78,7 @@ def _discrete_sizes(space: spaces.Space) -> np.ndarray:
     return np.full(int(np.prod(space.shape)), 2, np.int64)  # MultiBinary
 
 
-def _fields(space: spaces.Space, path: Path) -> list[Field]:
+def _fields(space: spaces.Space, path: KeyPath) -> list[Field]:
     if isinstance(space, spaces.Dict):
         return [f for key in sorted(space.spaces) for f in _fields(space.spaces[key], (*path, key))]
     if isinstance(space, spaces.Tuple):
@@ -99,7 +99,7 @@ def _fields(space: spaces.Space, path: Path) -> list[Field]:
                            "Discrete, MultiDiscrete, MultiBinary, Text, and Dict or Tuple of them)")
 
 
-def _leaf(observation: Any, path: Path) -> Any:
+def _leaf(observation: Any, path: KeyPath) -> Any:
     for key in path:
         observation = observation[key]
     return observation
