@@ -114,8 +114,8 @@ _WORD = re.compile(r"[A-Za-z']+")
 
 def normalize_turn(text: str) -> str:
     """One chit-chat turn from texting style to plain written English: whitespace collapsed, a lone "i" made "I",
-    apostrophes put back into unambiguous contractions ("im", "dont"), letters repeated more than twice cut to
-    two ("sooooo"), and the first letter capitalized."""
+    apostrophes put back into unambiguous contractions ("im", "dont"), a letter repeated more than twice cut to
+    two ("sooooo"; punctuation such as an ellipsis is left alone), and the first letter capitalized."""
     text = _SPACES.sub(" ", text).strip()
 
     def word(match: re.Match[str]) -> str:
@@ -130,7 +130,7 @@ def normalize_turn(text: str) -> str:
             return fixed[0].upper() + fixed[1:] if token[0].isupper() else fixed
         return token
 
-    text = re.sub(r"(.)\1{2,}", r"\1\1", _WORD.sub(word, text))
+    text = re.sub(r"([A-Za-z])\1{2,}", r"\1\1", _WORD.sub(word, text))
     return text[:1].upper() + text[1:]
 
 

@@ -29,6 +29,7 @@ TEXT = TextTokenizer.default()
 
 @pytest.mark.parametrize(("typed", "written"), [
     ("im sooooo tired   lol", "I'm soo tired lol"),
+    ("well... ok!!!", "Well... ok!!!"),  # punctuation keeps its repeats
     ("i dont know whats up", "I don't know what's up"),
     ("Dont worry, i'll go", "Don't worry, I'll go"),
     ("we were well, its fine", "We were well, its fine"),  # words that are also words are left alone
