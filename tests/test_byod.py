@@ -373,3 +373,16 @@ def test_text_observations_of_a_minari_dataset_become_text_tokens(minari_root):
     window = source.tokenize_window(0, 1, 3)
     texts = window.ids[window.kinds == TokenKind.TEXT]
     assert TEXT.decode(texts.tolist()).replace(" ", "") == "step1step2"
+
+
+def test_inspect_shows_a_recorded_directory_and_an_env_by_id(cartpole_data, capsys, toy_on_path, minari_root):
+    from generalist.cli import main
+
+    assert main(["inspect", str(cartpole_data / "cartpole")]) == 0
+    shown = capsys.readouterr().out
+    assert "cartpole: 3 episodes, 180 steps" in shown and "continuous: <f4 (4,)" in shown
+    assert "actions: 1 discrete of 2 values" in shown
+    assert main(["inspect", f"gym:{TOY}"]) == 0
+    shown = capsys.readouterr().out
+    assert "observation['image']: Box(0, 255, (20, 24, 3), uint8) -> image" in shown
+    assert "-> 2 continuous values, rescaled to [-1, 1]" in shown
