@@ -1,6 +1,7 @@
 """The checkpoint shipped in the package works out of the box: evaluate, caption and chat with no data."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -44,8 +45,11 @@ def test_caption_and_chat_with_the_shipped_checkpoint(tmp_path):
     reply = _generalist("chat", "--max-new-tokens", "16", cwd=tmp_path, stdin="hello\n")
     assert reply.startswith("assistant> ")
     scored = _generalist("chat", "--perplexity", cwd=tmp_path)
-    perplexity = float(scored.removeprefix("held-out perplexity: ").split()[0])
-    assert 1 < perplexity < 200  # 62.3 in RESULTS.md; an untrained model scores about 4,700
+    lines = {line.split()[1]: line for line in scored.splitlines()}  # "held-out <corpus> perplexity: ..."
+    per_token, per_word = (float(x) for x in re.findall(r"([\d.]+) per (?:token|word)", lines["chatterbot"]))
+    assert 1 < per_token < 200  # 62.3 in RESULTS.md; an untrained model scores about 4,700
+    assert per_word > per_token  # a word is a token or more (11,285.7 in RESULTS.md)
+    assert "chitchat" in lines and "204 conversations" in lines["chitchat"]
 
 
 @pytest.mark.slow
