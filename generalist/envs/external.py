@@ -21,10 +21,12 @@ from typing import Any
 
 import gymnasium as gym
 
-from generalist.envs.registry import EXTERNAL_PREFIXES, Task
 from generalist.envs.spaces import ContractObservation, action_mapping, observation_mapping
+from generalist.envs.task import Task
 
-GYM_PREFIX, MINARI_PREFIX = EXTERNAL_PREFIXES
+GYM_PREFIX, MINARI_PREFIX = "gym:", "minari:"
+EXTERNAL_PREFIXES = (GYM_PREFIX, MINARI_PREFIX)
+"""Task names outside the registry: a Gymnasium env id, a local Minari dataset."""
 DEFAULT_STEP_CAP = 1000
 """The step cap of an env registered without one."""
 
