@@ -52,7 +52,10 @@ def test_the_agent_drives_and_the_expert_labels_every_step(checkpoint, cartpole_
         shard = data.directory / data.index["shards"][info.shard]["name"]
         executed.append(np.load(shard / storage.EXECUTED)[info.offset : info.offset + info.length])
         labels.append(window["actions"])
+        np.testing.assert_array_equal(data.executed_actions(number), executed[-1])
     assert not np.array_equal(np.concatenate(executed), np.concatenate(labels))  # an untrained agent drove
+    expert = EpisodeDataset(cartpole_data / "cartpole")  # recorded by the expert: it ran what it recorded
+    np.testing.assert_array_equal(expert.executed_actions(1), expert.window(1)["actions"])
 
 
 def test_with_beta_one_the_expert_executes_every_step(checkpoint, cartpole_data, tmp_path):

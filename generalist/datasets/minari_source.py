@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from generalist.datasets.storage import DatasetError, EpisodeDataset, open_array
+from generalist.datasets.storage import DatasetError, EpisodeDataset
 from generalist.envs.external import MINARI_PREFIX, local_minari_dataset
 from generalist.envs.registry import get_task, make
 from generalist.envs.spaces import action_mapping, observation_mapping
@@ -133,18 +133,6 @@ def _drop_last(value: Any) -> Any:
 # ---------------------------------------------------------------------------------------------------- export
 
 
-def _executed_actions(dataset: EpisodeDataset, episode: int) -> np.ndarray:
-    """What the env ran at each step: the executed actions of a learner-driven recording, else the recorded ones."""
-    info = dataset.episodes[episode]
-    shard = dataset.directory / dataset.index["shards"][info.shard]["name"]
-    executed = shard / "executed.npy"
-    if not executed.exists():
-        return dataset.window(episode)["actions"]
-    rows = int(dataset.index["shards"][info.shard]["steps"])
-    array = open_array(executed, rows, dataset.action_array)
-    return np.array(array[info.offset:info.offset + info.length])
-
-
 def _same(recorded: np.ndarray, replayed: np.ndarray) -> bool:
     return recorded.shape == replayed.shape and bool(np.array_equal(recorded, replayed))
 
@@ -154,7 +142,7 @@ def replay_episode(dataset: EpisodeDataset, episode: int, env: Any) -> dict[str,
     where the replay differs from the recording."""
     info = dataset.episodes[episode]
     window = dataset.window(episode)
-    recorded, actions = window["observations"], _executed_actions(dataset, episode)
+    recorded, actions = window["observations"], dataset.executed_actions(episode)
     where = f"{dataset.directory}, episode {episode} (seed {info.seed})"
     observation, _ = env.reset(seed=info.seed)
     final = None

@@ -313,6 +313,17 @@ class EpisodeDataset:
             "rewards": np.array(shard.rewards[rows]),
         }
 
+    def executed_actions(self, episode: int) -> np.ndarray:
+        """The actions the env ran in one episode: those stored beside the labels where a learner drove
+        (`EXECUTED`), else the recorded actions themselves."""
+        info = self.episodes[episode]
+        entry = self.index["shards"][info.shard]
+        path = self.directory / entry["name"] / EXECUTED
+        if not path.exists():
+            return self.window(episode)["actions"]
+        array = open_array(path, int(entry["steps"]), self.action_array)
+        return np.array(array[info.offset : info.offset + info.length])
+
     def _shard(self, number: int) -> Shard:
         if number in self._open:
             self._open.move_to_end(number)
