@@ -77,10 +77,14 @@ def chatterbot_conversations() -> list[Conversation]:
     return list(seen)
 
 
+def _hash_fraction(text: str) -> float:
+    """The SHA-256 of `text` read as a fraction in [0, 1): the same on every machine, whatever the order."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
+
+
 def is_heldout(conversation: Conversation, heldout_fraction: float = 0.1) -> bool:
     """Whether a conversation belongs to the held-out split: decided by a hash of its text, so it is stable."""
-    digest = hashlib.sha256("\n".join(conversation).encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < heldout_fraction
+    return _hash_fraction("\n".join(conversation)) < heldout_fraction
 
 
 def split_conversations(
@@ -174,8 +178,7 @@ def chitchat_split() -> tuple[list[Conversation], list[Conversation]]:
     fraction, is below `CHITCHAT_HELDOUT`; the same on every machine."""
     train, heldout = [], []
     for key, turns in chitchat_conversations():
-        digest = hashlib.sha256(key.encode()).digest()
-        (heldout if int.from_bytes(digest[:8], "big") / 2**64 < CHITCHAT_HELDOUT else train).append(turns)
+        (heldout if _hash_fraction(key) < CHITCHAT_HELDOUT else train).append(turns)
     return train, heldout
 
 
