@@ -318,12 +318,21 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScore
 
 
 def caption_images(
-    model: Generalist, tokenizer: TextTokenizer, images: Sequence[np.ndarray], max_new_tokens: int = 48
+    model: Generalist,
+    tokenizer: TextTokenizer,
+    images: Sequence[np.ndarray],
+    max_new_tokens: int = 48,
+    batch: int | None = None,
 ) -> list[str]:
-    """A caption for each image (H, W, 3) uint8: its patches prompt the model, which writes text until eos."""
+    """A caption for each image (H, W, 3) uint8: its patches prompt the model, which writes text until eos;
+    `batch` images at a time (None: all at once)."""
     layout = model.config.layout
-    prompts = [tokenize_caption(image, np.zeros(0, np.int64), layout) for image in images]
-    return [tokenizer.decode(ids) for ids in generate(model, prompts, max_new_tokens)]
+    step = batch or max(len(images), 1)
+    captions: list[str] = []
+    for start in range(0, len(images), step):
+        prompts = [tokenize_caption(image, np.zeros(0, np.int64), layout) for image in images[start : start + step]]
+        captions += [tokenizer.decode(ids) for ids in generate(model, prompts, max_new_tokens)]
+    return captions
 
 
 def evaluate_captions(
@@ -333,9 +342,7 @@ def evaluate_captions(
     backgrounds never seen in training either); the scores and the captions."""
     model.eval()
     scenes = [generate_scene(seed + i, "heldout", style) for i in range(n)]
-    predictions: list[str] = []
-    for start in range(0, n, batch):
-        predictions += caption_images(model, tokenizer, [s.image for s in scenes[start : start + batch]])
+    predictions = caption_images(model, tokenizer, [s.image for s in scenes], batch=batch)
     return caption_scores(predictions, scenes), predictions
 
 
@@ -357,9 +364,7 @@ def evaluate_emoji(
     classes = emoji_classes()
     indices = [int(i) for i in np.linspace(0, len(classes) - 1, n).round()]
     images = [render_emoji(classes[i], seed + k, "heldout") for k, i in enumerate(indices)]
-    predictions: list[str] = []
-    for start in range(0, n, batch):
-        predictions += caption_images(model, tokenizer, images[start : start + batch])
+    predictions = caption_images(model, tokenizer, images, batch=batch)
     pairs = [(classes[i].caption, p) for i, p in zip(indices, predictions, strict=True)]
     return emoji_accuracy(predictions, indices), pairs
 
