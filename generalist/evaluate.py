@@ -55,6 +55,9 @@ class TaskResult:
     task: str
     returns: list[float] = field(default_factory=list)
     lengths: list[int] = field(default_factory=list)
+    # Episodes the no-reward limit ended (Breakout: games in which the agent stopped serving the ball; it must
+    # press FIRE after each lost life).
+    stalled: int = 0
     normalized: float = math.nan  # expert-normalized mean return
     human_normalized: float | None = None  # Atari only
     prompted: bool = True
@@ -183,6 +186,7 @@ def evaluate_task(
                 if end.counted:
                     result.returns.append(end.episode_return)
                     result.lengths.append(end.length)
+                    result.stalled += end.stalled
         finally:
             env.close()
         result.normalized = normalized_score(spec, result.mean_return, config)
@@ -256,9 +260,9 @@ def evaluate(
 
 
 def format_table(results: Sequence[TaskResult]) -> str:
-    """A markdown table: task, episodes, mean and std return, expert- and human-normalized score, error."""
+    """A markdown table: task, episodes (stalled ones), mean and std return, normalized scores, error."""
     lines = [
-        "| task | prompt | episodes | return | expert-normalized | human-normalized | error |",
+        "| task | prompt | episodes (stalled) | return | expert-normalized | human-normalized | error |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
@@ -266,7 +270,8 @@ def format_table(results: Sequence[TaskResult]) -> str:
         score = "" if math.isnan(r.normalized) else f"{r.normalized:.1%}"
         value = "" if not r.returns else f"{r.mean_return:.1f} ± {r.std_return:.1f}"
         prompt = "demo" if r.prompted else "none"
-        lines.append(f"| {r.task} | {prompt} | {len(r.returns)} | {value} | {score} | {human} | {r.error or ''} |")
+        episodes = f"{len(r.returns)} ({r.stalled} stalled)" if r.stalled else str(len(r.returns))
+        lines.append(f"| {r.task} | {prompt} | {episodes} | {value} | {score} | {human} | {r.error or ''} |")
     return "\n".join(lines)
 
 

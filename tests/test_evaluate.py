@@ -16,6 +16,7 @@ from generalist.config import EvalConfig
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import expert_normalized
 from generalist.evaluate import (
+    TaskResult,
     acting_precision,
     caption_images,
     caption_scores,
@@ -72,6 +73,12 @@ def test_a_failing_task_is_reported_and_the_others_still_run(model, data_dir):
     assert results[1].error is None and len(results[1].returns) == 1
     table = format_table(results)
     assert "| acrobot | demo | 0 |" in table and "FileNotFoundError" in table
+    assert results[1].stalled == 0  # CartPole has no no-reward limit
+
+
+def test_the_table_names_the_games_that_stalled():
+    result = TaskResult("breakout", returns=[3.0, 0.0, 0.0], lengths=[900, 1000, 1000], stalled=2)
+    assert "| breakout | demo | 3 (2 stalled) | 1.0 ± 1.4 |" in format_table([result])
 
 
 @pytest.mark.slow

@@ -148,7 +148,8 @@ class TruncateWithoutReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
     """End an episode (truncated) once `steps` steps in a row have paid no reward.
 
     Breakout serves the ball only on FIRE: an agent that never fires would otherwise play on to the 27,000-step
-    cap without a single event, hours of evaluation on a CPU. The step count is ``info["steps_without_reward"]``.
+    cap without a single event, hours of evaluation on a CPU. The step count is ``info["steps_without_reward"]``;
+    ``info["stalled"]`` is True on the step the limit ends.
     """
 
     def __init__(self, env: gym.Env, steps: int) -> None:
@@ -167,8 +168,9 @@ class TruncateWithoutReward(gym.Wrapper, gym.utils.RecordConstructorArgs):
         """Step, counting steps without reward; at the limit the episode is truncated."""
         observation, reward, terminated, truncated, info = self.env.step(action)
         self._quiet = 0 if reward != 0 else self._quiet + 1
-        return observation, reward, terminated, truncated or self._quiet >= self._limit, {
-            **info, "steps_without_reward": self._quiet
+        stalled = self._quiet >= self._limit and not terminated
+        return observation, reward, terminated, truncated or stalled, {
+            **info, "steps_without_reward": self._quiet, "stalled": stalled
         }
 
 

@@ -75,6 +75,7 @@ class EpisodeEnd:
     length: int
     terminated: bool  # the task ended (goal, crash, game over); False means a step cap cut it
     counted: bool  # within the row's quota
+    stalled: bool = False  # the no-reward limit ended it (contract.TruncateWithoutReward)
 
 
 def sub_env_info(infos: dict, index: int) -> dict:
@@ -139,7 +140,7 @@ def rollout(
         stop = False
         for i in done:
             end = EpisodeEnd(int(i), current[i], float(running[i]), int(lengths[i]), bool(terminated[i]),
-                             bool(played[i] < quota[i]))
+                             bool(played[i] < quota[i]), bool(infos[i].get("stalled", False)))
             ended.append(end)
             played[i] += 1
             running[i], lengths[i] = 0.0, 0

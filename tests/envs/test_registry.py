@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 
 from generalist.envs import TASKS, RandomPolicy, check_observation, make, make_vector, run_episode, task_list
 from generalist.envs.contract import DiscreteObservation, SeedEveryReset, TruncateWithoutReward
-from generalist.envs.rollout import sub_env_view
+from generalist.envs.rollout import ScriptedActor, rollout, seed_sequences, sub_env_view
 
 ATARI = {"pong", "breakout"}
 # Warnings check_env raises about things that are Gymnasium's own choices, not ours.
@@ -203,8 +203,10 @@ class _Paying(gym.Env):
 def test_an_episode_without_reward_for_too_long_is_truncated():
     env = TruncateWithoutReward(_Paying({3, 6}), steps=4)
     env.reset()
-    truncated = [env.step(0)[3] for _ in range(10)]
+    steps = [env.step(0) for _ in range(10)]
+    truncated = [step[3] for step in steps]
     assert truncated.index(True) == 9  # the 4th quiet step after the reward at step 6 is step 10
+    assert [step[4]["stalled"] for step in steps] == truncated
     env.reset()  # the count starts again
     assert not any(env.step(0)[3] for _ in range(2))
     with pytest.raises(ValueError, match="positive"):
@@ -220,4 +222,22 @@ def test_breakout_ends_a_game_whose_ball_is_never_served():
         ended.append(terminated or truncated)
         if ended[-1]:
             break
-    assert truncated and len(ended) == 1000 and info["steps_without_reward"] == 1000
+    assert truncated and len(ended) == 1000 and info["steps_without_reward"] == 1000 and info["stalled"]
+
+
+def _capped(paying_steps):
+    as_dict = gym.wrappers.TransformObservation(  # the rollout loop reads observations as dicts
+        _Paying(paying_steps), lambda o: {"x": np.array([o])}, gym.spaces.Dict({"x": gym.spaces.MultiDiscrete([1])}))
+    return TruncateWithoutReward(gym.wrappers.TimeLimit(as_dict, 5), steps=3)
+
+
+def test_the_rollout_tells_stalled_episodes_from_the_others():
+    env = gym.vector.SyncVectorEnv(
+        [lambda: _capped({2}),  # stalls at step 5 (three steps without reward)
+         lambda: _capped({2, 4})],  # the step cap ends it at step 5
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+    )
+    ends = rollout(env, ScriptedActor([RandomPolicy(env.single_action_space)] * 2, env.single_action_space),
+                   seed_sequences(0, 2), quotas=[1, 1])
+    assert sorted((end.row, end.length, end.terminated, end.stalled) for end in ends) == [
+        (0, 5, False, True), (1, 5, False, False)]
