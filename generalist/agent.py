@@ -268,7 +268,16 @@ class Engine:
                 break
             units.append(unit)
             covered += len(unit)
-        return TokenizedSequence.concatenate(units[::-1]).slice(covered - n_uncached, covered)
+        joined = TokenizedSequence.concatenate(units[::-1])
+        start = covered - n_uncached
+        if self.model.config.centre_patches and n_uncached and joined.kinds[start] == TokenKind.IMAGE:
+            before = self.units[row][-len(units) - 1] if len(units) < len(self.units[row]) else None
+            previous = joined.kinds[start - 1] if start else (before.kinds[-1] if before is not None else None)
+            if previous == TokenKind.IMAGE:
+                # Centred patches depend on every patch of their image: half an image fed apart would differ.
+                raise ValueError("a model that centres its patches per image must be fed whole images, not part of "
+                                 "one")
+        return joined.slice(start, covered)
 
     @torch.no_grad()
     def feed(self) -> torch.Tensor:

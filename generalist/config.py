@@ -122,6 +122,9 @@ class TrainConfig:
     motion (1: the single recorded frame); stacked from the recorded frames, nothing is re-recorded"""
     frame_colour: str = "rgb"
     """colour of those frames: rgb or gray"""
+    centre_patches: bool = False
+    """subtract from each patch embedding its image's mean patch embedding: on mostly flat images (Pong, the
+    caption scenes) the shared part otherwise grows until every patch looks alike (model.py)"""
     precision: str = "auto"
     """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, or a CPU with
     native bf16 that a start-up test finds faster), fp32 or bf16"""

@@ -16,7 +16,10 @@ For a policy that acts seldom differently from its last step (Pong's expert repe
 average hides what matters, so the diagnosis also scores the decisive steps (where the expert's action differs
 from its previous one), the same with the window's images shuffled in time (unchanged accuracy: the images are
 not read), and the distribution of the agent's and the expert's actions on the agent's own states (an agent
-that learned only the action frequencies plays one action).
+that learned only the action frequencies plays one action). For image tasks it also measures the patch spread:
+the share of a patch's embedding (what its pixels add, before its position) that differs from the mean of its
+image's patches. Near 0, every patch of an image looks alike to the transformer, and no frame can be read
+(an uncentred Pong specialist: 0.05%; `centre_patches` makes it 100% by construction).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import get_task, make
 from generalist.envs.rollout import LabelledActor, ScriptedActor, Transition, rollout, single_env
 from generalist.evaluate import acting_precision, agent_actor, prompt_dir
-from generalist.model import Generalist
+from generalist.model import Generalist, image_means
 from generalist.tokenizers import TokenKind, TokenLayout, tokenize_actions
 
 
@@ -52,6 +55,7 @@ class Diagnosis:
     steps: int  # on-policy steps measured
     decisive: float = float("nan")  # teacher-forced, on the steps where the expert changes its action
     decisive_frames_shuffled: float = float("nan")  # the same with the window's images shuffled in time
+    patch_spread: float = float("nan")  # mean distance of a patch embedding from its image's mean, over its norm
     agent_actions: dict[int, float] = field(default_factory=dict)  # on-policy share of each discrete action
     expert_actions: dict[int, float] = field(default_factory=dict)  # the expert's labels on the same states
 
@@ -111,6 +115,20 @@ def teacher_forced(
     step_rows = rows.numpy().reshape(-1, spec.size)[:, 0]
     changed = np.concatenate([[False], (step_ids[1:] != step_ids[:-1]).any(axis=1) & (step_rows[1:] == step_rows[:-1])])
     return TeacherForced(correct, np.repeat(changed, spec.size))
+
+
+def patch_spread(model: Generalist, task: str, data_dir: str | Path, episodes: int = 8) -> float:
+    """Over the images of recorded windows: the mean distance of a patch's embedding from the mean embedding of
+    its image's patches, over the mean norm of a patch's embedding (positions excluded)."""
+    layout = model.config.layout
+    source = ControlSource(task, EpisodeDataset(Path(data_dir) / task), layout)
+    windows = [source.tokenize_window(episode, 0, min(16, source.episodes.episode_length(episode)))
+               for episode in range(min(episodes, len(source.episodes)))]
+    batch = collate(windows, layout).to(next(model.parameters()).device)
+    with torch.no_grad():
+        content = model.embed.patch_content(batch).float()  # (n, d)
+        spread = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
+    return float(spread.norm(dim=1).mean() / content.norm(dim=1).mean().clamp(min=1e-12))
 
 
 def teacher_forced_accuracy(
@@ -202,6 +220,7 @@ def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: P
         decisive=forced.decisive_accuracy,
         decisive_frames_shuffled=(teacher_forced(model, task, data_dir, shuffle_images=True).decisive_accuracy
                                   if has_images else float("nan")),
+        patch_spread=patch_spread(model, task, data_dir) if has_images else float("nan"),
         agent_actions=action_shares(acted.agent, layout),
         expert_actions=action_shares(acted.expert, layout),
     )
@@ -209,8 +228,9 @@ def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: P
 
 DIAGNOSIS_HEADER = (
     "| task | teacher-forced | with shuffled history | decisive steps | decisive, frames shuffled | "
-    "on-policy agreement | agent repeats | expert repeats | steps | agent's actions | expert's actions |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    "patch spread | on-policy agreement | agent repeats | expert repeats | steps | agent's actions | "
+    "expert's actions |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
 )
 
 
@@ -225,7 +245,7 @@ def _shares(shares: dict[int, float]) -> str:
 def format_diagnosis(d: Diagnosis) -> str:
     """One markdown row of the table under `DIAGNOSIS_HEADER`."""
     cells = [d.task, *map(_share, (d.teacher_forced, d.teacher_forced_shuffled, d.decisive,
-                                   d.decisive_frames_shuffled, d.on_policy_agreement, d.agent_repeats,
-                                   d.expert_repeats)),
+                                   d.decisive_frames_shuffled, d.patch_spread, d.on_policy_agreement,
+                                   d.agent_repeats, d.expert_repeats)),
              str(d.steps), _shares(d.agent_actions), _shares(d.expert_actions)]
     return "| " + " | ".join(cells) + " |"

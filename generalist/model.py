@@ -9,6 +9,13 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   the patch's position bucket (sampled inside its interval in training, its middle in evaluation); learned
   local positions for non-patch observation tokens; one learned embedding shared by all action tokens. At a
   patch the pixel embedding replaces the id embedding (the placeholder id carries nothing).
+- `centre_patches` subtracts from every patch embedding the mean embedding of its image's patches. On images
+  that are mostly one flat colour (Pong's field, the caption scenes) the patch block, whose GroupNorm scales a
+  flat patch up to unit variance, gives every patch one large shared vector and the objects a small deviation
+  from it (7.0 against 0.4 in norm at initialization on Pong); training then grew the shared part to 521 while
+  the deviations stayed below 1, so every patch looked alike after the blocks' LayerNorm and the agent never
+  read the ball (docs/RESULTS.md, issue 18). Centring removes the shared part by construction; what is lost is
+  only the image's mean, the same for all its patches.
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
   costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
@@ -97,6 +104,8 @@ class ModelConfig:
     (4: a 4x4 grid, each cell 4x4x3 = 48 pixels read by 64 channels, so the stem can keep them all)."""
     patch_groups: int = 8
     """GroupNorm groups in the patch block."""
+    centre_patches: bool = False
+    """Subtract from each patch embedding the mean of its image's patch embeddings (see the module docstring)."""
     n_position_buckets: int = N_POSITION_BUCKETS
     """Row and column buckets of patch positions (Gato appendix C: 128)."""
     max_local_positions: int = 512
@@ -257,6 +266,22 @@ class PatchEncoder(nn.Module):
         return self.proj(F.gelu(self.norm_out(x)).flatten(1))  # (n, d)
 
 
+def image_means(embeddings: torch.Tensor, batch_index: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
+    """Per patch (n, d), the mean embedding of the patches of its image: a run of consecutive patch tokens.
+
+    Every image's patches are contiguous in its sequence (a timestep's image ends at the separator or the next
+    observation part, a caption's at its text), so a new image starts wherever the row changes or the token
+    index skips.
+    """
+    starts = torch.ones_like(batch_index, dtype=torch.bool)
+    starts[1:] = (batch_index[1:] != batch_index[:-1]) | (token_index[1:] != token_index[:-1] + 1)
+    image = torch.cumsum(starts.long(), 0) - 1  # (n,)
+    n_images = int(image[-1]) + 1
+    sums = embeddings.new_zeros(n_images, embeddings.shape[1]).index_add_(0, image, embeddings)
+    counts = torch.bincount(image, minlength=n_images).to(embeddings.dtype)
+    return (sums / counts[:, None])[image]
+
+
 class TokenEmbedding(nn.Module):
     """A batch to one vector per token (b, t, d): the sum of the embeddings that apply to each token."""
 
@@ -269,6 +294,14 @@ class TokenEmbedding(nn.Module):
         self.patch_col = nn.Embedding(config.n_position_buckets, config.d_model)
         self.local_position = nn.Embedding(config.max_local_positions, config.d_model)
         self.action = nn.Parameter(torch.zeros(config.d_model))  # one position shared by every action token
+        self.centre_patches = config.centre_patches
+
+    def patch_content(self, batch: Batch) -> torch.Tensor:
+        """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
+        content = self.patches(batch.patches)
+        if self.centre_patches:
+            content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
+        return content
 
     def forward(self, batch: Batch) -> torch.Tensor:
         local = batch.local_positions  # (b, t)
@@ -283,7 +316,7 @@ class TokenEmbedding(nn.Module):
         if len(batch.patches):
             rows = position_buckets(batch.patch_rows, self.training)  # (n,)
             cols = position_buckets(batch.patch_cols, self.training)
-            pixels = self.patches(batch.patches) + self.patch_row(rows) + self.patch_col(cols)  # (n, d)
+            pixels = self.patch_content(batch) + self.patch_row(rows) + self.patch_col(cols)  # (n, d)
             x = x.index_put((batch.patch_batch_index, batch.patch_token_index), pixels.to(x.dtype))
         return x
 

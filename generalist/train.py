@@ -122,7 +122,7 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     torch.manual_seed(config.seed)
     model_config: ModelConfig = preset(
         config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
-        frame_stack=config.frame_stack, frame_colour=config.frame_colour,
+        frame_stack=config.frame_stack, frame_colour=config.frame_colour, centre_patches=config.centre_patches,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)),
     )
     return Generalist(model_config)

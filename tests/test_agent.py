@@ -1,6 +1,8 @@
 """The KV-cached engine and policy: exact against a full forward (also after sliding), batched as alone,
 restricted sampling, and text generation."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -91,6 +93,17 @@ def test_feeding_chunks_of_ragged_rows_gives_the_full_forwards_logits():
     assert compared > 20
 
 
+def test_a_model_that_centres_patches_refuses_half_an_image():
+    model = _model(dataclasses.replace(CONFIG, centre_patches=True))
+    caption = tokenize_caption(np.zeros((32, 32, 3), np.uint8), TEXT.encode("a cat"), LAYOUT)  # 4 patches first
+    engine = Engine(model, 1)
+    engine.set_context(0, [caption.slice(0, 2)])
+    engine.feed()
+    engine.append(0, caption.slice(2, len(caption)))
+    with pytest.raises(ValueError, match="whole images"):
+        engine.feed()
+
+
 # ------------------------------------------------------------------------------------- the policy
 
 
@@ -105,13 +118,14 @@ def _step_matches_full_forward(model, policy, step, spec):
 
 
 @pytest.mark.parametrize("spec_name", ["discrete", "continuous"])
-@pytest.mark.parametrize(("keep_prompt", "slide_fraction"), [(True, 0.25), (False, 0.0)])
+@pytest.mark.parametrize(("keep_prompt", "slide_fraction", "centre_patches"),
+                         [(True, 0.25, False), (False, 0.0, False), (True, 0.25, True)])
 def test_step_logits_equal_a_full_forward_over_the_kept_context_also_after_sliding(
-    spec_name, keep_prompt, slide_fraction
+    spec_name, keep_prompt, slide_fraction, centre_patches
 ):
     spec = SPECS[spec_name]
     rng = np.random.default_rng(1)
-    model = _model()
+    model = _model(dataclasses.replace(CONFIG, centre_patches=centre_patches))
     prompts = [_prompt(rng, spec, 3), _prompt(rng, spec, 1)]
     policy = Agent(model, spec, TEXT, keep_prompt=keep_prompt, slide_fraction=slide_fraction)
     policy.reset(prompts)

@@ -88,8 +88,8 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| cartpole")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    shares = [float(cell.rstrip("%")) for cell in cells[1:8] if cell]
-    assert len(shares) == 6 and cells[4] == ""  # CartPole has no images to shuffle
-    assert all(0 <= share <= 100 for share in shares) and int(cells[8]) > 2
-    agent = dict(item.split(": ") for item in cells[9].split(", "))
+    shares = [float(cell.rstrip("%")) for cell in cells[1:9] if cell]
+    assert len(shares) == 6 and cells[4] == cells[5] == ""  # CartPole has no images to shuffle or spread
+    assert all(0 <= share <= 100 for share in shares) and int(cells[9]) > 2
+    agent = dict(item.split(": ") for item in cells[10].split(", "))
     assert set(agent) <= {"0", "1"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)

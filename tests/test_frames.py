@@ -1,14 +1,18 @@
 """Motion in an image timestep: k consecutive frames stacked as the channels of each patch, the same way when
 training reads a recorded window and when the agent acts."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import torch
 
 from generalist.agent import Agent
 from generalist.config import CollectConfig
 from generalist.datasets.mixture import ControlSource
 from generalist.datasets.recording import collect
 from generalist.datasets.storage import EpisodeDataset
+from generalist.diagnose import patch_spread
 from generalist.envs import get_task, make
 from generalist.model import Generalist, tiny
 from generalist.tokenizers import TextTokenizer, TokenLayout, stack_frames
@@ -109,3 +113,19 @@ def test_shuffling_a_windows_images_in_time_moves_whole_stacked_images_and_nothi
     moved = shuffled.patches.reshape(10, -1)
     assert not np.array_equal(moved, per_image)
     assert sorted(map(bytes, moved)) == sorted(map(bytes, per_image))
+
+
+def test_patch_spread_tells_a_model_whose_patches_all_look_alike(pong):
+    config = tiny(n_layer=1, d_model=32, n_head=2, d_ff=64, context=1024, image_channels=4, frame_stack=4,
+                  frame_colour="gray", text_vocab_size=TextTokenizer.default().vocab_size)
+    data_dir = pong.directory.parent
+    torch.manual_seed(0)
+    model = Generalist(config).eval()
+    fresh = patch_spread(model, "pong", data_dir)
+    assert 0.0 < fresh < 0.5  # Pong's flat field: a large part of every patch's embedding is shared
+    with torch.no_grad():
+        model.embed.patches.proj.weight.zero_()
+        model.embed.patches.proj.bias.fill_(1.0)  # every patch the same vector: nothing tells them apart
+    assert patch_spread(model, "pong", data_dir) < 1e-6
+    centred = Generalist(dataclasses.replace(config, centre_patches=True)).eval()
+    assert patch_spread(centred, "pong", data_dir) == pytest.approx(1.0)

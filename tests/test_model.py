@@ -15,6 +15,7 @@ from generalist.model import (
     gato_1_18b,
     gato_79m,
     gato_364m,
+    image_means,
     position_buckets,
     preset,
     tiny,
@@ -127,6 +128,31 @@ def test_each_token_sums_the_embeddings_that_apply_to_it():
         expected[sequence.patch_token_index] = pixels + embed.patch_row.weight[rows] + embed.patch_col.weight[cols]
     assert (kinds == TokenKind.SEPARATOR).sum() == 2 and (kinds == TokenKind.IMAGE).sum() == 4
     torch.testing.assert_close(x, expected, atol=1e-6, rtol=1e-6)
+
+
+def test_image_means_average_each_run_of_consecutive_patch_tokens():
+    x = torch.arange(14, dtype=torch.float32).reshape(7, 2)
+    rows = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    tokens = torch.tensor([1, 2, 3, 9, 0, 1, 2])  # images: patches 0-2, patch 3 (a skip), 4-6 (a new row)
+    expected = torch.stack([x[0:3].mean(0)] * 3 + [x[3]] + [x[4:7].mean(0)] * 3)
+    torch.testing.assert_close(image_means(x, rows, tokens), expected)
+
+
+def test_centred_patches_keep_only_how_each_patch_differs_from_its_image():
+    flat = np.full((2, 32, 32, 3), 90, np.uint8)  # two timesteps of one flat colour ...
+    flat[1, 20:22, 5:7] = 240  # ... the second with a small bright object, as Pong's ball
+    sequence = tokenize_episode({"image": flat}, np.array([0, 1]), DISCRETE_4, LAYOUT)
+    batch = collate([sequence], LAYOUT)
+    centred = _model(dataclasses.replace(CONFIG, centre_patches=True)).embed
+    plain = _model().embed
+    with torch.no_grad():
+        position = centred.patch_row.weight[sample_position_buckets(sequence.patch_rows)] + \
+            centred.patch_col.weight[sample_position_buckets(sequence.patch_cols)]
+        content = centred(batch)[0, sequence.patch_token_index] - position  # (8, d): 4 patches per timestep
+        shared = plain(batch)[0, sequence.patch_token_index] - position
+    assert content[:4].abs().max() < 1e-5  # a flat image has nothing but positions left
+    assert content[4:].sum(0).abs().max() < 1e-4 and content[4:].abs().max() > 0.1  # the object's patch stands out
+    assert shared[:4].norm(dim=1).min() > 1  # without centring, even a flat patch carries a large vector
 
 
 # ------------------------------------------------------------------------------------ the loss
