@@ -13,9 +13,9 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   that are mostly one flat colour (Pong's field, the caption scenes) the patch block, whose GroupNorm scales a
   flat patch up to unit variance, gives every patch one large shared vector and the objects a small deviation
   from it (7.0 against 0.4 in norm at initialization on Pong); training then grew the shared part to 521 while
-  the deviations stayed below 1, so every patch looked alike after the blocks' LayerNorm and the agent never
-  read the ball (docs/RESULTS.md, issue 18). Centring removes the shared part by construction; what is lost is
-  only the image's mean, the same for all its patches.
+  the deviations stayed near 0.1 (0.01% of a patch's norm), so every patch looked alike after the blocks'
+  LayerNorm and the agent never read the ball (docs/RESULTS.md, issue 18). Centring removes the shared part by
+  construction; what is lost is only the image's mean, the same for all its patches.
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
   costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
