@@ -299,8 +299,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     if config.episodes < 1 or config.num_envs < 1 or config.seed < 0:
         raise ValueError(f"--episodes and --num-envs must be at least 1 and --seed not negative; got "
                          f"{config.episodes}, {config.num_envs} and {config.seed}")
-    if (config.reference_min is None) != (config.reference_max is None):
-        raise ValueError("give both --reference-min and --reference-max, or neither")
+    config.reference_scores()  # one reference score without the other is refused before any env starts
     for flag, value in (("--json", args.json), ("--video", args.video)):  # checked before the evaluation runs
         if value is not None and Path(value).exists() and (Path(value).is_dir() == (flag == "--json")):
             raise ValueError(f"{flag} {value}: expected {'a file' if flag == '--json' else 'a directory'}")

@@ -72,6 +72,15 @@ class EvalConfig:
         """Tokens of the demonstration prompt for a model of `context` tokens."""
         return self.prompt_tokens if self.prompt_tokens is not None else context // 2
 
+    def reference_scores(self) -> tuple[float, float] | None:
+        """The given (reference_min, reference_max), or None; one without the other is an error."""
+        if (self.reference_min is None) != (self.reference_max is None):
+            raise ValueError("give both --reference-min and --reference-max (reference_min and reference_max), "
+                             "or neither")
+        if self.reference_min is None or self.reference_max is None:
+            return None
+        return self.reference_min, self.reference_max
+
 
 @dataclass(frozen=True)
 class TrainConfig:

@@ -201,10 +201,7 @@ def normalized_score(task: Task, score: float, config: EvalConfig) -> float:
     """`score` normalized so that 0 is the random policy and 1 the expert: by the config's reference scores when
     given, else the task's own (a Minari dataset's), else the measured baselines of a registered task; NaN when
     a task outside the registry has none."""
-    given = (config.reference_min, config.reference_max)
-    if (given[0] is None) != (given[1] is None):
-        raise ValueError("give both reference_min and reference_max, or neither")
-    low, high = given if given[0] is not None else (task.reference_scores or (None, None))
+    low, high = config.reference_scores() or task.reference_scores or (None, None)
     if low is not None and high is not None:
         if high == low:
             raise ValueError(f"{task.name}: the reference scores are equal ({low}); nothing to normalize by")
