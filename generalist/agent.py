@@ -32,6 +32,7 @@ Design choices:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -218,6 +219,8 @@ class Engine:
     def set_context(self, row: int, units: Sequence[TokenizedSequence], n_protected: int = 0) -> None:
         """Replace a row's context (nothing cached); its first `n_protected` units never slide out."""
         self.units[row] = [unit for unit in units if len(unit)]
+        for before, unit in itertools.pairwise(self.units[row]):
+            self._check_whole_images(before, unit)
         self.n_protected[row] = min(n_protected, len(self.units[row]))
         self.totals[row] = sum(len(unit) for unit in self.units[row])
         self.cache.lengths[row] = 0
@@ -226,8 +229,16 @@ class Engine:
 
     def append(self, row: int, unit: TokenizedSequence) -> None:
         """Add a unit (a timestep) at the end of a row's context, to be fed at the next `feed`."""
+        if self.units[row] and len(unit):
+            self._check_whole_images(self.units[row][-1], unit)
         self.units[row].append(unit)
         self.totals[row] += len(unit)
+
+    def _check_whole_images(self, before: TokenizedSequence, unit: TokenizedSequence) -> None:
+        # The cache only ever stops between units, so an image split across two units is fed in two parts; a model
+        # that centres patches per image would then centre each part on its own mean, unlike a full forward.
+        if self.model.config.centre_patches and before.kinds[-1] == unit.kinds[0] == TokenKind.IMAGE:
+            raise ValueError("a model that centres its patches per image must be fed whole images, not part of one")
 
     def extend_last(self, row: int, tokens: TokenizedSequence) -> None:
         """Add tokens to the last unit of a row (a timestep's action after its observation)."""
@@ -268,16 +279,7 @@ class Engine:
                 break
             units.append(unit)
             covered += len(unit)
-        joined = TokenizedSequence.concatenate(units[::-1])
-        start = covered - n_uncached
-        if self.model.config.centre_patches and n_uncached and joined.kinds[start] == TokenKind.IMAGE:
-            before = self.units[row][-len(units) - 1] if len(units) < len(self.units[row]) else None
-            previous = joined.kinds[start - 1] if start else (before.kinds[-1] if before is not None else None)
-            if previous == TokenKind.IMAGE:
-                # Centred patches depend on every patch of their image: half an image fed apart would differ.
-                raise ValueError("a model that centres its patches per image must be fed whole images, not part of "
-                                 "one")
-        return joined.slice(start, covered)
+        return TokenizedSequence.concatenate(units[::-1]).slice(covered - n_uncached, covered)
 
     @torch.no_grad()
     def feed(self) -> torch.Tensor:

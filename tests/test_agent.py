@@ -99,9 +99,10 @@ def test_a_model_that_centres_patches_refuses_half_an_image():
     engine = Engine(model, 1)
     engine.set_context(0, [caption.slice(0, 2)])
     engine.feed()
-    engine.append(0, caption.slice(2, len(caption)))
     with pytest.raises(ValueError, match="whole images"):
-        engine.feed()
+        engine.append(0, caption.slice(2, len(caption)))
+    with pytest.raises(ValueError, match="whole images"):
+        engine.set_context(0, [caption.slice(0, 2), caption.slice(2, len(caption))])
 
 
 # ------------------------------------------------------------------------------------- the policy
