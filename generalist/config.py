@@ -157,8 +157,9 @@ class TrainConfig:
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""
     learner_data_dir: Path | None = None
-    """recordings driven by a trained agent and labelled by the expert (`collect --policy`, DAgger): a task
-    recorded there draws `learner_share` of its windows from them, prompted by its expert recordings"""
+    """recordings driven by a trained agent and labelled by the expert (`collect --policy`): `<dir>/<task>`, and
+    in a `generalist run` directory every DAgger round's `<dir>/dagger-<k>/<task>`; a task recorded there draws
+    `learner_share` of its windows from all of them together, prompted by its expert recordings"""
     learner_share: float = 0.5
     """share of a task's windows drawn from its learner-driven recordings, where it has some"""
     checkpoint_every: int = 200
@@ -235,7 +236,8 @@ class RecordConfig:
     dagger_rounds: int = 0
     """DAgger rounds after training: in each, the latest checkpoint's agent drives `dagger_episodes` episodes of
     every control task while the expert labels each step, then training continues from that checkpoint on the
-    expert recordings and these (train.learner_share of windows), as long again as the first training"""
+    expert recordings and those of every round so far (DAgger's aggregate; train.learner_share of windows), as
+    long again as the first training"""
     dagger_episodes: int = 50
     """learner-driven episodes recorded per control task in each DAgger round"""
     dagger_beta: float = 0.0

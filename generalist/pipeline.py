@@ -139,7 +139,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
         driven = {task: EpisodeDataset(learner_dir / task) for task in control_tasks(config.train.weights)}
         driver = checkpoint
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
-            config.train, init_from=checkpoint, learner_data_dir=learner_dir))
+            config.train, init_from=checkpoint, learner_data_dir=config.run_dir))  # rounds 1..k
         checkpoint = train_stage(round_config)
         rounds.append({
             "round": k, "driver": str(driver), "checkpoint": str(checkpoint),

@@ -11,7 +11,13 @@ from generalist.checkpoint import save_model
 from generalist.config import CollectConfig
 from generalist.dagger import learner_driver
 from generalist.datasets import storage
-from generalist.datasets.mixture import ControlSource, LearnerMixSource, build_sources
+from generalist.datasets.mixture import (
+    ControlSource,
+    EpisodeUnion,
+    LearnerMixSource,
+    build_sources,
+    learner_recordings,
+)
 from generalist.datasets.recording import collect, collect_task
 from generalist.datasets.storage import EpisodeDataset
 from generalist.tokenizers import TextTokenizer
@@ -103,6 +109,25 @@ def test_training_mixes_learner_windows_prompted_by_expert_episodes(checkpoint, 
     mixed = sources["cartpole"]
     assert isinstance(mixed, LearnerMixSource) and mixed.learner.prompts is mixed.expert
     assert isinstance(build_sources(["cartpole"], cartpole_data, layout, tokenizer)["cartpole"], ControlSource)
+
+
+def test_training_reads_every_dagger_round_together(checkpoint, cartpole_data, tmp_path, tiny_model):
+    run_dir = tmp_path / "run"
+    _record(checkpoint, _config(run_dir / "dagger-1", cartpole_data, episodes=2))
+    _record(checkpoint, _config(run_dir / "dagger-2", cartpole_data, episodes=3, first_seed=100))
+    (run_dir / "dagger-x" / "cartpole").mkdir(parents=True)  # not a round: not read
+    assert learner_recordings(run_dir, "cartpole") == [run_dir / "dagger-1" / "cartpole",
+                                                       run_dir / "dagger-2" / "cartpole"]
+    mixed = build_sources(["cartpole"], cartpole_data, tiny_model.config.layout, TextTokenizer.default(),
+                          learner_data_dir=run_dir)["cartpole"]
+    union = mixed.learner.episodes
+    assert isinstance(union, EpisodeUnion) and len(union) == 5
+    second = EpisodeDataset(run_dir / "dagger-2" / "cartpole")
+    for local in range(3):  # episodes 2..4 of the union are the second round's 0..2
+        assert union.episode_length(2 + local) == second.episode_length(local)
+        observations, actions = union.read(2 + local, 0, 3)
+        np.testing.assert_array_equal(actions, second.read(local, 0, 3)[1])
+        np.testing.assert_array_equal(observations["continuous"], second.read(local, 0, 3)[0]["continuous"])
 
 
 def test_learner_data_of_another_env_is_refused(checkpoint, cartpole_data, tmp_path, tiny_model):

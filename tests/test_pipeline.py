@@ -175,7 +175,7 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     assert len(learner) == 2 and learner.index["driver"]["checkpoint"] == str(first.resolve())
     assert last.parent.parent == config.run_dir / "round-1"
     trained = read_trainer_state(last)["train_config"]
-    assert trained.init_from == first and trained.learner_data_dir == config.run_dir / "dagger-1"
+    assert trained.init_from == first and trained.learner_data_dir == config.run_dir
     assert rounds[0]["episodes"] == {"cartpole": 2} and rounds[0]["driver"] == str(first)
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
     assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2

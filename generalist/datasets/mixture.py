@@ -179,6 +179,48 @@ class LearnerMixSource:
         return source.sample(rng, shard, max_tokens)
 
 
+@dataclass
+class EpisodeUnion:
+    """Several recordings of one task read as one (DAgger's aggregate of every round), episodes in order."""
+
+    parts: Sequence[EpisodeDataset]
+
+    def __post_init__(self) -> None:
+        self._ends = np.cumsum([len(part) for part in self.parts])
+
+    @property
+    def action_spec(self) -> ActionSpec:
+        """The action spec of the recordings (checked equal by `check_learner_data`)."""
+        return self.parts[0].action_spec
+
+    def __len__(self) -> int:
+        return int(self._ends[-1])
+
+    def _locate(self, episode: int) -> tuple[EpisodeDataset, int]:
+        part = int(np.searchsorted(self._ends, episode, side="right"))
+        return self.parts[part], episode - (int(self._ends[part - 1]) if part else 0)
+
+    def episode_length(self, episode: int) -> int:
+        """Timesteps of one episode."""
+        part, local = self._locate(episode)
+        return part.episode_length(local)
+
+    def read(self, episode: int, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Observations by key and actions of rows [start, stop) of one episode."""
+        part, local = self._locate(episode)
+        return part.read(local, start, stop)
+
+
+def learner_recordings(learner_data_dir: Path, task: str) -> list[Path]:
+    """Every learner-driven recording of `task` under `learner_data_dir`: `<dir>/<task>`, then DAgger's rounds
+    `<dir>/dagger-<k>/<task>` in round order (a `generalist run` directory): DAgger trains on the aggregate."""
+    rounds = sorted(
+        (d for d in learner_data_dir.glob("dagger-*") if d.name.removeprefix("dagger-").isdigit()),
+        key=lambda d: int(d.name.removeprefix("dagger-")),
+    )
+    return [d / task for d in (learner_data_dir, *rounds) if (d / task).is_dir()]
+
+
 # Settings a task's learner-driven recordings must share with its expert recordings to train beside them.
 SHARED_SETTINGS = ("task", "env_id", "env_kwargs", "action_kind", "action_size")
 
@@ -424,8 +466,8 @@ def build_sources(
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
-    A control task also recorded under `learner_data_dir/<task>` (driven by a trained agent, labelled by the
-    expert) draws `learner_share` of its windows from there.
+    A control task also recorded under `learner_data_dir` (driven by a trained agent, labelled by the expert:
+    `learner_recordings`) draws `learner_share` of its windows from all those recordings together.
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
@@ -452,12 +494,13 @@ def build_sources(
             expert = episode_source(task, data_dir)
             sources[task] = ControlSource(task, expert, layout, prompt_probability, prompt_end_fraction,
                                           text_encoder=tokenizer)
-            learned = None if learner_data_dir is None else Path(learner_data_dir) / task
-            if learned is not None and learned.is_dir() and isinstance(expert, EpisodeDataset):
-                learner = EpisodeDataset(learned)
-                check_learner_data(expert, learner)
+            learned = [] if learner_data_dir is None else learner_recordings(Path(learner_data_dir), task)
+            if learned and isinstance(expert, EpisodeDataset):
+                recordings = [EpisodeDataset(directory) for directory in learned]
+                for learner in recordings:
+                    check_learner_data(expert, learner)
                 from_expert = sources[task]
-                from_learner = ControlSource(task, learner, layout, prompt_probability, prompt_end_fraction,
-                                             prompts=from_expert)
+                from_learner = ControlSource(task, EpisodeUnion(recordings), layout, prompt_probability,
+                                             prompt_end_fraction, prompts=from_expert)
                 sources[task] = LearnerMixSource(from_expert, from_learner, learner_share)
     return sources
