@@ -414,6 +414,11 @@ def _run_chat(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model, tokenizer = load_model(args.checkpoint or default_checkpoint(), device)
     precision = resolve_precision(args.precision, device)
+    if not 1 <= args.max_new_tokens < model.config.context:
+        raise ValueError(f"--max-new-tokens must lie in 1..{model.config.context - 1}: the context of "
+                         f"{model.config.context} tokens also holds the conversation")
+    if not math.isfinite(args.temperature) or args.temperature < 0:
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     if args.perplexity:
         for corpus, heldout in (("chatterbot", heldout_conversations()), ("chitchat", chitchat_split()[1])):
             with precision.autocast(device.type):
@@ -430,11 +435,6 @@ def _run_chat(args: argparse.Namespace) -> int:
         known, longest = reply_checks(replies, corpus_vocabulary())
         print(f"words of the training corpora: {known:.1%}; longest run of one word: {longest}")
         return 0
-    if not 1 <= args.max_new_tokens < model.config.context:
-        raise ValueError(f"--max-new-tokens must lie in 1..{model.config.context - 1}: the context of "
-                         f"{model.config.context} tokens also holds the conversation")
-    if not math.isfinite(args.temperature) or args.temperature < 0:
-        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
     history: list[str] = []
     for line in _typed_lines(sys.stdin.isatty()):
         if isinstance(line, UnicodeDecodeError):
