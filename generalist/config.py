@@ -215,6 +215,9 @@ class CollectConfig:
     """the score baselines the filter reads (None: the package's baselines.json)"""
     max_attempts_factor: float = 4.0
     """with the filter, give up after this many times `episodes` seeds played"""
+    num_envs: int = 1
+    """episodes played at once (a batch for an agent that drives: faster); kept in seed order, so the dataset is
+    the same whatever the number, and a kill loses at most the episodes under way"""
     shard_episodes: int = 50
     """episodes per shard at most: what a killed run can lose"""
     shard_bytes: int = 256 * 2**20
@@ -233,6 +236,8 @@ class RecordConfig:
     """expert episodes recorded per Atari task"""
     atari_max_steps: int = 2000
     """recorded Atari games are cut here (a Pong expert game lasts about 24,600 steps)"""
+    num_envs: int = 16
+    """episodes recorded at once (the same data whatever the number; DAgger's agent acts on them as a batch)"""
     dagger_rounds: int = 0
     """DAgger rounds after training: in each, the latest checkpoint's agent drives `dagger_episodes` episodes of
     every control task while the expert labels each step, then training continues from that checkpoint on the

@@ -51,6 +51,7 @@ def test_tokenizer_train_writes_a_loadable_model(tmp_path):
         (("collect", "--episodes", "0", "--out", "d"), "--episodes must be at least 1, got 0"),
         (("collect", "--episodes", "-5", "--out", "d"), "--episodes must be at least 1, got -5"),
         (("collect", "--max-episode-steps", "0", "--out", "d"), "--max-episode-steps must be at least 1"),
+        (("collect", "--num-envs", "0", "--out", "d"), "--num-envs must be at least 1, got 0"),
         (("chat", "--max-new-tokens", "1024"), "--max-new-tokens must lie in 1..1023"),
         (("chat", "--temperature", "nan"), "--temperature must be a finite number"),
         (("chat", "--prompts", "--temperature", "-1"), "--temperature must be a finite number"),

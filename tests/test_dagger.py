@@ -73,7 +73,7 @@ def test_with_beta_one_the_expert_executes_every_step(checkpoint, cartpole_data,
 def test_a_killed_learner_driven_recording_resumes_without_losing_or_repeating_a_seed(
     checkpoint, cartpole_data, tmp_path
 ):
-    config = _config(tmp_path / "learner", cartpole_data)
+    config = _config(tmp_path / "learner", cartpole_data, num_envs=3)  # the agent acts on three rows at once
     seen = []
 
     def killed_after_two(episode, kept):

@@ -4,6 +4,9 @@ Design choices:
 - One dataset directory per task (`out/<task>`), in the format of `generalist.datasets.storage`.
 - Episode ``i`` plays seed ``first_seed + i`` (default 0, 1, 2, ...), far from the score-baseline seeds
   (1,000,000 on), so that evaluations never replay a training episode.
+- `num_envs` episodes are played at once (row i plays seeds next, next + i, next + i + n, ...) and kept in seed
+  order: an episode that ends before a smaller seed's waits for it. The dataset is the same whatever the number
+  of rows, and the seeds played stay a prefix, which is what resuming needs.
 - Episodes are buffered and written a shard at a time (at most `shard_episodes` episodes or about
   `shard_bytes`), each shard atomically and then the index. A killed run loses at most the episodes of the
   shard in progress; a rerun resumes at the next unplayed seed, and a finished dataset is skipped.
@@ -21,13 +24,13 @@ Design choices:
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 from tqdm import tqdm
 
@@ -35,7 +38,7 @@ from generalist.config import CollectConfig
 from generalist.datasets import storage
 from generalist.datasets.storage import ArraySpec, DatasetError
 from generalist.envs.baselines import BASELINES_PATH, load_baselines, package_versions
-from generalist.envs.registry import TASKS, Task, get_task, make
+from generalist.envs.registry import TASKS, Task, get_task, make_vector
 from generalist.envs.rollout import (
     Actor,
     Episode,
@@ -44,7 +47,7 @@ from generalist.envs.rollout import (
     LabelledActor,
     ScriptedActor,
     rollout,
-    single_env,
+    seed_sequences,
 )
 from generalist.lock import exclusive
 
@@ -325,22 +328,30 @@ def _collect_task(
     def exhausted() -> bool:
         return writer.next_seed - config.first_seed >= max_seeds
 
-    def keep(episode: Episode, end: EpisodeEnd) -> None:
-        kept = episode.episode_return >= threshold
-        writer.add(episode) if kept else writer.reject(episode)
-        if len(writer.pending) >= config.shard_episodes or writer.pending_bytes >= config.shard_bytes:
-            writer.flush()
-        if on_episode is not None:
-            on_episode(episode, kept)
+    finished: dict[int, Episode] = {}  # ended before a smaller seed: kept once every smaller seed is
 
-    env = single_env(make(task, max_episode_steps=settings["max_episode_steps"]))
+    def keep(episode: Episode, end: EpisodeEnd) -> None:
+        finished[episode.seed] = episode
+        while writer.next_seed in finished and writer.kept < config.episodes and not exhausted():
+            episode = finished.pop(writer.next_seed)
+            kept = episode.episode_return >= threshold
+            writer.add(episode) if kept else writer.reject(episode)
+            if len(writer.pending) >= config.shard_episodes or writer.pending_bytes >= config.shard_bytes:
+                writer.flush()
+            if on_episode is not None:
+                on_episode(episode, kept)
+
+    n = config.num_envs
+    env = make_vector(task, n, autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+                      max_episode_steps=settings["max_episode_steps"])
     try:
         if writer.kept < config.episodes and not exhausted():
-            actor: Actor = ScriptedActor([task.expert()], env.single_action_space, config.noise)
+            experts = [task.expert() for _ in range(n)]
+            actor: Actor = ScriptedActor(experts, env.single_action_space, config.noise)
             if driver is not None:
                 actor = LabelledActor(driver.actor, actor, config.beta)
-            recorder = EpisodeRecorder(1, keep, executed=driver is not None)
-            rollout(env, actor, [itertools.count(writer.next_seed)],
+            recorder = EpisodeRecorder(n, keep, executed=driver is not None)
+            rollout(env, actor, seed_sequences(writer.next_seed, n),
                     until=lambda: writer.kept >= config.episodes or exhausted(),
                     on_step=recorder.on_step, on_end=recorder.on_end)
         if writer.kept < config.episodes:
@@ -371,6 +382,8 @@ def check_collect_config(config: CollectConfig) -> None:
         raise ValueError(f"--noise and --beta are probabilities in [0, 1], got {config.noise} and {config.beta}")
     if config.first_seed < 0:
         raise ValueError(f"--first-seed must not be negative, got {config.first_seed}")
+    if config.num_envs < 1:
+        raise ValueError(f"--num-envs must be at least 1, got {config.num_envs}")
 
 
 def collect(config: CollectConfig, driver: Callable[[str], Driver] | None = None) -> list[Path]:

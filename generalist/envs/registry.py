@@ -195,9 +195,11 @@ def make_vector(
     num_envs: int,
     seed: int | None = None,
     autoreset_mode: gym.vector.AutoresetMode = gym.vector.AutoresetMode.NEXT_STEP,
+    max_episode_steps: int | None = None,
 ) -> gym.vector.VectorEnv:
     """`num_envs` copies of the task's env stepped together; sub-env i plays seeds seed+i, seed+i+num_envs, ..."""
     factories = [
-        partial(make, task, None if seed is None else seed + i, None, num_envs) for i in range(num_envs)
+        partial(make, task, None if seed is None else seed + i, None, num_envs, max_episode_steps)
+        for i in range(num_envs)
     ]
     return gym.vector.SyncVectorEnv(factories, autoreset_mode=autoreset_mode)

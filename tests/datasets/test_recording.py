@@ -102,6 +102,21 @@ def test_interrupted_collection_resumes_without_loss_or_duplicates(tmp_path: Pat
     assert _contents(config.out / "cartpole") == reference
 
 
+def test_episodes_played_at_once_are_kept_in_seed_order_and_resume_as_one_at_a_time(tmp_path: Path) -> None:
+    # Acrobot's expert episodes differ in length, so rows finish out of seed order.
+    settings = {"tasks": ("acrobot",), "episodes": 7, "max_episode_steps": 200, "shard_episodes": 3}
+    reference = _contents(collect_task("acrobot", _config(tmp_path / "reference", **settings)))
+    ended = []
+    batched = _config(tmp_path / "batched", num_envs=3, **settings)
+    with pytest.raises(Interrupt):
+        collect_task("acrobot", batched, _interrupt_after(4))
+    partial = EpisodeDataset(batched.out / "acrobot", allow_incomplete=True)
+    assert [e.seed for e in partial] == [0, 1, 2, 3]  # a prefix of the seeds, whatever finished first
+    collect_task("acrobot", batched, lambda episode, kept: ended.append(episode.seed))
+    assert ended == [4, 5, 6]
+    assert _contents(batched.out / "acrobot") == reference
+
+
 def test_crash_between_shard_and_index_leaves_no_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A shard moved into place but never listed (killed before the index write) is removed, then redone."""
     reference = _contents(collect_task("cartpole", _config(tmp_path / "reference")))
