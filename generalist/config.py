@@ -237,8 +237,6 @@ class RecordConfig:
     """expert episodes recorded per Atari task"""
     atari_max_steps: int = 2000
     """recorded Atari games are cut here (a Pong expert game lasts about 24,600 steps)"""
-    num_envs: int = 16
-    """episodes recorded at once (the same data whatever the number; DAgger's agent acts on them as a batch)"""
     dagger_rounds: int = 0
     """DAgger rounds after training: in each, the latest checkpoint's agent drives `dagger_episodes` episodes of
     every control task while the expert labels each step, then training continues from that checkpoint on the
@@ -246,6 +244,9 @@ class RecordConfig:
     long again as the first training"""
     dagger_episodes: int = 50
     """learner-driven episodes recorded per control task in each DAgger round"""
+    dagger_num_envs: int = 16
+    """learner-driven episodes played at once in a DAgger round (the agent acts on them as one batch); expert
+    recordings play one at a time, where a vector env is slower per step (docs/BENCHMARKS.md)"""
     dagger_beta: float = 0.0
     """probability that the expert's action is executed instead of the agent's at each step of a DAgger round"""
 

@@ -71,16 +71,17 @@ def record_missing(config: RunConfig) -> list[str]:
             continue
         print(f"recording {wanted} expert episodes of {task} into {data_dir / task}", flush=True)
         collect(CollectConfig(
-            tasks=(task,), episodes=wanted, out=data_dir, progress=config.train.progress, num_envs=record.num_envs,
+            tasks=(task,), episodes=wanted, out=data_dir, progress=config.train.progress,
             max_episode_steps=record.atari_max_steps if atari else None,
         ))
         recorded.append(task)
     return recorded
 
 
-# Settings a rerun of an existing run may change: how it is watched, how many episodes it records at once, and
-# how it is evaluated and reported.
-RERUN_MAY_CHANGE = ("train.progress", "train.num_workers", "train.device", "record.num_envs", "eval.", "report.")
+# Settings a rerun of an existing run may change: how it is watched, how many driven episodes it plays at once,
+# and how it is evaluated and reported.
+RERUN_MAY_CHANGE = ("train.progress", "train.num_workers", "train.device", "record.dagger_num_envs", "eval.",
+                    "report.")
 
 
 def check_same_run(config: RunConfig) -> None:
@@ -132,7 +133,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
             collect_config = CollectConfig(
                 tasks=(task,), episodes=config.record.dagger_episodes, out=learner_dir,
                 first_seed=DAGGER_SEED + 100_000 * k, beta=config.record.dagger_beta, prompt_data=config.train.data_dir,
-                num_envs=config.record.num_envs,
+                num_envs=config.record.dagger_num_envs,
                 max_episode_steps=config.record.atari_max_steps if get_task(task).is_atari else None,
                 progress=config.train.progress,
             )
