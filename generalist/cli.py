@@ -393,6 +393,9 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
     parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
+    parser.add_argument("--top-k", type=int, default=None,
+                        help="with --temperature above 0, sample from the K most likely pieces only")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled replies (same seed, same replies)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
     _add_hardware_flags(parser)
     parser.add_argument("--perplexity", action="store_true",
@@ -400,11 +403,14 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
                         "both dialogue corpora (chatterbot, chitchat), then exit")
     parser.add_argument("--prompts", action="store_true",
                         help="answer the 20 fixed chat prompts (each a new conversation) and check the replies: the "
-                        "share of their words that are words of the training corpora, the longest run of one word")
+                        "share of their words that are words of the training corpora, the longest runs of one word "
+                        "and of one phrase")
     parser.set_defaults(run=_run_chat)
 
 
 def _run_chat(args: argparse.Namespace) -> int:
+    import torch
+
     from generalist.checkpoint import load_model
     from generalist.datasets.text import CHAT_PROMPTS, chitchat_split, corpus_vocabulary, heldout_conversations
     from generalist.evaluate import chat_perplexities, chat_reply, reply_checks
@@ -419,6 +425,10 @@ def _run_chat(args: argparse.Namespace) -> int:
                          f"{model.config.context} tokens also holds the conversation")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    generator = torch.Generator(device).manual_seed(args.seed)
+    sampling = {"temperature": args.temperature, "top_k": args.top_k, "generator": generator}
     if args.perplexity:
         for corpus, heldout in (("chatterbot", heldout_conversations()), ("chitchat", chitchat_split()[1])):
             with precision.autocast(device.type):
@@ -430,10 +440,11 @@ def _run_chat(args: argparse.Namespace) -> int:
         replies = []
         for prompt in CHAT_PROMPTS:
             with precision.autocast(device.type):
-                replies.append(chat_reply(model, tokenizer, [prompt], args.max_new_tokens, args.temperature))
+                replies.append(chat_reply(model, tokenizer, [prompt], args.max_new_tokens, **sampling))
             print(f"user> {prompt}\nassistant> {replies[-1]}", flush=True)
-        known, longest = reply_checks(replies, corpus_vocabulary())
-        print(f"words of the training corpora: {known:.1%}; longest run of one word: {longest}")
+        checks = reply_checks(replies, corpus_vocabulary())
+        print(f"words of the training corpora: {checks.known_words:.1%}; longest run of one word: "
+              f"{checks.longest_word_run}; of one phrase: {checks.longest_phrase_run}")
         return 0
     history: list[str] = []
     for line in _typed_lines(sys.stdin.isatty()):
@@ -445,7 +456,7 @@ def _run_chat(args: argparse.Namespace) -> int:
             continue
         history.append(line.strip())
         with precision.autocast(device.type):
-            reply = chat_reply(model, tokenizer, history, args.max_new_tokens, args.temperature)
+            reply = chat_reply(model, tokenizer, history, args.max_new_tokens, **sampling)
         history.append(reply)
         print(f"assistant> {reply}", flush=True)
     return 0

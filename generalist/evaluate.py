@@ -411,31 +411,58 @@ def chat_perplexity(
     return chat_perplexities(model, tokenizer, conversations, batch).per_token
 
 
-def reply_checks(replies: Sequence[str], vocabulary: set[str]) -> tuple[float, int]:
-    """(share of the replies' words that are words of `vocabulary`, the longest run of one word repeated)."""
+@dataclass(frozen=True)
+class ReplyChecks:
+    """What the fixed prompts' replies are made of."""
+
+    known_words: float  # share of the replies' words that are words of the training corpora
+    longest_word_run: int  # most copies of one word back to back ("the the the": 3)
+    longest_phrase_run: int  # most copies of one word sequence back to back ("I'm not sure. I'm not sure.": 2)
+
+
+def longest_repeat(sequence: Sequence[str], max_width: int | None = None) -> int:
+    """The most copies of one run of items (at most `max_width` long) that follow each other back to back in
+    `sequence`: 1 if nothing repeats, 0 if it is empty."""
+    best = min(len(sequence), 1)
+    for width in range(1, min(len(sequence) // 2, max_width or len(sequence)) + 1):
+        for start in range(len(sequence) - width):
+            copies = 1
+            while sequence[start + copies * width : start + (copies + 1) * width] == sequence[start : start + width]:
+                copies += 1
+            best = max(best, copies)
+    return best
+
+
+def reply_checks(replies: Sequence[str], vocabulary: set[str]) -> ReplyChecks:
+    """How many of the replies' words are words of `vocabulary`, and the longest back-to-back repeats in them."""
     said = [words(reply) for reply in replies]
     flat = [w for reply in said for w in reply]
     known = sum(w in vocabulary for w in flat) / len(flat) if flat else math.nan
-    longest = 0
-    for reply in said:
-        run = 0
-        for i, w in enumerate(reply):
-            run = run + 1 if i and w == reply[i - 1] else 1
-            longest = max(longest, run)
-    return known, longest
+    return ReplyChecks(known, max((longest_repeat(reply, max_width=1) for reply in said), default=0),
+                       max((longest_repeat(reply) for reply in said), default=0))
+
+
+def chat_prompt(tokenizer: TextTokenizer, history: Sequence[str]) -> np.ndarray:
+    """The ids the assistant's next turn follows: those the training text of the whole conversation opens with.
+
+    The marker is not followed by its space: SentencePiece writes that space into the reply's first piece
+    ("▁Hi"), while a prompt ending in the space ends in a lone "▁", which training text has only before
+    pieces that never join a space (the replies then opened with "..", "?", digits).
+    """
+    return tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER}")
 
 
 def chat_reply(
     model: Generalist, tokenizer: TextTokenizer, history: Sequence[str], max_new_tokens: int = 64,
-    temperature: float = 0.0,
+    temperature: float = 0.0, top_k: int | None = None, generator: torch.Generator | None = None,
 ) -> str:
-    """The assistant's next turn after `history` (user first, alternating, ending with the user's turn)."""
+    """The assistant's next turn after `history` (user first, alternating, ending with the user's turn): greedy
+    at temperature 0, else sampled (from the `top_k` most likely pieces if given, drawn with `generator`)."""
     if not 1 <= max_new_tokens < model.config.context:
         raise ValueError(f"max_new_tokens must lie in 1..{model.config.context - 1} (the context of "
                          f"{model.config.context} tokens also holds the conversation), got {max_new_tokens}")
-    prompt = tokenizer.encode(format_chat(history) + f"\n{ASSISTANT_MARKER} ")
-    prompt = prompt[-(model.config.context - max_new_tokens) :]  # the latest turns, if the talk is long
-    (ids,) = generate(model, [prompt], max_new_tokens, temperature)
+    prompt = chat_prompt(tokenizer, history)[-(model.config.context - max_new_tokens) :]  # the latest turns
+    (ids,) = generate(model, [prompt], max_new_tokens, temperature, top_k, generator=generator)
     # The model writes on into a next turn (the user's, or its own again) when it does not stop: the reply ends
     # at the first turn marker.
     text = tokenizer.decode(ids)

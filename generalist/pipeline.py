@@ -200,9 +200,10 @@ def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int, heldout: int |
         for c in corpora["chatterbot"][:samples]
     ]
     answers = [(prompt, chat_reply(model, tokenizer, [prompt])) for prompt in CHAT_PROMPTS]
-    known, longest = reply_checks([reply for _, reply in answers], corpus_vocabulary())
+    checks = reply_checks([reply for _, reply in answers], corpus_vocabulary())
     return ChatReport(scores["chatterbot"].per_token, replies,
-                      {name: (s.per_token, s.per_word) for name, s in scores.items()}, answers, known, longest)
+                      {name: (s.per_token, s.per_word) for name, s in scores.items()}, answers, checks.known_words,
+                      checks.longest_word_run, checks.longest_phrase_run)
 
 
 EVALUATIONS = "evaluations.json"

@@ -174,6 +174,34 @@ def test_chat_handles_talk_longer_than_the_context(model):
     assert math.isfinite(chat_perplexity(model, tokenizer, [(long_turn, long_turn)]))
 
 
+def test_sampled_chat_replies_follow_their_seed_and_top_k(model):
+    from generalist.evaluate import chat_reply
+
+    tokenizer = TextTokenizer.default()
+
+    def sampled(seed: int, top_k: int | None) -> str:
+        generator = torch.Generator().manual_seed(seed)
+        return chat_reply(model, tokenizer, ["hello"], 12, temperature=1.0, top_k=top_k, generator=generator)
+
+    assert sampled(3, None) == sampled(3, None)
+    assert sampled(3, 1) == sampled(4, 1) == chat_reply(model, tokenizer, ["hello"], 12)  # one piece left: greedy
+
+
+@pytest.mark.parametrize("reply", ["Hi there!", "I'm fine, thanks.", "... well", "42 of them"])
+def test_a_chat_prompt_opens_the_training_text_of_its_conversation(reply):
+    # The reply continues the prompt exactly as in the training text; a prompt ending in the marker's space
+    # would end in a lone space piece that training text never has before "▁Hi".
+    from generalist.datasets.text import format_chat
+    from generalist.evaluate import chat_prompt
+
+    tokenizer = TextTokenizer.default()
+    history = ["hello, how are you?", "Good, and you?", "what is your name?"]
+    prompt = chat_prompt(tokenizer, history)
+    whole = tokenizer.encode(format_chat([*history, reply]))
+    np.testing.assert_array_equal(whole[: len(prompt)], prompt)
+    assert tokenizer.decode(whole[len(prompt) :]).strip() == reply
+
+
 @pytest.mark.parametrize("marker", ["<|user|>", "<|assistant|>"])
 def test_a_chat_reply_ends_at_the_next_turn_marker(model, monkeypatch, marker):
     import generalist.evaluate

@@ -21,7 +21,7 @@ from generalist.datasets.text import (
     normalize_turn,
     words,
 )
-from generalist.evaluate import chat_perplexities, reply_checks
+from generalist.evaluate import ReplyChecks, chat_perplexities, reply_checks
 from generalist.tokenizers import TextTokenizer, TokenLayout, tokenize_text
 
 TEXT = TextTokenizer.default()
@@ -68,9 +68,14 @@ def test_the_chitchat_task_trains_on_its_train_split_only():
 
 
 def test_reply_checks():
-    known, longest = reply_checks(["Hello there friend", "the the the cat", "xqzt"], {"hello", "there", "the", "cat"})
-    assert known == pytest.approx(6 / 8) and longest == 3
-    assert reply_checks(["a b a b"], {"a"}) == (0.5, 1)
+    checks = reply_checks(["Hello there friend", "the the the cat", "xqzt"], {"hello", "there", "the", "cat"})
+    assert checks.known_words == pytest.approx(6 / 8)
+    assert (checks.longest_word_run, checks.longest_phrase_run) == (3, 3)
+    looping = reply_checks(["Well, I'm not sure. I'm not sure. I'm not sure. I'm not"], {"a"})
+    assert (looping.known_words, looping.longest_word_run, looping.longest_phrase_run) == (0.0, 1, 3)
+    assert reply_checks(["a b a b a"], {"a"}) == ReplyChecks(0.6, 1, 2)
+    assert reply_checks(["a b c d"], {"a"}).longest_phrase_run == 1
+    assert reply_checks([""], {"a"}).longest_phrase_run == 0
     assert len(CHAT_PROMPTS) == 20
 
 
