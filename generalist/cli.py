@@ -19,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from generalist.config import (
+    CHAT_TEMPERATURE,
+    CHAT_TOP_K,
     DEVICES,
     PRECISIONS,
     RUN_PRESETS,
@@ -392,9 +394,10 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
         "End with Ctrl-D (or the end of piped input).",
     )
     parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 answers greedily; above 0 samples")
-    parser.add_argument("--top-k", type=int, default=None,
-                        help="with --temperature above 0, sample from the K most likely pieces only")
+    parser.add_argument("--temperature", type=float, default=CHAT_TEMPERATURE,
+                        help="0 answers greedily; above 0 samples")
+    parser.add_argument("--top-k", type=int, default=CHAT_TOP_K,
+                        help="with --temperature above 0, sample from the K most likely pieces only (0: all)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampled replies (same seed, same replies)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
     _add_hardware_flags(parser)
@@ -425,10 +428,10 @@ def _run_chat(args: argparse.Namespace) -> int:
                          f"{model.config.context} tokens also holds the conversation")
     if not math.isfinite(args.temperature) or args.temperature < 0:
         raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
-    if args.top_k is not None and args.top_k < 1:
-        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.top_k < 0:
+        raise ValueError(f"--top-k must be at least 0 (0: all pieces), got {args.top_k}")
     generator = torch.Generator(device).manual_seed(args.seed)
-    sampling = {"temperature": args.temperature, "top_k": args.top_k, "generator": generator}
+    sampling = {"temperature": args.temperature, "top_k": args.top_k or None, "generator": generator}
     if args.perplexity:
         for corpus, heldout in (("chatterbot", heldout_conversations()), ("chitchat", chitchat_split()[1])):
             with precision.autocast(device.type):

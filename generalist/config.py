@@ -27,6 +27,13 @@ DEFAULT_EVAL_SEED = 5_000_000
 """First evaluation seed: recording starts at 0 and the score baselines at 1,000,000."""
 
 
+CHAT_TEMPERATURE = 0.7
+CHAT_TOP_K = 40
+"""How `generalist chat` and a run's report sample replies: greedy replies loop on one phrase (up to 20 copies in
+the fixed prompts' replies of `lang-centred`), sampled ones (seeded) at 0.7 from the 40 likeliest pieces keep 99% corpus
+words and repeat a phrase at most twice (docs/RESULTS.md)."""
+
+
 def default_weights() -> dict[str, float]:
     """The default task mixture of `generalist train`: CartPole, captions, dialogue and prose."""
     return {"cartpole": 1.0, "scenes": 1.0, "dialogue": 0.5, "prose": 0.25}
@@ -330,12 +337,14 @@ def cpu() -> RunConfig:
 
 
 def full() -> RunConfig:
-    """The shipped generalist: all nine tasks, 4,000 steps (about three hours here), 50 episodes per task."""
+    """The generalist: all nine tasks, 4,000 steps (about three hours here), 50 episodes per task; patches
+    centred per image (what made Pong's frames and the captions readable; the vector tasks have no patches). The
+    shipped checkpoint was trained by this preset before it centred patches."""
     return RunConfig(
         preset="full",
         train=TrainConfig(
             model="tiny", weights=FULL_WEIGHTS, steps=4000, max_minutes=180.0, learning_rate=2e-3,
-            warmup_steps=200, action_shuffle=0.5,
+            warmup_steps=200, action_shuffle=0.5, centre_patches=True,
         ),
         eval=EvalConfig(episodes=50, num_envs=50),
         record=RecordConfig(episodes=200),
@@ -364,7 +373,7 @@ def gpu() -> RunConfig:
         preset="gpu",
         train=TrainConfig(
             model="gato-79m", weights=FULL_WEIGHTS, steps=20_000, max_minutes=180.0, batch_size=32,
-            learning_rate=1e-3, warmup_steps=1000, action_shuffle=0.5,
+            learning_rate=1e-3, warmup_steps=1000, action_shuffle=0.5, centre_patches=True,
             num_workers=4, device="cuda",
         ),
         eval=EvalConfig(episodes=50, num_envs=50),

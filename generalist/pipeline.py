@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from generalist.checkpoint import checkpoint_step, find_latest, list_checkpoints, load_model, read_trainer_state
-from generalist.config import CollectConfig, EvalConfig, RunConfig, TrainConfig
+from generalist.config import CHAT_TEMPERATURE, CHAT_TOP_K, CollectConfig, EvalConfig, RunConfig, TrainConfig
 from generalist.dagger import learner_driver
 from generalist.datasets.captions import skimage_samples
 from generalist.datasets.recording import collect, episodes_on_disk
@@ -195,11 +195,14 @@ def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int, heldout: int |
     checks."""
     corpora = {"chatterbot": heldout_conversations()[:heldout], "chitchat": chitchat_split()[1][:heldout]}
     scores = {name: chat_perplexities(model, tokenizer, conversations) for name, conversations in corpora.items()}
-    replies = [
-        (c[0], c[1] if len(c) > 1 else "", chat_reply(model, tokenizer, [c[0]]))
-        for c in corpora["chatterbot"][:samples]
-    ]
-    answers = [(prompt, chat_reply(model, tokenizer, [prompt])) for prompt in CHAT_PROMPTS]
+    generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
+
+    def reply(turn: str) -> str:
+        return chat_reply(model, tokenizer, [turn], temperature=CHAT_TEMPERATURE, top_k=CHAT_TOP_K,
+                          generator=generator)
+
+    replies = [(c[0], c[1] if len(c) > 1 else "", reply(c[0])) for c in corpora["chatterbot"][:samples]]
+    answers = [(prompt, reply(prompt)) for prompt in CHAT_PROMPTS]
     checks = reply_checks([reply for _, reply in answers], corpus_vocabulary())
     return ChatReport(scores["chatterbot"].per_token, replies,
                       {name: (s.per_token, s.per_word) for name, s in scores.items()}, answers, checks.known_words,

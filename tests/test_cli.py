@@ -55,7 +55,7 @@ def test_tokenizer_train_writes_a_loadable_model(tmp_path):
         (("chat", "--max-new-tokens", "1024"), "--max-new-tokens must lie in 1..1023"),
         (("chat", "--temperature", "nan"), "--temperature must be a finite number"),
         (("chat", "--prompts", "--temperature", "-1"), "--temperature must be a finite number"),
-        (("chat", "--prompts", "--temperature", "1", "--top-k", "0"), "--top-k must be at least 1"),
+        (("chat", "--prompts", "--temperature", "1", "--top-k", "-1"), "--top-k must be at least 0"),
         (("train", "--run-dir", "r", "--log-every", "0"), "log_every must be at least 1, got 0"),
         (("train", "--run-dir", "r", "--checkpoint-every", "0"), "checkpoint_every must be at least 1"),
         (("evaluate", "--tasks", "cartpole", "--device", "tpu"), "unknown device 'tpu'"),

@@ -155,6 +155,17 @@ def test_centred_patches_keep_only_how_each_patch_differs_from_its_image():
     assert shared[:4].norm(dim=1).min() > 1  # without centring, even a flat patch carries a large vector
 
 
+
+def test_centring_patches_leaves_a_sequence_without_images_as_it_was():
+    # Why `full` may centre patches at no cost to the vector tasks: their tokens never pass through it.
+    rng = np.random.default_rng(5)
+    batch = collate([_episode(rng, 6, image=None), tokenize_text(TEXT.encode("no image here"), LAYOUT)], LAYOUT)
+    with torch.no_grad():
+        plain = _model().logits(batch)
+        centred = _model(dataclasses.replace(CONFIG, centre_patches=True)).logits(batch)
+    torch.testing.assert_close(centred, plain, rtol=0, atol=0)
+
+
 # ------------------------------------------------------------------------------------ the loss
 
 
