@@ -195,18 +195,22 @@ def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int, heldout: int |
     checks."""
     corpora = {"chatterbot": heldout_conversations()[:heldout], "chitchat": chitchat_split()[1][:heldout]}
     scores = {name: chat_perplexities(model, tokenizer, conversations) for name, conversations in corpora.items()}
-    generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
 
-    def reply(turn: str) -> str:
-        return chat_reply(model, tokenizer, [turn], temperature=CHAT_TEMPERATURE, top_k=CHAT_TOP_K,
-                          generator=generator)
+    def replies_to(turns: list[str]) -> list[str]:
+        # Seeded per list, as `generalist chat --prompts --seed 0` is: the report's replies are the command's.
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
+        return [chat_reply(model, tokenizer, [turn], temperature=CHAT_TEMPERATURE, top_k=CHAT_TOP_K,
+                           generator=generator) for turn in turns]
 
-    replies = [(c[0], c[1] if len(c) > 1 else "", reply(c[0])) for c in corpora["chatterbot"][:samples]]
-    answers = [(prompt, reply(prompt)) for prompt in CHAT_PROMPTS]
+    firsts = corpora["chatterbot"][:samples]
+    said = replies_to([c[0] for c in firsts])
+    replies = [(c[0], c[1] if len(c) > 1 else "", reply) for c, reply in zip(firsts, said, strict=True)]
+    answers = list(zip(CHAT_PROMPTS, replies_to(list(CHAT_PROMPTS)), strict=True))
     checks = reply_checks([reply for _, reply in answers], corpus_vocabulary())
     return ChatReport(scores["chatterbot"].per_token, replies,
                       {name: (s.per_token, s.per_word) for name, s in scores.items()}, answers, checks.known_words,
-                      checks.longest_word_run, checks.longest_phrase_run)
+                      checks.longest_word_run, checks.longest_phrase_run,
+                      f"temperature {CHAT_TEMPERATURE}, top-k {CHAT_TOP_K}, seed 0")
 
 
 EVALUATIONS = "evaluations.json"

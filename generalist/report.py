@@ -50,6 +50,7 @@ class ChatReport:
     known_words: float = math.nan  # share of the prompt replies' words that are words of the training corpora
     longest_run: int = 0  # longest run of one word repeated in those replies
     longest_phrase_run: int = 0  # most copies of one word sequence back to back in them (0: not measured)
+    decoding: str = "greedy"  # how the replies were decoded (runs before sampled replies: greedy)
 
 
 @dataclass
@@ -427,7 +428,8 @@ def write_report(
         lines.append("")
         if results.chat.prompt_replies:
             lines += [
-                f"The fixed prompts (`generalist chat --prompts`): {results.chat.known_words:.1%} of the replies' "
+                f"The fixed prompts (`generalist chat --prompts`, {results.chat.decoding}): "
+                f"{results.chat.known_words:.1%} of the replies' "
                 f"words are words of the training corpora; the longest run of one word is {results.chat.longest_run}, "
                 f"of one phrase {results.chat.longest_phrase_run}.",
                 "", "| prompt | reply |", "| --- | --- |",
