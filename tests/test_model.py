@@ -155,7 +155,6 @@ def test_centred_patches_keep_only_how_each_patch_differs_from_its_image():
     assert shared[:4].norm(dim=1).min() > 1  # without centring, even a flat patch carries a large vector
 
 
-
 def test_centring_patches_leaves_a_sequence_without_images_as_it_was():
     # Why `full` may centre patches at no cost to the vector tasks: their tokens never pass through it.
     rng = np.random.default_rng(5)
