@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from generalist.config import (
+    CHAT_SEED,
     CHAT_TEMPERATURE,
     CHAT_TOP_K,
     DEVICES,
@@ -398,7 +399,8 @@ def _add_chat(subparsers: argparse._SubParsersAction) -> None:
                         help="0 answers greedily; above 0 samples")
     parser.add_argument("--top-k", type=int, default=CHAT_TOP_K,
                         help="with --temperature above 0, sample from the K most likely pieces only (0: all)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampled replies (same seed, same replies)")
+    parser.add_argument("--seed", type=int, default=CHAT_SEED,
+                        help="seed of the sampled replies (same seed, same replies)")
     parser.add_argument("--max-new-tokens", type=int, default=64, help="longest reply, in tokens")
     _add_hardware_flags(parser)
     parser.add_argument("--perplexity", action="store_true",

@@ -29,6 +29,7 @@ DEFAULT_EVAL_SEED = 5_000_000
 
 CHAT_TEMPERATURE = 0.7
 CHAT_TOP_K = 40
+CHAT_SEED = 0
 """How `generalist chat` and a run's report sample replies: greedy replies loop on one phrase (up to 20 copies
 in the fixed prompts' replies of `lang-centred`); sampled (seeded) at 0.7 from the 40 likeliest pieces, they keep
 99% corpus words and repeat a phrase two or three times at most (docs/RESULTS.md)."""

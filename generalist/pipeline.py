@@ -30,7 +30,15 @@ import numpy as np
 import torch
 
 from generalist.checkpoint import checkpoint_step, find_latest, list_checkpoints, load_model, read_trainer_state
-from generalist.config import CHAT_TEMPERATURE, CHAT_TOP_K, CollectConfig, EvalConfig, RunConfig, TrainConfig
+from generalist.config import (
+    CHAT_SEED,
+    CHAT_TEMPERATURE,
+    CHAT_TOP_K,
+    CollectConfig,
+    EvalConfig,
+    RunConfig,
+    TrainConfig,
+)
 from generalist.dagger import learner_driver
 from generalist.datasets.captions import skimage_samples
 from generalist.datasets.recording import collect, episodes_on_disk
@@ -197,8 +205,9 @@ def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int, heldout: int |
     scores = {name: chat_perplexities(model, tokenizer, conversations) for name, conversations in corpora.items()}
 
     def replies_to(turns: list[str]) -> list[str]:
-        # Seeded per list, as `generalist chat --prompts --seed 0` is: the report's replies are the command's.
-        generator = torch.Generator(next(model.parameters()).device).manual_seed(0)
+        # Seeded per list, as `generalist chat --prompts` is (which may autocast to bf16 where this runs in
+        # fp32, so its replies can differ in a piece where two were nearly tied).
+        generator = torch.Generator(next(model.parameters()).device).manual_seed(CHAT_SEED)
         return [chat_reply(model, tokenizer, [turn], temperature=CHAT_TEMPERATURE, top_k=CHAT_TOP_K,
                            generator=generator) for turn in turns]
 
@@ -210,7 +219,7 @@ def evaluate_chat_stage(model: Any, tokenizer: Any, samples: int, heldout: int |
     return ChatReport(scores["chatterbot"].per_token, replies,
                       {name: (s.per_token, s.per_word) for name, s in scores.items()}, answers, checks.known_words,
                       checks.longest_word_run, checks.longest_phrase_run,
-                      f"temperature {CHAT_TEMPERATURE}, top-k {CHAT_TOP_K}, seed 0")
+                      f"temperature {CHAT_TEMPERATURE}, top-k {CHAT_TOP_K}, seed {CHAT_SEED}")
 
 
 EVALUATIONS = "evaluations.json"
