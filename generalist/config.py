@@ -142,6 +142,10 @@ class TrainConfig:
     centre_patches: bool = False
     """subtract from each patch embedding its image's mean patch embedding: on mostly flat images (Pong, the
     caption scenes) the shared part otherwise grows until every patch looks alike (model.py)"""
+    value_frequencies: int = 0
+    """embed each continuous-value token also by smooth features of its bin's value (u and the sines and cosines
+    of pi 2^j u, j < this; 0: the id table alone, as Gato): neighbouring bins then mean neighbouring values, even
+    bins training rarely saw (model.py)"""
     precision: str = "auto"
     """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, or a CPU with
     native bf16 that a start-up test finds faster), fp32 or bf16"""

@@ -123,6 +123,7 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     model_config: ModelConfig = preset(
         config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, centre_patches=config.centre_patches,
+        value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)),
     )
     return Generalist(model_config)

@@ -119,14 +119,15 @@ def _step_matches_full_forward(model, policy, step, spec):
 
 
 @pytest.mark.parametrize("spec_name", ["discrete", "continuous"])
-@pytest.mark.parametrize(("keep_prompt", "slide_fraction", "centre_patches"),
-                         [(True, 0.25, False), (False, 0.0, False), (True, 0.25, True)])
+@pytest.mark.parametrize(("keep_prompt", "slide_fraction", "overrides"),
+                         [(True, 0.25, {}), (False, 0.0, {}), (True, 0.25, {"centre_patches": True}),
+                          (True, 0.25, {"value_frequencies": 6})])
 def test_step_logits_equal_a_full_forward_over_the_kept_context_also_after_sliding(
-    spec_name, keep_prompt, slide_fraction, centre_patches
+    spec_name, keep_prompt, slide_fraction, overrides
 ):
     spec = SPECS[spec_name]
     rng = np.random.default_rng(1)
-    model = _model(dataclasses.replace(CONFIG, centre_patches=centre_patches))
+    model = _model(dataclasses.replace(CONFIG, **overrides))
     prompts = [_prompt(rng, spec, 3), _prompt(rng, spec, 1)]
     policy = Agent(model, spec, TEXT, keep_prompt=keep_prompt, slide_fraction=slide_fraction)
     policy.reset(prompts)

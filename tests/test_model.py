@@ -12,6 +12,7 @@ from generalist.model import (
     PRESETS,
     Generalist,
     ModelConfig,
+    bin_features,
     gato_1_18b,
     gato_79m,
     gato_364m,
@@ -21,6 +22,7 @@ from generalist.model import (
     tiny,
 )
 from generalist.tokenizers import (
+    N_BINS,
     ActionSpec,
     TextTokenizer,
     TokenizedSequence,
@@ -163,6 +165,36 @@ def test_centring_patches_leaves_a_sequence_without_images_as_it_was():
         plain = _model().logits(batch)
         centred = _model(dataclasses.replace(CONFIG, centre_patches=True)).logits(batch)
     torch.testing.assert_close(centred, plain, rtol=0, atol=0)
+
+
+def test_value_features_order_the_bins_and_leave_every_other_token_as_it_was():
+    featured = _model(dataclasses.replace(CONFIG, value_frequencies=8)).embed
+    plain = _model().embed
+    with torch.no_grad():
+        featured.ids.weight.copy_(plain.ids.weight)
+        text = collate([tokenize_text(np.arange(50), LAYOUT)], LAYOUT)
+        torch.testing.assert_close(featured(text), plain(text), rtol=0, atol=0)
+        bins = torch.arange(N_BINS)
+        others = torch.cat([bins + LAYOUT.discrete_offset, torch.tensor([LAYOUT.separator_id, 0])])
+        added = featured.value_content(torch.cat([bins + LAYOUT.continuous_offset, others])[None],
+                                       torch.zeros(1, N_BINS + len(others), CONFIG.d_model))[0]
+    assert added[N_BINS:].abs().max() == 0  # discrete values, the separator and text are no continuous value
+    step = (added[1:N_BINS] - added[: N_BINS - 1]).norm(dim=1)  # neighbouring bins
+    far = (added[N_BINS // 2 : N_BINS] - added[: N_BINS // 2]).norm(dim=1)  # bins half the range apart
+    assert step.max() < far.min()
+
+
+@pytest.mark.parametrize("frequencies", [-1, 11])
+def test_value_frequencies_outside_0_to_10_are_refused(frequencies):
+    with pytest.raises(ValueError, match="value_frequencies"):
+        dataclasses.replace(CONFIG, value_frequencies=frequencies)
+
+
+def test_bin_features_are_the_bin_centre_and_its_sines_and_cosines():
+    features = bin_features(torch.tensor([0, 511, 512, 1023]), 3)
+    assert features.shape == (4, 7)
+    torch.testing.assert_close(features[:, 0], torch.tensor([-1023, -1, 1, 1023]) / 1024)
+    torch.testing.assert_close(features[:, 1:4] ** 2 + features[:, 4:] ** 2, torch.ones(4, 3))
 
 
 # ------------------------------------------------------------------------------------ the loss
