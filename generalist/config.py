@@ -261,6 +261,10 @@ class RecordConfig:
     recordings play one at a time, where a vector env is slower per step (docs/BENCHMARKS.md)"""
     dagger_beta: float = 0.0
     """probability that the expert's action is executed instead of the agent's at each step of a DAgger round"""
+    dagger_learning_rate: float | None = None
+    """peak learning rate of each DAgger round's training, which starts a fresh warm-up and cosine from the last
+    checkpoint (None: the first training's): at that peak a round can erase what the model had only begun to
+    read (a Pong round at 2e-3 did, docs/RESULTS.md)"""
 
 
 @dataclass(frozen=True)
