@@ -142,6 +142,9 @@ class TrainConfig:
     centre_patches: bool = False
     """subtract from each patch embedding its image's mean patch embedding: on mostly flat images (Pong, the
     caption scenes) the shared part otherwise grows until every patch looks alike (model.py)"""
+    patch_stride: int | None = None
+    """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
+    patch as a (16/stride)^2 grid, finer at a smaller stride and dearer (model.py)"""
     value_frequencies: int = 0
     """embed each continuous-value token also by smooth features of its bin's value (u and the sines and cosines
     of pi 2^j u, j < this; 0: the id table alone, as Gato): neighbouring bins then mean neighbouring values, even

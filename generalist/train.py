@@ -120,11 +120,12 @@ def init_distributed(device: str) -> Distributed:
 def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     """The model of a training config, initialized from its seed (the same on every rank)."""
     torch.manual_seed(config.seed)
+    patch_stride = {} if config.patch_stride is None else {"patch_stride": config.patch_stride}
     model_config: ModelConfig = preset(
         config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, centre_patches=config.centre_patches,
         value_frequencies=config.value_frequencies,
-        image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)),
+        image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )
     return Generalist(model_config)
 

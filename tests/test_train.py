@@ -180,6 +180,13 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
     assert len(moved) > len(expected) // 2
 
 
+def test_the_model_settings_of_a_training_config_reach_the_model():
+    text = TextTokenizer.default()
+    built = build_model(replace(TINY, patch_stride=2, value_frequencies=3, centre_patches=True), text).config
+    assert (built.patch_stride, built.value_frequencies, built.centre_patches) == (2, 3, True)
+    assert build_model(TINY, text).config.patch_stride == 4  # None keeps the preset's
+
+
 @pytest.mark.slow
 def test_evaluation_during_training_is_logged(tmp_path):
     from generalist.datasets.recording import CollectConfig, collect
