@@ -23,8 +23,8 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
 - `value_frequencies` adds to each continuous-value token (observations after mu-law, continuous actions) a
   learned linear map of smooth features of its bin's centre. Gato embeds each of the 1,024 bins as an
   independent row of the id table, so the model must learn from data alone that bin 500 lies between 499 and
-  501, and a bin that training rarely saw keeps its random row: the states an agent drifts into off the
-  expert's path are read as noise (teacher-forced 88-93% against 37-41% on-policy on Pendulum and LunarLander,
+  501, and a bin that training rarely saw keeps its random row, so the states an agent drifts into off the
+  expert's path may read as noise (teacher-forced 88-93% against 37-41% on-policy on Pendulum and LunarLander,
   docs/RESULTS.md). The features give every bin an ordered meaning shared with its neighbours; the id row
   still adds what is particular to a bin. The token stream and the output head are unchanged.
 - The order of tokens across the sequence is encoded by rotary embeddings (RoPE, Su et al., 2021) on queries
@@ -138,8 +138,8 @@ class ModelConfig:
         if self.patch_channels % self.patch_groups:
             raise ValueError(f"patch_channels {self.patch_channels} must split into {self.patch_groups} groups")
         if not 0 <= self.value_frequencies <= 10:
-            raise ValueError(f"value_frequencies must lie in 0..10 (the finest period, 2^(11-j) bins, reaches 2 "
-                             f"bins at 10), got {self.value_frequencies}")
+            raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
+                             f"got {self.value_frequencies}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if min(self.n_layer, self.d_ff, self.context, self.text_vocab_size, self.max_local_positions) < 1:
