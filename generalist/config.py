@@ -255,8 +255,8 @@ class RecordConfig:
     dagger_rounds: int = 0
     """DAgger rounds after training: in each, the latest checkpoint's agent drives `dagger_episodes` episodes of
     every control task while the expert labels each step, then training continues from that checkpoint on the
-    expert recordings and those of every round so far (DAgger's aggregate; train.learner_share of windows), as
-    long again as the first training"""
+    expert recordings and those of every round so far (DAgger's aggregate; train.learner_share of windows) for
+    `dagger_minutes`"""
     dagger_episodes: int = 50
     """learner-driven episodes recorded per control task in each DAgger round"""
     dagger_num_envs: int = 16
@@ -264,6 +264,9 @@ class RecordConfig:
     recordings play one at a time, where a vector env is slower per step (docs/BENCHMARKS.md)"""
     dagger_beta: float = 0.0
     """probability that the expert's action is executed instead of the agent's at each step of a DAgger round"""
+    dagger_minutes: float | None = None
+    """training minutes of each DAgger round (None: the first training's `max_minutes`), so that a recipe can
+    hold its rounds inside one budget: 40 minutes of behaviour cloning and two rounds of 10"""
     dagger_learning_rate: float | None = None
     """peak learning rate of each DAgger round's training, which starts a fresh warm-up and cosine from the last
     checkpoint (None: the first training's): at that peak a round can erase what the model had only begun to

@@ -149,10 +149,10 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
             collect(collect_config, partial(learner_driver, checkpoint, config=collect_config))
         driven = {task: EpisodeDataset(learner_dir / task) for task in control_tasks(config.train.weights)}
         driver = checkpoint
-        learning_rate = config.record.dagger_learning_rate or config.train.learning_rate
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k
-            learning_rate=learning_rate))
+            learning_rate=config.record.dagger_learning_rate or config.train.learning_rate,
+            max_minutes=config.record.dagger_minutes or config.train.max_minutes))
         checkpoint = train_stage(round_config)
         rounds.append({
             "round": k, "driver": str(driver), "checkpoint": str(checkpoint),

@@ -166,7 +166,8 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     from generalist.pipeline import dagger_stage
 
     config = _smoke(tmp_path, steps=2)
-    record = RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2, dagger_learning_rate=3e-4)
+    record = RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2, dagger_learning_rate=3e-4,
+                          dagger_minutes=0.5)
     config = replace(config, record=record, train=replace(config.train, weights={"cartpole": 1.0}))
     record_missing(config)
     first = train_stage(config)
@@ -176,7 +177,9 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     assert last.parent.parent == config.run_dir / "round-1"
     trained = read_trainer_state(last)["train_config"]
     assert trained.init_from == first and trained.learner_data_dir == config.run_dir
-    assert trained.learning_rate == 3e-4 and read_trainer_state(first)["train_config"].learning_rate != 3e-4
+    first_trained = read_trainer_state(first)["train_config"]
+    assert (trained.learning_rate, trained.max_minutes) == (3e-4, 0.5)
+    assert first_trained.learning_rate != 3e-4 and first_trained.max_minutes != 0.5
     assert rounds[0]["episodes"] == {"cartpole": 2} and rounds[0]["driver"] == str(first)
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
     assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2
