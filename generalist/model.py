@@ -318,17 +318,19 @@ class TokenEmbedding(nn.Module):
         self.local_position = nn.Embedding(config.max_local_positions, config.d_model)
         self.action = nn.Parameter(torch.zeros(config.d_model))  # one position shared by every action token
         self.centre_patches = config.centre_patches
-        self.value_frequencies = config.value_frequencies
         self.continuous_offset = config.layout.continuous_offset
         self.values = nn.Linear(1 + 2 * config.value_frequencies, config.d_model) if config.value_frequencies else None
 
     def value_content(self, ids: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """`x` (b, t, d) plus, at each continuous-value id, the map of its bin's smooth features."""
+        if self.values is None:  # before any index work: this runs in every forward
+            return x
         bins = ids - self.continuous_offset
         where = ((bins >= 0) & (bins < N_BINS)).nonzero(as_tuple=True)
-        if self.values is None or not len(where[0]):
+        if not len(where[0]):
             return x
-        added = self.values(bin_features(bins[where], self.value_frequencies)).to(x.dtype)  # (n, d)
+        n_frequencies = (self.values.in_features - 1) // 2
+        added = self.values(bin_features(bins[where], n_frequencies)).to(x.dtype)  # (n, d)
         return x.index_put(where, added, accumulate=True)
 
     def patch_content(self, batch: Batch) -> torch.Tensor:
