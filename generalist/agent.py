@@ -189,6 +189,7 @@ def _loose_tokens(ids: torch.Tensor, kind: TokenKind) -> Batch:
         patch_token_index=empty[:, 0],
         lengths=torch.ones(b, dtype=torch.long, device=ids.device),
         tasks=torch.full((b,), -1, dtype=torch.long, device=ids.device),
+        targets=ids[:, None],
     )
 
 

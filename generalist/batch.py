@@ -33,6 +33,7 @@ class Batch:
     patch_token_index: torch.Tensor  # (N,) int64, the token each patch sits at
     lengths: torch.Tensor  # (B,) int64, tokens of each sequence before padding
     tasks: torch.Tensor  # (B,) int64, each row's task as an index into the mixture's tasks; -1 when none
+    targets: torch.Tensor  # (B, T) int64, the ids the loss predicts: `ids` but where a sequence gave others
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -76,9 +77,11 @@ def collate(
     kinds = np.full((n_rows, width), TokenKind.PAD, np.uint8)
     local_positions = np.full((n_rows, width), NO_POSITION, np.int64)
     loss_mask = np.zeros((n_rows, width), bool)
+    targets = ids.copy()
     for row, sequence in enumerate(sequences):
         n = len(sequence)
         ids[row, :n] = sequence.ids
+        targets[row, :n] = sequence.target_ids()
         kinds[row, :n] = sequence.kinds
         local_positions[row, :n] = sequence.local_positions
         loss_mask[row, :n] = sequence.loss_mask
@@ -105,6 +108,7 @@ def collate(
         patch_token_index=torch.from_numpy(patch_token_index.astype(np.int64)),
         lengths=torch.from_numpy(lengths),
         tasks=torch.full((n_rows,), -1, dtype=torch.int64) if tasks is None else torch.tensor(tasks, dtype=torch.int64),
+        targets=torch.from_numpy(targets),
     )
 
 
@@ -116,7 +120,7 @@ def action_slots(kinds: torch.Tensor) -> torch.Tensor:
 
 
 def decisive_actions(batch: Batch) -> torch.Tensor:
-    """(B, T) bool: the action tokens whose id differs from the same slot's one timestep earlier in the row.
+    """(B, T) bool: the action tokens whose target differs from the same slot's one timestep earlier in the row.
 
     Where the expert changes its action is what predicting "as before" gets wrong (Pong's expert keeps its
     action at 87% of its steps); a row's first timestep is never decisive (nothing before it to differ from).
@@ -130,7 +134,7 @@ def decisive_actions(batch: Batch) -> torch.Tensor:
     width = batch.ids.shape[1]
     order = ((rows * (int(slots.max()) + 1) + slots) * width + columns).argsort()
     rows, slots, columns = rows[order], slots[order], columns[order]
-    ids = batch.ids[rows, columns]
+    ids = batch.targets[rows, columns]
     changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (ids[1:] != ids[:-1])
     decisive[rows[1:][changed], columns[1:][changed]] = True
     return decisive
@@ -139,7 +143,7 @@ def decisive_actions(batch: Batch) -> torch.Tensor:
 def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Generator | None = None) -> Batch:
     """The batch with each action token, with `probability`, read as the same slot of a random timestep of its row.
 
-    Only the model's inputs change: the targets stay the true actions (pass the original ids as targets). In
+    Only the model's inputs change: the targets stay the true actions (`batch.targets`). In
     recorded expert play consecutive actions are mostly equal (LunarLander 75% of steps, Pendulum 82%), so a
     model can predict the next action by copying the last one; acting on its own history it then repeats its
     first choice (the copycat problem of behaviour cloning). Actions swapped for others of the same episode

@@ -107,7 +107,7 @@ def teacher_forced(
         device = next(model.parameters()).device
         logits = model.logits(inputs.to(device))[rows.to(device), columns.to(device)].float().cpu()
         logits = logits.masked_fill(~allowed[slots], -torch.inf)
-    targets = batch.ids[rows, columns + 1]
+    targets = batch.targets[rows, columns + 1]
     correct = (logits.argmax(-1) == targets).numpy()
     # Tokens come row by row, `size` per step: a step is decisive when its ids differ from the step before it
     # in the same window.

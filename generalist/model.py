@@ -558,7 +558,8 @@ class Generalist(nn.Module):
     ) -> LossOutput:
         """Masked next-token cross-entropy: the token at t predicts t + 1, weighted by `loss_mask[t + 1]`.
 
-        `targets` (b, t) are the ids to predict when they differ from the ids read (`shuffle_action_inputs`);
+        `targets` (b, t) are the ids to predict (default `batch.targets`; differing from the ids read after
+        `shuffle_action_inputs`);
         `weights` (b, t) weigh each target in `loss` (a weighted mean), e.g. more on decisive actions;
         `action_sigma` > 0 trains continuous action targets against a Gaussian of that many bins around the
         exact bin (`smoothed_bin_loss`). The text, action and per-row losses stay the unweighted exact-target
@@ -567,7 +568,7 @@ class Generalist(nn.Module):
         hidden = self.hidden(batch)  # (b, t, d)
         rows, columns = batch.loss_mask[:, 1:].nonzero(as_tuple=True)  # (m,) each: positions that predict a target
         logits = self.output_logits(hidden[rows, columns])  # (m, v): only where a loss is taken
-        targets = (batch.ids if targets is None else targets)[rows, columns + 1]  # (m,)
+        targets = (batch.targets if targets is None else targets)[rows, columns + 1]  # (m,)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (m,)
         kinds = batch.kinds[rows, columns + 1]
         is_text, is_action = kinds == TokenKind.TEXT, kinds == TokenKind.ACTION

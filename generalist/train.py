@@ -155,7 +155,7 @@ def _optimizer_step(
             if config.decisive_weight != 1.0:
                 weights = 1.0 + (config.decisive_weight - 1.0) * decisive_actions(batch).float()
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
-            output = wrapped(inputs, batch.ids, weights, config.action_sigma)
+            output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
             output.loss.item(),

@@ -20,7 +20,7 @@ from generalist.datasets.mixture import (
 )
 from generalist.datasets.recording import collect, collect_task
 from generalist.datasets.storage import EpisodeDataset
-from generalist.tokenizers import TextTokenizer
+from generalist.tokenizers import TextTokenizer, TokenKind
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py says why
 
@@ -109,6 +109,17 @@ def test_training_mixes_learner_windows_prompted_by_expert_episodes(checkpoint, 
     mixed = sources["cartpole"]
     assert isinstance(mixed, LearnerMixSource) and mixed.learner.prompts is mixed.expert
     assert isinstance(build_sources(["cartpole"], cartpole_data, layout, tokenizer)["cartpole"], ControlSource)
+    # A learner window reads the actions the agent ran and predicts the expert's labels.
+    recorded = EpisodeDataset(tmp_path / "learner" / "cartpole")
+    window = mixed.learner.tokenize_window(0, 2, 9)
+    is_action = window.kinds == TokenKind.ACTION
+    ran = recorded.executed_actions(0, 2, 9)
+    labels = recorded.read(0, 2, 9)[1]
+    assert not np.array_equal(ran, labels)  # an untrained agent drove
+    np.testing.assert_array_equal(window.ids[is_action], layout.discrete_ids(ran))
+    np.testing.assert_array_equal(window.target_ids()[is_action], layout.discrete_ids(labels))
+    np.testing.assert_array_equal(window.ids[~is_action], window.target_ids()[~is_action])
+    assert mixed.expert.tokenize_window(0, 2, 9).targets is None  # the expert ran what it recorded
 
 
 def test_training_reads_every_dagger_round_together(checkpoint, cartpole_data, tmp_path, tiny_model):

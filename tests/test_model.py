@@ -248,6 +248,19 @@ def test_separate_targets_score_the_true_tokens_behind_shuffled_inputs():
                                    atol=1e-5, rtol=1e-5)
 
 
+def test_a_batch_scores_its_own_targets_by_default():
+    model = _model()
+    observations = {"continuous": np.random.default_rng(4).normal(size=(10, 3)).astype(np.float32)}
+    labels, ran = np.arange(10) % 4, (np.arange(10) + 1) % 4
+    learner = collate([tokenize_episode(observations, labels, DISCRETE_4, LAYOUT, executed=ran)], LAYOUT)
+    as_ran = collate([tokenize_episode(observations, ran, DISCRETE_4, LAYOUT)], LAYOUT)
+    as_labelled = collate([tokenize_episode(observations, labels, DISCRETE_4, LAYOUT)], LAYOUT)
+    with torch.no_grad():
+        # It reads the actions that ran, and is scored against the labels.
+        torch.testing.assert_close(model(learner).loss, model(as_ran, as_labelled.ids).loss, atol=0, rtol=0)
+        assert model(learner).loss != model(as_ran).loss
+
+
 def test_targets_outside_the_mask_change_nothing():
     # A window that ends inside an observation: its last tokens are targets outside the mask, and no later
     # token reads them, so changing them must leave the loss unchanged.

@@ -104,6 +104,9 @@ class ControlSource:
     packable: bool = False
     prompts: ControlSource | None = None  # the source of prompts (None: other episodes of this one)
     text_encoder: TextEncoder | None = None  # reads text observations (a Minari dataset's Text space)
+    # Learner-driven recordings: read the actions the env ran, predict the recorded labels (needs episodes with
+    # `executed_actions`, as EpisodeDataset and EpisodeUnion have).
+    reads_executed: bool = False
     _tokens_per_step: int | None = field(default=None, init=False, repr=False)
 
     def tokens_per_step(self) -> int:
@@ -119,7 +122,8 @@ class ControlSource:
 
         With a layout that stacks frames, each timestep's image is stacked from the recorded frames before it
         (read from up to `frame_stack - 1` steps before `start`). `shuffle_images` permutes the window's
-        (stacked) images in time: a diagnosis of whether a policy reads them.
+        (stacked) images in time: a diagnosis of whether a policy reads them. With `reads_executed` the action
+        tokens read what the env ran and the targets are the labels (`tokenize_episode`).
         """
         history = min(start, self.layout.frame_stack - 1) if self.layout.stacks_frames else 0
         read, actions = self.episodes.read(episode, start - history, stop)
@@ -130,7 +134,9 @@ class ControlSource:
         actions = actions[history:]
         if shuffle_images is not None and "image" in observations:
             observations["image"] = observations["image"][shuffle_images.permutation(len(actions))]
-        return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout, self.text_encoder)
+        executed = self.episodes.executed_actions(episode, start, stop) if self.reads_executed else None
+        return tokenize_episode(observations, actions, self.episodes.action_spec, self.layout, self.text_encoder,
+                                executed=executed)
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """A window of one of this shard's episodes, maybe behind a prompt from another episode."""
@@ -166,7 +172,8 @@ class ControlSource:
 @dataclass
 class LearnerMixSource:
     """A task's expert windows, and with probability `share` windows of its learner-driven recordings (DAgger),
-    those prompted by expert demonstrations."""
+    those prompted by expert demonstrations. A learner window reads the actions that ran and predicts the
+    expert's labels: acting, the policy reads its own history, never the labels."""
 
     expert: ControlSource
     learner: ControlSource
@@ -209,6 +216,11 @@ class EpisodeUnion:
         """Observations by key and actions of rows [start, stop) of one episode."""
         part, local = self._locate(episode)
         return part.read(local, start, stop)
+
+    def executed_actions(self, episode: int, start: int, stop: int) -> np.ndarray:
+        """The actions the env ran in rows [start, stop) of one episode (`EpisodeDataset.executed_actions`)."""
+        part, local = self._locate(episode)
+        return part.executed_actions(local, start, stop)
 
 
 def learner_recordings(learner_data_dir: Path, task: str) -> list[Path]:
@@ -501,6 +513,6 @@ def build_sources(
                     check_learner_data(expert, learner)
                 from_expert = sources[task]
                 from_learner = ControlSource(task, EpisodeUnion(recordings), layout, prompt_probability,
-                                             prompt_end_fraction, prompts=from_expert)
+                                             prompt_end_fraction, prompts=from_expert, reads_executed=True)
                 sources[task] = LearnerMixSource(from_expert, from_learner, learner_share)
     return sources

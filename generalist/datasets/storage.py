@@ -313,16 +313,19 @@ class EpisodeDataset:
             "rewards": np.array(shard.rewards[rows]),
         }
 
-    def executed_actions(self, episode: int) -> np.ndarray:
-        """The actions the env ran in one episode: those stored beside the labels where a learner drove
-        (`EXECUTED`), else the recorded actions themselves."""
+    def executed_actions(self, episode: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The actions the env ran in rows [start, stop) of one episode: those stored beside the labels where a
+        learner drove (`EXECUTED`), else the recorded actions themselves."""
         info = self.episodes[episode]
+        stop = info.length if stop is None else stop
         entry = self.index["shards"][info.shard]
         path = self.directory / entry["name"] / EXECUTED
         if not path.exists():
-            return self.window(episode)["actions"]
+            return self.window(episode, start, stop)["actions"]
+        if not 0 <= start <= stop <= info.length:
+            raise IndexError(f"window [{start}, {stop}) outside episode {episode} of length {info.length}")
         array = open_array(path, int(entry["steps"]), self.action_array)
-        return np.array(array[info.offset : info.offset + info.length])
+        return np.array(array[info.offset + start : info.offset + stop])
 
     def _shard(self, number: int) -> Shard:
         if number in self._open:

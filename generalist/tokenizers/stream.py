@@ -112,9 +112,16 @@ class TokenizedSequence:
     patch_rows: np.ndarray  # (N, 2) int64, bucket range [lo, hi) of the patch's row
     patch_cols: np.ndarray  # (N, 2) int64, bucket range [lo, hi) of the patch's column
     patch_token_index: np.ndarray  # (N,) int64, index of the token each patch sits at
+    # (T,) int64, what the loss predicts where it differs from what the model reads (a learner-driven window
+    # reads the actions it executed and predicts the expert's labels); None: the ids themselves.
+    targets: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def target_ids(self) -> np.ndarray:
+        """(T,) ids the loss predicts: `targets` where given, else the ids read."""
+        return self.ids if self.targets is None else self.targets
 
     @classmethod
     def empty(cls, channels: int = 3, patch_size: int = PATCH_SIZE) -> TokenizedSequence:
@@ -140,6 +147,8 @@ class TokenizedSequence:
             patch_token_index=np.concatenate(
                 [s.patch_token_index + start for s, start in zip(sequences, starts, strict=True)]
             ),
+            targets=(None if all(s.targets is None for s in sequences)
+                     else np.concatenate([s.target_ids() for s in sequences])),
         )
 
     def slice(self, start: int, stop: int) -> TokenizedSequence:
@@ -156,6 +165,7 @@ class TokenizedSequence:
             patch_rows=self.patch_rows[keep],
             patch_cols=self.patch_cols[keep],
             patch_token_index=self.patch_token_index[keep] - start,
+            targets=None if self.targets is None else self.targets[start:stop],
         )
 
     def timestep_starts(self) -> np.ndarray:
@@ -361,11 +371,14 @@ def tokenize_episode(
     layout: TokenLayout,
     text_encoder: TextEncoder | None = None,
     image_channels: int | None = None,
+    executed: npt.ArrayLike | None = None,
 ) -> TokenizedSequence:
     """A whole episode, observations stacked over steps (key -> (n_steps, ...)), to one sequence.
 
     With `actions=None` every step is an observation and its separator only (what a policy feeds before
-    sampling the action).
+    sampling the action). With `executed` (the actions the env ran, where a learner drove and `actions` are the
+    expert's labels) the action tokens read the executed actions and `targets` holds the labels: acting, a
+    policy reads its own past actions, so that is the history it must learn to act from.
     """
     n_steps = _n_steps(observations)
     segments, patches, rows, cols = _observation_segments(
@@ -377,7 +390,14 @@ def tokenize_episode(
         if spec is None:
             raise ValueError("action: an ActionSpec is needed to tokenize actions")
         segments.append(_action_segment(actions, spec, layout, n_steps))
-    return _from_segments(n_steps, segments, patches, rows, cols)
+    sequence = _from_segments(n_steps, segments, patches, rows, cols)
+    if executed is not None:
+        if actions is None:
+            raise ValueError("executed: the labels `actions` are needed beside the executed actions")
+        sequence.targets = sequence.ids.copy()
+        # Action tokens lie step by step, slot by slot: the order of the action segment's ids.
+        sequence.ids[sequence.kinds == TokenKind.ACTION] = _action_segment(executed, spec, layout, n_steps).ids
+    return sequence
 
 
 def _stack_one(observation: Mapping[str, Any]) -> dict[str, Any]:

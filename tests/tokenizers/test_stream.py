@@ -250,3 +250,29 @@ def test_any_finite_continuous_observation_tokenizes_in_range(values):
     seq = tokenize_episode({"continuous": values}, None, None, LAYOUT)
     assert LAYOUT.is_continuous(seq.ids[seq.kinds == K.CONTINUOUS]).all()
     assert len(seq) == values.shape[0] * (values.shape[1] + 1)
+
+
+def test_a_learner_driven_episode_reads_what_ran_and_targets_the_labels():
+    observations = {"continuous": np.arange(12, dtype=np.float32).reshape(4, 3)}
+    spec = ActionSpec("continuous", size=2)
+    labels = np.array([[0.5, -0.5], [0.5, -0.5], [0.2, 0.1], [0.9, 0.0]])
+    ran = np.array([[0.0, 0.0], [-0.7, 0.3], [0.2, 0.1], [-0.1, 0.8]])
+    learner = tokenize_episode(observations, labels, spec, LAYOUT, executed=ran)
+    as_labelled, as_ran = (tokenize_episode(observations, a, spec, LAYOUT) for a in (labels, ran))
+    np.testing.assert_array_equal(learner.ids, as_ran.ids)
+    np.testing.assert_array_equal(learner.target_ids(), as_labelled.ids)
+    assert as_labelled.targets is None and as_labelled.target_ids() is as_labelled.ids
+    with pytest.raises(ValueError, match="labels"):
+        tokenize_episode(observations, None, spec, LAYOUT, executed=ran)
+
+
+def test_targets_follow_their_tokens_through_concatenation_and_slicing():
+    observations = {"continuous": np.zeros((3, 1), np.float32)}
+    spec = ActionSpec("discrete", n=3)
+    prompt = tokenize_episode(observations, np.array([0, 1, 2]), spec, LAYOUT)  # no targets of its own
+    window = tokenize_episode(observations, np.array([2, 2, 2]), spec, LAYOUT, executed=np.array([1, 0, 1]))
+    both = TokenizedSequence.concatenate([prompt, window])
+    np.testing.assert_array_equal(both.target_ids(), np.concatenate([prompt.ids, window.target_ids()]))
+    np.testing.assert_array_equal(both.ids, np.concatenate([prompt.ids, window.ids]))
+    np.testing.assert_array_equal(both.slice(len(prompt), len(both)).target_ids(), window.target_ids())
+    assert TokenizedSequence.concatenate([prompt, prompt]).targets is None
