@@ -259,6 +259,9 @@ class RecordConfig:
     `dagger_minutes`"""
     dagger_episodes: int = 50
     """learner-driven episodes recorded per control task in each DAgger round"""
+    dagger_tasks: tuple[str, ...] = ()
+    """the control tasks DAgger rounds drive (empty: every control task of the mixture): a task the agent
+    already solves gains little from a round and costs its recording time"""
     dagger_num_envs: int = 16
     """learner-driven episodes played at once in a DAgger round (the agent acts on them as one batch); expert
     recordings play one at a time, where a vector env is slower per step (docs/BENCHMARKS.md)"""

@@ -123,6 +123,16 @@ def train_config(config: RunConfig) -> TrainConfig:
     )
 
 
+def dagger_tasks(config: RunConfig) -> list[str]:
+    """The control tasks DAgger rounds drive; naming one the mixture does not train on is an error."""
+    trained = control_tasks(config.train.weights)
+    unknown = [task for task in config.record.dagger_tasks if task not in trained]
+    if unknown:
+        raise ValueError(f"--record.dagger-tasks names {', '.join(unknown)}, not among the control tasks this run "
+                         f"trains on ({', '.join(trained) or 'none'})")
+    return list(config.record.dagger_tasks) or trained
+
+
 DAGGER_SEED = 2_000_000
 """First seed of DAgger rounds' episodes (round k from DAGGER_SEED + 100,000 k): far from recording (0 on), the
 score baselines (1,000,000 on) and evaluation (5,000,000 on)."""
@@ -137,7 +147,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
     rounds = []
     for k in range(1, config.record.dagger_rounds + 1):
         learner_dir = config.run_dir / f"dagger-{k}"
-        for task in control_tasks(config.train.weights):
+        for task in dagger_tasks(config):
             collect_config = CollectConfig(
                 tasks=(task,), episodes=config.record.dagger_episodes, out=learner_dir,
                 first_seed=DAGGER_SEED + 100_000 * k, beta=config.record.dagger_beta, prompt_data=config.train.data_dir,
@@ -147,7 +157,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
             )
             print(f"DAgger round {k}: {checkpoint} drives {collect_config.episodes} episodes of {task}", flush=True)
             collect(collect_config, partial(learner_driver, checkpoint, config=collect_config))
-        driven = {task: EpisodeDataset(learner_dir / task) for task in control_tasks(config.train.weights)}
+        driven = {task: EpisodeDataset(learner_dir / task) for task in dagger_tasks(config)}
         driver = checkpoint
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k
@@ -301,6 +311,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
         clock = time.monotonic()
 
     check_same_run(config)
+    dagger_tasks(config)  # a misspelt task fails now, not after the first training
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_json(config, config.run_dir / RUN_CONFIG)
     record_missing(config)

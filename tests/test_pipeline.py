@@ -12,7 +12,7 @@ from generalist.checkpoint import read_trainer_state
 from generalist.config import RUN_PRESETS, RunConfig, TrainConfig, full, run_preset, smoke
 from generalist.datasets.storage import EpisodeDataset
 from generalist.evaluate import TaskResult
-from generalist.pipeline import control_tasks, record_missing, train_config, train_stage
+from generalist.pipeline import control_tasks, record_missing, run_pipeline, train_config, train_stage
 from generalist.report import (
     _command,
     _smooth,
@@ -160,6 +160,20 @@ def test_rerunning_a_run_with_other_training_settings_is_refused(tmp_path):
         check_same_run(changed)
 
 
+def test_dagger_tasks_must_be_control_tasks_the_run_trains_on(tmp_path):
+    from generalist.config import RecordConfig
+    from generalist.pipeline import dagger_tasks
+
+    config = _smoke(tmp_path, weights={"cartpole": 1.0, "scenes": 1.0})
+    assert dagger_tasks(config) == ["cartpole"]
+    for named in (("pendulum",), ("scenes",)):
+        with pytest.raises(ValueError, match=f"names {named[0]}, not among the control tasks .*cartpole"):
+            dagger_tasks(replace(config, record=RecordConfig(dagger_tasks=named)))
+        with pytest.raises(ValueError, match="dagger-tasks"):
+            run_pipeline(replace(config, record=RecordConfig(dagger_rounds=1, dagger_tasks=named)))
+    assert not config.run_dir.exists()  # refused before anything was written
+
+
 @pytest.mark.slow
 def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(tmp_path, capsys):
     from generalist.config import RecordConfig
@@ -167,8 +181,8 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
 
     config = _smoke(tmp_path, steps=2)
     record = RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2, dagger_learning_rate=3e-4,
-                          dagger_minutes=0.5)
-    config = replace(config, record=record, train=replace(config.train, weights={"cartpole": 1.0}))
+                          dagger_minutes=0.5, dagger_tasks=("cartpole",))
+    config = replace(config, record=record, train=replace(config.train, weights={"cartpole": 1.0, "acrobot": 1.0}))
     record_missing(config)
     first = train_stage(config)
     last, rounds = dagger_stage(config, first)
@@ -181,6 +195,7 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     assert (trained.learning_rate, trained.max_minutes) == (3e-4, 0.5)
     assert first_trained.learning_rate != 3e-4 and first_trained.max_minutes != 0.5
     assert rounds[0]["episodes"] == {"cartpole": 2} and rounds[0]["driver"] == str(first)
+    assert not (config.run_dir / "dagger-1" / "acrobot").exists()  # trained on, but not one of the round's tasks
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
     assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2
     assert "training finished" in capsys.readouterr().out
