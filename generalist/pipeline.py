@@ -145,9 +145,10 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
     names the checkpoint that drives it), a round's training resumes or is found finished.
     """
     rounds = []
+    tasks = dagger_tasks(config)
     for k in range(1, config.record.dagger_rounds + 1):
         learner_dir = config.run_dir / f"dagger-{k}"
-        for task in dagger_tasks(config):
+        for task in tasks:
             collect_config = CollectConfig(
                 tasks=(task,), episodes=config.record.dagger_episodes, out=learner_dir,
                 first_seed=DAGGER_SEED + 100_000 * k, beta=config.record.dagger_beta, prompt_data=config.train.data_dir,
@@ -157,7 +158,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
             )
             print(f"DAgger round {k}: {checkpoint} drives {collect_config.episodes} episodes of {task}", flush=True)
             collect(collect_config, partial(learner_driver, checkpoint, config=collect_config))
-        driven = {task: EpisodeDataset(learner_dir / task) for task in dagger_tasks(config)}
+        driven = {task: EpisodeDataset(learner_dir / task) for task in tasks}
         driver = checkpoint
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k

@@ -301,11 +301,8 @@ class EpisodeDataset:
     def window(self, episode: int, start: int = 0, stop: int | None = None) -> dict[str, Any]:
         """Rows [start, stop) of one episode: {"observations": {key: (n, ...)}, "actions", "rewards"}."""
         info = self.episodes[episode]
-        stop = info.length if stop is None else stop
-        if not 0 <= start <= stop <= info.length:
-            raise IndexError(f"window [{start}, {stop}) outside episode {episode} of length {info.length}")
+        rows = self._rows(episode, start, stop)
         shard = self._shard(info.shard)
-        rows = slice(info.offset + start, info.offset + stop)
         # np.array copies the mapped rows, so the window outlives the mapping.
         return {
             "observations": {key: np.array(array[rows]) for key, array in shard.observations.items()},
@@ -317,15 +314,20 @@ class EpisodeDataset:
         """The actions the env ran in rows [start, stop) of one episode: those stored beside the labels where a
         learner drove (`EXECUTED`), else the recorded actions themselves."""
         info = self.episodes[episode]
-        stop = info.length if stop is None else stop
+        rows = self._rows(episode, start, stop)
         entry = self.index["shards"][info.shard]
         path = self.directory / entry["name"] / EXECUTED
         if not path.exists():
-            return self.window(episode, start, stop)["actions"]
+            return np.array(self._shard(info.shard).actions[rows])
+        return np.array(open_array(path, int(entry["steps"]), self.action_array)[rows])
+
+    def _rows(self, episode: int, start: int, stop: int | None) -> slice:
+        """The shard rows of steps [start, stop) of one episode (stop None: its end); outside it, an IndexError."""
+        info = self.episodes[episode]
+        stop = info.length if stop is None else stop
         if not 0 <= start <= stop <= info.length:
             raise IndexError(f"window [{start}, {stop}) outside episode {episode} of length {info.length}")
-        array = open_array(path, int(entry["steps"]), self.action_array)
-        return np.array(array[info.offset + start : info.offset + stop])
+        return slice(info.offset + start, info.offset + stop)
 
     def _shard(self, number: int) -> Shard:
         if number in self._open:
