@@ -177,6 +177,9 @@ class TrainConfig:
     `learner_share` of its windows from all of them together, prompted by its expert recordings"""
     learner_share: float = 0.5
     """share of a task's windows drawn from its learner-driven recordings, where it has some"""
+    learner_reads_labels: bool = False
+    """a learner-driven window reads the expert's labels as its past actions instead of those that ran (the
+    history the agent never lived, as before learner windows read what ran): kept to measure the difference"""
     checkpoint_every: int = 200
     """steps between checkpoints (and one at the end)"""
     checkpoint_minutes: float | None = None

@@ -323,7 +323,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     n_shards = where.world_size * config.accumulation
     shards = [where.rank * config.accumulation + m for m in range(config.accumulation)]
     sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability,
-                            learner_data_dir=config.learner_data_dir, learner_share=config.learner_share)
+                            learner_data_dir=config.learner_data_dir, learner_share=config.learner_share,
+                            learner_reads_executed=not config.learner_reads_labels)
     mixture = Mixture(
         sources,
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),

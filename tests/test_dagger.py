@@ -120,6 +120,11 @@ def test_training_mixes_learner_windows_prompted_by_expert_episodes(checkpoint, 
     np.testing.assert_array_equal(window.target_ids()[is_action], layout.discrete_ids(labels))
     np.testing.assert_array_equal(window.ids[~is_action], window.target_ids()[~is_action])
     assert mixed.expert.tokenize_window(0, 2, 9).targets is None  # the expert ran what it recorded
+    # Kept for comparison: the window that reads the labels as its history (as before it read what ran).
+    labelled = build_sources(["cartpole"], cartpole_data, layout, tokenizer, learner_data_dir=tmp_path / "learner",
+                             learner_reads_executed=False)["cartpole"].learner.tokenize_window(0, 2, 9)
+    np.testing.assert_array_equal(labelled.ids[is_action], layout.discrete_ids(labels))
+    np.testing.assert_array_equal(labelled.ids, labelled.target_ids())
 
 
 def test_training_reads_every_dagger_round_together(checkpoint, cartpole_data, tmp_path, tiny_model):

@@ -475,11 +475,13 @@ def build_sources(
     prompt_end_fraction: float = 0.5,
     learner_data_dir: str | Path | None = None,
     learner_share: float = 0.5,
+    learner_reads_executed: bool = True,
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
     A control task also recorded under `learner_data_dir` (driven by a trained agent, labelled by the expert:
-    `learner_recordings`) draws `learner_share` of its windows from all those recordings together.
+    `learner_recordings`) draws `learner_share` of its windows from all those recordings together; those windows
+    read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels.
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
@@ -513,6 +515,7 @@ def build_sources(
                     check_learner_data(expert, learner)
                 from_expert = sources[task]
                 from_learner = ControlSource(task, EpisodeUnion(recordings), layout, prompt_probability,
-                                             prompt_end_fraction, prompts=from_expert, reads_executed=True)
+                                             prompt_end_fraction, prompts=from_expert,
+                                             reads_executed=learner_reads_executed)
                 sources[task] = LearnerMixSource(from_expert, from_learner, learner_share)
     return sources
