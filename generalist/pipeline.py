@@ -3,7 +3,8 @@
 Design choices:
 - A preset (config.py: `cpu()`, `full()`, `smoke()`) names a whole experiment: the model, the task mixture, how
   much data to record, how long to train and how to evaluate. `cpu` (the default) fits about half an hour of
-  this 2-core machine; `full` trains all nine tasks for up to three hours (4,000 steps); `smoke` checks the
+  this 2-core machine; `control` the seven vector tasks with two DAgger rounds; `full` trains all nine tasks
+  for up to three hours (4,000 steps), then the same rounds; `smoke` checks the
   plumbing in seconds. Flags override a preset; the resolved config is saved as the run's config.json.
 - A time budget is a schedule over time (`TrainConfig.schedule="time"`): the cosine spans the minutes given
   and the run stops there, however fast the machine turns out to be (a step count measured up front is wrong
@@ -34,6 +35,7 @@ from generalist.config import (
     CHAT_SEED,
     CHAT_TEMPERATURE,
     CHAT_TOP_K,
+    TIME_BUDGET_STEPS,
     CollectConfig,
     EvalConfig,
     RunConfig,
@@ -124,7 +126,10 @@ def train_config(config: RunConfig) -> TrainConfig:
 
 
 def dagger_tasks(config: RunConfig) -> list[str]:
-    """The control tasks DAgger rounds drive; naming one the mixture does not train on is an error."""
+    """The control tasks DAgger rounds drive; naming one the mixture does not train on, or rounds without a
+    time to train for, is an error."""
+    if config.record.dagger_rounds and not (config.record.dagger_minutes or config.train.max_minutes):
+        raise ValueError("DAgger rounds train for a time: give --record.dagger-minutes (or --max-minutes)")
     trained = control_tasks(config.train.weights)
     unknown = [task for task in config.record.dagger_tasks if task not in trained]
     if unknown:
@@ -163,6 +168,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k
             learning_rate=config.record.dagger_learning_rate or config.train.learning_rate,
+            schedule="time", steps=TIME_BUDGET_STEPS, warmup_steps=config.record.dagger_warmup_steps,
             max_minutes=config.record.dagger_minutes or config.train.max_minutes))
         checkpoint = train_stage(round_config)
         rounds.append({

@@ -25,9 +25,9 @@ from generalist.report import (
 
 
 def test_presets_are_named_functions_and_unknown_presets_are_errors():
-    assert set(RUN_PRESETS) == {"cpu", "full", "smoke", "gpu"}
+    assert set(RUN_PRESETS) == {"cpu", "control", "full", "smoke", "gpu"}
     assert all(run_preset(name).preset == name for name in RUN_PRESETS)
-    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, full, smoke, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, control, full, smoke, gpu"):
         run_preset("x")
 
 
@@ -171,7 +171,21 @@ def test_dagger_tasks_must_be_control_tasks_the_run_trains_on(tmp_path):
             dagger_tasks(replace(config, record=RecordConfig(dagger_tasks=named)))
         with pytest.raises(ValueError, match="dagger-tasks"):
             run_pipeline(replace(config, record=RecordConfig(dagger_rounds=1, dagger_tasks=named)))
+    untimed = replace(config, train=replace(config.train, max_minutes=None), record=RecordConfig(dagger_rounds=1))
+    with pytest.raises(ValueError, match="DAgger rounds train for a time"):
+        run_pipeline(untimed)
+    assert dagger_tasks(replace(untimed, record=RecordConfig(dagger_rounds=1, dagger_minutes=5.0))) == ["cartpole"]
     assert not config.run_dir.exists()  # refused before anything was written
+
+
+def test_every_preset_drives_only_control_tasks_it_trains_on():
+    from generalist.config import RUN_PRESETS
+    from generalist.pipeline import dagger_tasks
+
+    for name, preset in RUN_PRESETS.items():
+        config = preset()  # a preset that names a task it does not train on fails here, not hours into a run
+        driven = dagger_tasks(config)
+        assert driven and set(driven) <= set(config.train.weights), name
 
 
 @pytest.mark.slow
@@ -181,7 +195,7 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
 
     config = _smoke(tmp_path, steps=2)
     record = RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2, dagger_learning_rate=3e-4,
-                          dagger_minutes=0.5, dagger_tasks=("cartpole",))
+                          dagger_minutes=0.05, dagger_tasks=("cartpole",))
     config = replace(config, record=record, train=replace(config.train, weights={"cartpole": 1.0, "acrobot": 1.0}))
     record_missing(config)
     first = train_stage(config)
@@ -192,8 +206,11 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     trained = read_trainer_state(last)["train_config"]
     assert trained.init_from == first and trained.learner_data_dir == config.run_dir
     first_trained = read_trainer_state(first)["train_config"]
-    assert (trained.learning_rate, trained.max_minutes) == (3e-4, 0.5)
-    assert first_trained.learning_rate != 3e-4 and first_trained.max_minutes != 0.5
+    assert (trained.learning_rate, trained.max_minutes) == (3e-4, 0.05)
+    assert first_trained.learning_rate != 3e-4 and first_trained.max_minutes != 0.05
+    # The round's warm-up and cosine span its minutes, whatever the first training's schedule.
+    assert (trained.schedule, trained.warmup_steps) == ("time", record.dagger_warmup_steps)
+    assert (first_trained.schedule, first_trained.warmup_steps) == ("steps", 1)
     assert rounds[0]["episodes"] == {"cartpole": 2} and rounds[0]["driver"] == str(first)
     assert not (config.run_dir / "dagger-1" / "acrobot").exists()  # trained on, but not one of the round's tasks
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
