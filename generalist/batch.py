@@ -120,13 +120,10 @@ def action_slots(kinds: torch.Tensor) -> torch.Tensor:
 
 
 def decisive_actions(batch: Batch) -> torch.Tensor:
-    """(B, T) bool: the action tokens whose target differs from the action the row read in the same slot one
-    timestep earlier.
+    """(B, T) bool: the action tokens whose target differs from the same slot's one timestep earlier in the row.
 
-    Predicting "as before" is what these steps punish (Pong's expert keeps its action at 87% of its steps). In an
-    expert row what was read is the target, so these are the steps where the expert changes its action; in a
-    learner-driven row they are also the steps where the expert asks for another action than the agent just ran
-    (the corrections DAgger records). A row's first timestep is never decisive (nothing before it).
+    Where the expert changes its action is what predicting "as before" gets wrong (Pong's expert keeps its
+    action at 87% of its steps); a row's first timestep is never decisive (nothing before it to differ from).
     """
     rows, columns = (batch.kinds == TokenKind.ACTION).nonzero(as_tuple=True)  # (a,) each, row-major
     decisive = torch.zeros_like(batch.loss_mask)
@@ -137,8 +134,8 @@ def decisive_actions(batch: Batch) -> torch.Tensor:
     width = batch.ids.shape[1]
     order = ((rows * (int(slots.max()) + 1) + slots) * width + columns).argsort()
     rows, slots, columns = rows[order], slots[order], columns[order]
-    targets, read = batch.targets[rows, columns], batch.ids[rows, columns]
-    changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (targets[1:] != read[:-1])
+    ids = batch.targets[rows, columns]
+    changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (ids[1:] != ids[:-1])
     decisive[rows[1:][changed], columns[1:][changed]] = True
     return decisive
 

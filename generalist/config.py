@@ -166,9 +166,8 @@ class TrainConfig:
     """share of action tokens the model reads as the action of another timestep of the same sequence, their
     targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
     decisive_weight: float = 1.0
-    """loss weight of the decisive action targets, those that differ from the action read one step before: where
-    the expert changes its action, and in a learner-driven window where it corrects the agent (1: no extra
-    weight); against learning only the action frequencies where the expert mostly keeps its action (Pong: 87%)"""
+    """loss weight of the action targets where the expert changes its action (1: no extra weight); against
+    learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

@@ -134,7 +134,7 @@ def test_decisive_actions_are_where_a_slot_changes_from_the_step_before():
     assert decisive[1][actions[1]].tolist() == [False, False, False, True, False, False, True, False, False, False]
 
 
-def test_rows_carry_their_targets_and_decisive_steps_differ_from_the_action_read_before():
+def test_rows_carry_their_targets_and_decisive_steps_are_where_the_targets_change():
     observations = {"continuous": np.zeros((4, 2), np.float32)}
     spec = ActionSpec("discrete", n=3)
     learner = tokenize_episode(observations, np.array([2, 2, 1, 1]), spec, LAYOUT, executed=np.array([0, 1, 0, 1]))
@@ -144,6 +144,5 @@ def test_rows_carry_their_targets_and_decisive_steps_differ_from_the_action_read
     assert batch.ids[0].tolist() == learner.ids.tolist() and batch.ids[0].tolist() != batch.targets[0].tolist()
     assert torch.equal(batch.targets[1:], batch.ids[1:])  # no targets of their own: the ids, padding included
     actions = batch.kinds == TokenKind.ACTION
-    # Labels 2 2 1 1 after the agent ran 0 1 0 1: decisive where the label is not what ran the step before.
-    assert decisive_actions(batch)[0][actions[0]].tolist() == [False, True, False, True]
-    assert decisive_actions(batch)[1][actions[1]].tolist() == [False, True, False, False]  # expert: its changes
+    # The labels change once (2 -> 1), the ids read at every step: decisive follows the labels.
+    assert decisive_actions(batch)[0][actions[0]].tolist() == [False, False, True, False]
