@@ -337,13 +337,15 @@ CPU_WEIGHTS = {
     "lunarlander": 1.0, "lunarlander_continuous": 1.0, "scenes": 1.0, "digits": 0.1, "dialogue": 0.3, "prose": 0.15,
 }
 
-# The full run's tokens, moved (docs/RESULTS.md, full-v2) from the Atari games, flat at 0% with 2 of 12.6 each,
-# and from the tasks at the expert by mid-run, to the three control tasks that failed and to captions; the text's
-# share (0.45 of 12.6) is unchanged, so the text-only baselines still apply.
+# The seven state-vector tasks with the full run's weights: the control-only model of issue 19 trains on these.
 CONTROL_WEIGHTS = {
     "cartpole": 1.0, "acrobot": 0.75, "mountaincar": 0.75, "mountaincar_continuous": 0.5, "pendulum": 2.0,
     "lunarlander": 2.0, "lunarlander_continuous": 2.0,
 }
+
+# The full run's tokens, moved (docs/RESULTS.md, full-v2) from the Atari games, flat at 0% with 2 of 12.6 each,
+# and from the tasks at the expert by mid-run, to the three control tasks that failed and to captions; the text's
+# share (0.45 of 12.6) is unchanged, so the text-only baselines still apply.
 FULL_WEIGHTS = {
     **CONTROL_WEIGHTS, "pong": 0.5, "breakout": 0.5, "scenes": 2.0, "digits": 0.15, "dialogue": 0.3, "prose": 0.15,
 }
