@@ -125,10 +125,15 @@ def train_config(config: RunConfig) -> TrainConfig:
     )
 
 
+def round_minutes(config: RunConfig) -> float | None:
+    """Training minutes of each DAgger round: `record.dagger_minutes`, else the first training's."""
+    return config.record.dagger_minutes or config.train.max_minutes
+
+
 def dagger_tasks(config: RunConfig) -> list[str]:
     """The control tasks DAgger rounds drive; naming one the mixture does not train on, or rounds without a
     time to train for, is an error."""
-    if config.record.dagger_rounds and not (config.record.dagger_minutes or config.train.max_minutes):
+    if config.record.dagger_rounds and not round_minutes(config):
         raise ValueError("DAgger rounds train for a time: give --record.dagger-minutes (or --max-minutes)")
     trained = control_tasks(config.train.weights)
     unknown = [task for task in config.record.dagger_tasks if task not in trained]
@@ -169,7 +174,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k
             learning_rate=config.record.dagger_learning_rate or config.train.learning_rate,
             schedule="time", steps=TIME_BUDGET_STEPS, warmup_steps=config.record.dagger_warmup_steps,
-            max_minutes=config.record.dagger_minutes or config.train.max_minutes))
+            max_minutes=round_minutes(config)))
         checkpoint = train_stage(round_config)
         rounds.append({
             "round": k, "driver": str(driver), "checkpoint": str(checkpoint),
