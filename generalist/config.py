@@ -312,7 +312,8 @@ class RunConfig:
     """the run's name: it lives in <runs-dir>/<name>"""
     preset: str = "cpu"
     """the preset the settings start from: cpu (about 20 minutes of training on 2 cores), control (the
-    control-only model: 35 minutes and two DAgger rounds), full (the generalist, about four hours), smoke
+    control-only model: 35 minutes and two DAgger rounds), pong (the Pong specialist: 30 minutes and three
+    rounds), full (the generalist, about four hours), smoke
     (seconds), gpu"""
     runs_dir: Path = Path("runs")
     """parent directory of runs"""
@@ -388,6 +389,31 @@ def control() -> RunConfig:
     )
 
 
+# The Pong specialist of issue 18 (docs/RESULTS.md): four gray frames a timestep, patches centred per image (what
+# made the frames readable), decisive steps weighted 5x and action shuffle (against copying NOOP), then rounds
+# driven by the agent alone at a tenth of the peak learning rate, their windows reading the actions that ran.
+PONG_TRAIN = {
+    "weights": {"pong": 1.0}, "frame_stack": 4, "frame_colour": "gray", "centre_patches": True,
+    "action_shuffle": 0.5, "decisive_weight": 5.0, "learner_share": 0.25,
+}
+PONG_ROUNDS = {
+    "dagger_rounds": 3, "dagger_tasks": ("pong",), "dagger_beta": 0.0, "dagger_episodes": 16, "dagger_num_envs": 16,
+    "dagger_learning_rate": 2e-4, "dagger_minutes": 10.0,
+}
+
+
+def pong() -> RunConfig:
+    """The Pong specialist of issue 18: 30 minutes of behaviour cloning on 50 expert games, then three DAgger
+    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games."""
+    return RunConfig(
+        preset="pong",
+        train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
+        eval=EvalConfig(episodes=20, num_envs=20),
+        record=RecordConfig(**PONG_ROUNDS),
+        report=ReportConfig(curve_points=0),
+    )
+
+
 def full() -> RunConfig:
     """The generalist: all nine tasks, 4,000 steps (about three hours here), then the control preset's two
     DAgger rounds (about 45 minutes more), 50 episodes per task; patches centred per image (what made Pong's
@@ -436,7 +462,7 @@ def gpu() -> RunConfig:
 
 
 RUN_PRESETS: dict[str, Callable[[], RunConfig]] = {
-    "cpu": cpu, "control": control, "full": full, "smoke": smoke, "gpu": gpu,
+    "cpu": cpu, "control": control, "pong": pong, "full": full, "smoke": smoke, "gpu": gpu,
 }
 
 

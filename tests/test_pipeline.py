@@ -25,9 +25,9 @@ from generalist.report import (
 
 
 def test_presets_are_named_functions_and_unknown_presets_are_errors():
-    assert set(RUN_PRESETS) == {"cpu", "control", "full", "smoke", "gpu"}
+    assert set(RUN_PRESETS) == {"cpu", "control", "pong", "full", "smoke", "gpu"}
     assert all(run_preset(name).preset == name for name in RUN_PRESETS)
-    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, control, full, smoke, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, control, pong, full, smoke, gpu"):
         run_preset("x")
 
 
