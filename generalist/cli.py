@@ -23,6 +23,7 @@ from generalist.config import (
     CHAT_TEMPERATURE,
     CHAT_TOP_K,
     DEVICES,
+    DIAGNOSIS_SEED,
     PRECISIONS,
     RUN_PRESETS,
     CollectConfig,
@@ -324,7 +325,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-DIAGNOSIS_DEFAULTS = EvalConfig(episodes=3, seed=7_000_000)
+DIAGNOSIS_DEFAULTS = EvalConfig(episodes=3, seed=DIAGNOSIS_SEED)
 """On-policy episodes of a diagnosis: few, on seeds of their own."""
 
 

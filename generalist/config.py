@@ -245,6 +245,11 @@ class CollectConfig:
     """show a progress bar"""
 
 
+DIAGNOSIS_SEED = 7_000_000
+"""First seed of a diagnosis's on-policy episodes (`generalist diagnose`, a run's report): seeds of its own, far
+from recording (0 on), DAgger rounds (2,000,000 on) and evaluation (5,000,000 on)."""
+
+
 @dataclass(frozen=True)
 class RecordConfig:
     """What `generalist run` records into the training data directory when it is missing."""
@@ -302,6 +307,9 @@ class ReportConfig:
     """held-out scenes captioned at each curve point"""
     prompt_ablation: bool = False
     """also evaluate every control task without its demonstration prompt"""
+    diagnose_episodes: int = 0
+    """on-policy episodes of `generalist diagnose` on every evaluated task at the first training's checkpoint and
+    after each DAgger round (0: no diagnosis): whether the policy reads its observations, round by round"""
 
 
 @dataclass(frozen=True)
@@ -410,7 +418,7 @@ def pong() -> RunConfig:
         train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
         eval=EvalConfig(episodes=20, num_envs=20),
         record=RecordConfig(**PONG_ROUNDS),
-        report=ReportConfig(curve_points=0),
+        report=ReportConfig(curve_points=0, diagnose_episodes=1),
     )
 
 

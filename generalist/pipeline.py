@@ -35,6 +35,7 @@ from generalist.config import (
     CHAT_SEED,
     CHAT_TEMPERATURE,
     CHAT_TOP_K,
+    DIAGNOSIS_SEED,
     TIME_BUDGET_STEPS,
     CollectConfig,
     EvalConfig,
@@ -47,6 +48,7 @@ from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
 from generalist.datasets.text import CHAT_PROMPTS, chitchat_split, corpus_vocabulary, heldout_conversations
+from generalist.diagnose import Diagnosis, diagnose
 from generalist.envs import control_tasks, evaluated_tasks, get_task
 from generalist.evaluate import (
     TaskResult,
@@ -312,6 +314,22 @@ def learning_curves(config: RunConfig, eval_config: EvalConfig) -> dict[str, dic
     return curves
 
 
+def diagnosis_stage(config: RunConfig, eval_config: EvalConfig,
+                    checkpoints: dict[str, Path]) -> dict[str, list[Diagnosis]]:
+    """`generalist diagnose` of every control task at each named checkpoint (the first training's, each round's),
+    if the report asks for it: a row per task under "<name>, step <n>"."""
+    if not config.report.diagnose_episodes:
+        return {}
+    diagnose_config = replace(eval_config, episodes=config.report.diagnose_episodes, seed=DIAGNOSIS_SEED)
+    diagnoses = {}
+    for name, checkpoint in checkpoints.items():
+        print(f"diagnosing {checkpoint}", flush=True)
+        model, _ = load_model(checkpoint)
+        diagnoses[f"{name}, step {checkpoint_step(checkpoint):,}"] = [
+            diagnose(model, task, diagnose_config) for task in control_tasks(config.train.weights)]
+    return diagnoses
+
+
 def run_pipeline(config: RunConfig) -> RunResults:
     """Record what is missing, train (or resume), evaluate every task, write `report.md`; the results."""
     timings: dict[str, float] = {}
@@ -330,6 +348,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
     lap("record")
     checkpoint = train_stage(config)
     lap("train")
+    cloned = checkpoint
     checkpoint, rounds = dagger_stage(config, checkpoint)
     if rounds:
         lap("dagger")
@@ -355,12 +374,16 @@ def run_pipeline(config: RunConfig) -> RunResults:
     if weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0:
         chat = evaluate_chat_stage(model, tokenizer, config.report.chat_samples, config.report.chat_heldout)
     lap("evaluate")
+    checkpoints = {"cloning": cloned, **{f"round {r['round']}": Path(r["checkpoint"]) for r in rounds}}
+    diagnoses = diagnosis_stage(config, eval_config, checkpoints)
+    if diagnoses:
+        lap("diagnose")
     curves = learning_curves(config, eval_config) if config.report.curve_points else {}
     lap("curves")
     results = RunResults(
         checkpoint=str(checkpoint), step=state["step"], tokens=state["tokens"], train_minutes=state["minutes"],
         control=control, control_unprompted=unprompted, captions=captions, chat=chat, curves=curves,
-        stage_minutes=timings, dagger=rounds,
+        stage_minutes=timings, dagger=rounds, diagnoses=diagnoses,
     )
     (config.run_dir / "results.json").write_text(results.to_json() + "\n")
     report = write_report(config.run_dir, results, config, machine_description(), read_precision(config.run_dir))

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from generalist.config import RunConfig, run_preset
+from generalist.config import DIAGNOSIS_SEED, RunConfig, run_preset
 from generalist.datasets.captions import skimage_samples
+from generalist.diagnose import DIAGNOSIS_HEADER, Diagnosis, format_diagnosis
 from generalist.evaluate import CAPTION_ATTRIBUTES, CaptionScores, TaskResult, format_table
 from generalist.flags import leaf_fields
 from generalist.metrics import TASK_LOSS_PREFIX, read_metrics
@@ -68,6 +69,7 @@ class RunResults:
     curves: dict[str, dict[int, float]] = field(default_factory=dict)  # metric -> step -> value
     stage_minutes: dict[str, float] = field(default_factory=dict)
     dagger: list[dict[str, Any]] = field(default_factory=list)  # each DAgger round: driver, data, steps
+    diagnoses: dict[str, list[Diagnosis]] = field(default_factory=dict)  # checkpoint label -> a row per task
 
     def to_json(self) -> str:
         """The results as JSON."""
@@ -76,6 +78,10 @@ class RunResults:
             for row, result in zip(rows, results, strict=True):
                 row["mean_return"], row["std_return"] = result.mean_return, result.std_return
         return json.dumps(data, indent=2, default=float)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def finite_mean(values: list[float]) -> float:
@@ -336,6 +342,20 @@ def write_report(
             lines.append(f"| {entry['round']} | `{entry['driver']}` | {episodes} | {returns} | {entry['steps']:,} | "
                          f"`{entry['checkpoint']}` |")
         lines.append("")
+    if results.diagnoses:
+        lines += [
+            "## Diagnosis",
+            "",
+            f"`generalist diagnose` ({_count(config.report.diagnose_episodes, 'on-policy episode')} per task from seed "
+            f"{DIAGNOSIS_SEED:,}; teacher-forced on windows of the recorded episodes): does the policy read its "
+            "observations (decisive steps, the same with the frames shuffled in time) or repeat itself, and does "
+            "it act as the expert would on the states it reaches (on-policy agreement)? Shares of each action id.",
+            "",
+            "| checkpoint " + DIAGNOSIS_HEADER.split("\n")[0],
+            "| --- " + DIAGNOSIS_HEADER.split("\n")[1],
+            *(f"| {label} " + format_diagnosis(row) for label, rows in results.diagnoses.items() for row in rows),
+            "",
+        ]
     lines += ["## Control tasks", ""]
     if results.control:
         mean = finite_mean([r.normalized for r in results.control])

@@ -84,7 +84,7 @@ def test_baselines_command_writes_its_json(tmp_path):
 
 def test_run_records_trains_evaluates_and_reports(tmp_path):
     args = ("run", "--preset", "smoke", "--name", "smoke", "--runs-dir", str(tmp_path / "runs"), "--prompt-ablation",
-            "--data-dir", str(tmp_path / "data"), "--no-progress")
+            "--report.diagnose-episodes", "1", "--data-dir", str(tmp_path / "data"), "--no-progress")
     result = run_cli(*args)
     assert result.returncode == 0, result.stderr
     run_dir = tmp_path / "runs" / "smoke"
@@ -103,6 +103,10 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     assert "step 2, " in report and "| cartpole/normalized |" in report and "skimage.data.astronaut" in report
     results = json.loads((run_dir / "results.json").read_text())
     assert results["step"] == 2 and len(results["control"][0]["returns"]) == 2
+    # The diagnosis of the final checkpoint (no rounds: the first training's), a row per control task.
+    assert "## Diagnosis" in report and "| cloning, step 2 | cartpole | " in report
+    [diagnosis] = results["diagnoses"]["cloning, step 2"]
+    assert diagnosis["task"] == "cartpole" and diagnosis["steps"] > 0 and 0 <= diagnosis["teacher_forced"] <= 1
     assert set(results["curves"]["cartpole/normalized"]) == {"1", "2"}
     # The mixture holds dialogue: every kept checkpoint's held-out chat perplexity, written as a number, not a %.
     perplexity = results["curves"]["chat/perplexity"]
