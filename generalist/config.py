@@ -412,7 +412,8 @@ PONG_ROUNDS = {
 
 def pong() -> RunConfig:
     """The Pong specialist of issue 18: 30 minutes of behaviour cloning on 50 expert games, then three DAgger
-    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games."""
+    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games. Measured, it does
+    not play yet: its cloning did not start reading the frames (docs/RESULTS.md, `pong-preset-amx`)."""
     return RunConfig(
         preset="pong",
         train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
