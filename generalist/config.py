@@ -308,8 +308,9 @@ class ReportConfig:
     prompt_ablation: bool = False
     """also evaluate every control task without its demonstration prompt"""
     diagnose_episodes: int = 0
-    """on-policy episodes of `generalist diagnose` on every evaluated task at the first training's checkpoint and
-    after each DAgger round (0: no diagnosis): whether the policy reads its observations, round by round"""
+    """on-policy episodes of `generalist diagnose` on every registered control task of the mixture (their experts
+    label the agent's states) at the first training's checkpoint and after each DAgger round (0: no diagnosis):
+    whether the policy reads its observations, round by round"""
 
 
 @dataclass(frozen=True)
