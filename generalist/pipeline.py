@@ -3,7 +3,7 @@
 Design choices:
 - A preset (config.py: `cpu()`, `control()`, `full()`, `smoke()`) names a whole experiment: the model, the task
   mixture, how much data to record, how long to train and how to evaluate. `cpu` (the default) fits about half
-  an hour of this 2-core machine; `control` the seven vector tasks with two DAgger rounds; `full` trains all nine
+  an hour of this 2-core machine; `control` the seven vector tasks with three DAgger rounds; `full` trains all nine
   tasks for up to three hours (4,000 steps), then the same rounds; `smoke` checks the plumbing in seconds.
   Flags override a preset; the resolved config is saved as the run's config.json.
 - A time budget is a schedule over time (`TrainConfig.schedule="time"`): the cosine spans the minutes given
