@@ -119,13 +119,17 @@ def action_slots(kinds: torch.Tensor) -> torch.Tensor:
     return index - last_separator - 1
 
 
-def decisive_actions(batch: Batch) -> torch.Tensor:
-    """(B, T) bool: the action tokens whose target differs from the same slot's one timestep earlier in the row.
+def decisive_actions(batch: Batch, discrete_ids: range) -> torch.Tensor:
+    """(B, T) bool: the discrete action tokens whose target differs from the same slot's one timestep earlier in
+    the row.
 
     Where the expert changes its action is what predicting "as before" gets wrong (Pong's expert keeps its
     action at 87% of its steps); a row's first timestep is never decisive (nothing before it to differ from).
+    Only targets in `discrete_ids` (the layout's discrete values) count: a continuous expert's bin changes at
+    nearly every step, so weighting its changes would only weight its task against the others.
     """
-    rows, columns = (batch.kinds == TokenKind.ACTION).nonzero(as_tuple=True)  # (a,) each, row-major
+    discrete = (batch.targets >= discrete_ids.start) & (batch.targets < discrete_ids.stop)
+    rows, columns = ((batch.kinds == TokenKind.ACTION) & discrete).nonzero(as_tuple=True)  # (a,) each, row-major
     decisive = torch.zeros_like(batch.loss_mask)
     if len(rows) < 2:
         return decisive

@@ -166,8 +166,9 @@ class TrainConfig:
     """share of action tokens the model reads as the action of another timestep of the same sequence, their
     targets unchanged: against copying the previous action (`shuffle_action_inputs`)"""
     decisive_weight: float = 1.0
-    """loss weight of the action targets where the expert changes its action (1: no extra weight); against
-    learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps)"""
+    """loss weight of the discrete action targets where the expert changes its action (1: no extra weight);
+    against learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps).
+    Continuous actions keep weight 1: their bins change at nearly every step"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

@@ -153,7 +153,8 @@ def _optimizer_step(
         with sync, precision.autocast(where.device.type):
             weights = None
             if config.decisive_weight != 1.0:
-                weights = 1.0 + (config.decisive_weight - 1.0) * decisive_actions(batch).float()
+                decisive = decisive_actions(batch, model.config.layout.discrete_range)
+                weights = 1.0 + (config.decisive_weight - 1.0) * decisive.float()
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()

@@ -120,18 +120,22 @@ def test_about_the_given_share_of_actions_is_shuffled():
     assert 0.25 < changed < 0.32  # 0.3 x (1 - 1/100): a token drawn to its own timestep keeps its value
 
 
-def test_decisive_actions_are_where_a_slot_changes_from_the_step_before():
+def test_decisive_actions_are_where_a_discrete_slot_changes_from_the_step_before():
     observations = {"continuous": np.zeros((5, 2), np.float32)}
     one = tokenize_episode(observations, np.array([0, 0, 2, 2, 0]), ActionSpec("discrete", n=3), LAYOUT)
     two = tokenize_episode(observations, np.array([[0.1, 0.5], [0.1, 0.9], [0.1, 0.9], [-0.3, 0.9], [-0.3, 0.9]]),
                            ActionSpec("continuous", size=2), LAYOUT)
     batch = collate([one, two], LAYOUT)
-    decisive = decisive_actions(batch)
+    decisive = decisive_actions(batch, LAYOUT.discrete_range)
     actions = batch.kinds == TokenKind.ACTION
     assert not decisive[~actions].any()
     assert decisive[0][actions[0]].tolist() == [False, False, True, False, True]
-    # Row 2: slot 1 changes at step 1, slot 0 at step 3; each token on its own.
-    assert decisive[1][actions[1]].tolist() == [False, False, False, True, False, False, True, False, False, False]
+    # Row 2 is continuous: its slots change (slot 1 at step 1, slot 0 at step 3) but a continuous expert's bins
+    # change at nearly every step, so none is decisive.
+    assert not decisive[1].any()
+    # Read as discrete ids, the same changes are decisive, each token on its own.
+    everything = decisive_actions(batch, range(0, LAYOUT.n_ids))
+    assert everything[1][actions[1]].tolist() == [False, False, False, True, False, False, True, False, False, False]
 
 
 def test_rows_carry_their_targets_and_decisive_steps_are_where_the_targets_change():
@@ -145,4 +149,4 @@ def test_rows_carry_their_targets_and_decisive_steps_are_where_the_targets_chang
     assert torch.equal(batch.targets[1:], batch.ids[1:])  # no targets of their own: the ids, padding included
     actions = batch.kinds == TokenKind.ACTION
     # The labels change once (2 -> 1), the ids read at every step: decisive follows the labels.
-    assert decisive_actions(batch)[0][actions[0]].tolist() == [False, False, True, False]
+    assert decisive_actions(batch, LAYOUT.discrete_range)[0][actions[0]].tolist() == [False, False, True, False]

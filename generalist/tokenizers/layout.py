@@ -61,6 +61,11 @@ class TokenLayout:
         return self.text_vocab_size + N_BINS
 
     @property
+    def discrete_range(self) -> range:
+        """The ids of the 1024 discrete values."""
+        return range(self.discrete_offset, self.discrete_offset + N_BINS)
+
+    @property
     def separator_id(self) -> int:
         """The `|` between a timestep's observation and its action."""
         return self.text_vocab_size + 2 * N_BINS
