@@ -287,6 +287,13 @@ class RecordConfig:
     """peak learning rate of each DAgger round's training, which starts a fresh warm-up and cosine from the last
     checkpoint (None: the first training's): at that peak a round can erase what the model had only begun to
     read (a Pong round at 2e-3 did, docs/RESULTS.md)"""
+    text_corpus: str | None = None
+    """train the run's own text tokenizer on this corpus ("shipped", or "chitchat": it plus the chit-chat train
+    conversations) into `<data_dir>/tokenizers/` when it is missing and train.text_tokenizer names none (None:
+    the shipped tokenizer)"""
+    text_vocab_size: int = 8192
+    """vocabulary of that tokenizer: 8,192, the largest size at which every learned piece of the chit-chat corpus
+    occurs 10 times or more (docs/RESULTS.md, issue 20)"""
 
 
 @dataclass(frozen=True)
@@ -425,6 +432,22 @@ def pong() -> RunConfig:
     )
 
 
+# The language-and-vision specialist of issue 20 (docs/RESULTS.md, `lang-centred-scenes15`): chit-chat, the varied
+# caption scenes at half the sequences, emoji names; centred patches (what made the captions read the image).
+LANGUAGE_WEIGHTS = {"chitchat": 1.0, "varied_scenes": 1.5, "emoji": 0.5}
+
+
+def language() -> RunConfig:
+    """The language-and-vision specialist of issue 20: chit-chat, varied caption scenes and emoji for 60 minutes,
+    with its own 8,192-piece text tokenizer trained on the shipped corpus and the chit-chat train split."""
+    return RunConfig(
+        preset="language",
+        train=replace(cpu().train, weights=LANGUAGE_WEIGHTS, max_minutes=60.0, centre_patches=True),
+        record=RecordConfig(text_corpus="chitchat"),
+        report=ReportConfig(curve_points=0, caption_scenes=200),
+    )
+
+
 def full() -> RunConfig:
     """The generalist: all nine tasks, 4,000 steps (about three hours here), then the control preset's three
     DAgger rounds (about 55 minutes more), 50 episodes per task; patches centred per image (what made Pong's
@@ -473,7 +496,7 @@ def gpu() -> RunConfig:
 
 
 RUN_PRESETS: dict[str, Callable[[], RunConfig]] = {
-    "cpu": cpu, "control": control, "pong": pong, "full": full, "smoke": smoke, "gpu": gpu,
+    "cpu": cpu, "control": control, "pong": pong, "language": language, "full": full, "smoke": smoke, "gpu": gpu,
 }
 
 

@@ -47,7 +47,15 @@ from generalist.datasets.captions import skimage_samples
 from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
-from generalist.datasets.text import CHAT_PROMPTS, chitchat_split, corpus_vocabulary, heldout_conversations
+from generalist.datasets.text import (
+    CHAT_MARKERS,
+    CHAT_PROMPTS,
+    TOKENIZER_CORPORA,
+    chitchat_split,
+    corpus_vocabulary,
+    heldout_conversations,
+    tokenizer_lines,
+)
 from generalist.diagnose import Diagnosis, diagnose
 from generalist.envs import control_tasks, evaluated_tasks, get_task
 from generalist.evaluate import (
@@ -64,6 +72,7 @@ from generalist.evaluate import (
 )
 from generalist.flags import leaf_fields, load_json, save_json
 from generalist.report import PERPLEXITY_CURVE, CaptionReport, ChatReport, RunResults, write_report
+from generalist.tokenizers.text import TextTokenizerConfig, train_text_tokenizer
 from generalist.train import read_precision, train
 
 RUN_CONFIG = "config.json"
@@ -88,6 +97,35 @@ def record_missing(config: RunConfig) -> list[str]:
         ))
         recorded.append(task)
     return recorded
+
+
+def run_tokenizer_path(config: RunConfig) -> Path | None:
+    """Where the run's own text tokenizer (`record.text_corpus`) lives; None when it trains none."""
+    record = config.record
+    if record.text_corpus is None or config.train.text_tokenizer is not None:
+        return None
+    if record.text_corpus not in TOKENIZER_CORPORA:
+        raise ValueError(f"--record.text-corpus must be one of {', '.join(TOKENIZER_CORPORA)}, "
+                         f"got {record.text_corpus!r}")
+    return config.train.data_dir / "tokenizers" / f"{record.text_corpus}-{record.text_vocab_size}.model"
+
+
+def train_missing_tokenizer(config: RunConfig) -> Path | None:
+    """Train the run's own text tokenizer if it is missing (written whole or not at all); its path, if trained."""
+    path = run_tokenizer_path(config)
+    if path is None or path.is_file():
+        return None
+    print(f"training a {config.record.text_vocab_size}-piece text tokenizer on the {config.record.text_corpus} "
+          f"corpus into {path}", flush=True)
+    tokenizer = train_text_tokenizer(
+        tokenizer_lines(config.record.text_corpus),
+        TextTokenizerConfig(vocab_size=config.record.text_vocab_size, user_defined_symbols=CHAT_MARKERS),
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial_path = path.with_name(path.name + ".partial")
+    tokenizer.save(partial_path)
+    os.replace(partial_path, path)
+    return path
 
 
 # Settings a rerun of an existing run may change: how it is watched, how many driven episodes it plays at once,
@@ -120,7 +158,7 @@ def train_config(config: RunConfig) -> TrainConfig:
     curve_points = max(config.report.curve_points, 1)
     by_time = train.schedule == "time"
     return replace(
-        train, run_dir=config.run_dir,
+        train, run_dir=config.run_dir, text_tokenizer=train.text_tokenizer or run_tokenizer_path(config),
         checkpoint_every=train.steps if by_time else max(train.steps // curve_points, 1),
         checkpoint_minutes=train.max_minutes / curve_points if by_time and train.max_minutes else None,
         keep_checkpoints=curve_points + 1, log_every=10 if by_time else max(min(10, train.steps // 50), 1),
@@ -342,9 +380,11 @@ def run_pipeline(config: RunConfig) -> RunResults:
 
     check_same_run(config)
     dagger_tasks(config)  # a misspelt task fails now, not after the first training
+    run_tokenizer_path(config)  # and so does an unknown text corpus
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_json(config, config.run_dir / RUN_CONFIG)
     record_missing(config)
+    train_missing_tokenizer(config)
     lap("record")
     checkpoint = train_stage(config)
     lap("train")

@@ -7,12 +7,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from generalist import pipeline
 from generalist import train as train_module
 from generalist.checkpoint import read_trainer_state
-from generalist.config import RUN_PRESETS, RunConfig, TrainConfig, full, run_preset, smoke
+from generalist.config import RUN_PRESETS, RecordConfig, RunConfig, TrainConfig, full, language, run_preset, smoke
 from generalist.datasets.storage import EpisodeDataset
 from generalist.evaluate import TaskResult
-from generalist.pipeline import control_tasks, record_missing, run_pipeline, train_config, train_stage
+from generalist.pipeline import (
+    control_tasks,
+    record_missing,
+    run_pipeline,
+    train_config,
+    train_missing_tokenizer,
+    train_stage,
+)
 from generalist.report import (
     _command,
     _smooth,
@@ -22,12 +30,13 @@ from generalist.report import (
     plot_task_losses,
     read_metrics,
 )
+from generalist.tokenizers.text import TextTokenizer
 
 
 def test_presets_are_named_functions_and_unknown_presets_are_errors():
-    assert set(RUN_PRESETS) == {"cpu", "control", "pong", "full", "smoke", "gpu"}
+    assert set(RUN_PRESETS) == {"cpu", "control", "pong", "language", "full", "smoke", "gpu"}
     assert all(run_preset(name).preset == name for name in RUN_PRESETS)
-    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, control, pong, full, smoke, gpu"):
+    with pytest.raises(ValueError, match="unknown preset 'x'; known: cpu, control, pong, language, full, smoke, gpu"):
         run_preset("x")
 
 
@@ -40,6 +49,29 @@ def test_the_full_preset_trains_every_task():
 def test_the_full_preset_keeps_the_text_share_its_text_only_baselines_were_trained_for():
     weights = full().train.weights
     assert (weights["dialogue"] + weights["prose"]) / sum(weights.values()) == pytest.approx(0.45 / 12.6)
+
+
+def test_a_run_trains_its_own_text_tokenizer_once_and_trains_with_it(tmp_path, monkeypatch):
+    words = ["".join(w) for w in np.random.default_rng(0).choice(list("abcdefghijklmnop"), (3000, 5))]
+    lines = [" ".join(words[i:i + 10]) for i in range(0, 3000, 10)]
+    corpora = []
+    monkeypatch.setattr(pipeline, "tokenizer_lines", lambda corpus: corpora.append(corpus) or lines)
+    base = language()
+    config = replace(base, name="lang", runs_dir=tmp_path, train=replace(base.train, data_dir=tmp_path / "data"),
+                     record=replace(base.record, text_vocab_size=320))
+    path = tmp_path / "data" / "tokenizers" / "chitchat-320.model"
+    assert train_missing_tokenizer(config) == path
+    assert TextTokenizer.load(path).vocab_size == 320 and corpora == ["chitchat"]
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial file left behind
+    assert train_missing_tokenizer(config) is None and corpora == ["chitchat"]  # a rerun keeps it
+    assert train_config(config).text_tokenizer == path
+
+    named = replace(config, train=replace(config.train, text_tokenizer=tmp_path / "mine.model"))
+    assert train_missing_tokenizer(named) is None and train_config(named).text_tokenizer == tmp_path / "mine.model"
+    with pytest.raises(ValueError, match="text-corpus must be one of shipped, chitchat, got 'wiki'"):
+        train_missing_tokenizer(replace(config, record=replace(config.record, text_corpus="wiki")))
+    shipped = replace(config, record=RecordConfig())
+    assert train_missing_tokenizer(shipped) is None and train_config(shipped).text_tokenizer is None
 
 
 def test_the_report_names_the_preset_and_the_flags_that_differ_from_it():
