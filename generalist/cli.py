@@ -366,7 +366,8 @@ def _run_diagnose(args: argparse.Namespace) -> int:
 def _add_caption(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
     parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
-    parser.add_argument("--size", type=int, default=64, help="images are centre-cropped and resized to this")
+    parser.add_argument("--size", type=int, default=64,
+                        help="images are centre-cropped and resized to this (48 for a model of --scene-size 48)")
     _add_hardware_flags(parser)
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.set_defaults(run=_run_caption)

@@ -139,6 +139,10 @@ class TrainConfig:
     motion (1: the single recorded frame); stacked from the recorded frames, nothing is re-recorded"""
     frame_colour: str = "rgb"
     """colour of those frames: rgb or gray"""
+    scene_size: int = 64
+    """pixels per side of the caption scenes trained on and evaluated (scenes, varied_scenes): 64 (4x4 patches of
+    16, so nearly every object straddles two to four patches) or 48 (3x3 patches, each cell of the scene's grid
+    one patch, each object inside its own)"""
     centre_patches: bool = False
     """subtract from each patch embedding its image's mean patch embedding: on mostly flat images (Pong, the
     caption scenes) the shared part otherwise grows until every patch looks alike (model.py)"""

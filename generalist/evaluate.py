@@ -37,7 +37,7 @@ from generalist.batch import collate
 from generalist.config import EvalConfig
 from generalist.datasets.emoji import emoji_accuracy, emoji_classes, render_emoji
 from generalist.datasets.mixture import ControlSource, episode_source
-from generalist.datasets.scenes import generate_scene, parse_caption
+from generalist.datasets.scenes import IMAGE_SIZE, generate_scene, parse_caption
 from generalist.datasets.text import ASSISTANT_MARKER, CHAT_MARKERS, USER_MARKER, format_chat, words
 from generalist.envs import TASKS, Task, expert_normalized, get_task, human_normalized, make, make_vector
 from generalist.envs.contract import Observation
@@ -338,12 +338,13 @@ def caption_images(
 
 
 def evaluate_captions(
-    model: Generalist, tokenizer: TextTokenizer, n: int = 100, seed: int = 0, batch: int = 32, style: str = "plain"
+    model: Generalist, tokenizer: TextTokenizer, n: int = 100, seed: int = 0, batch: int = 32, style: str = "plain",
+    size: int = IMAGE_SIZE,
 ) -> tuple[CaptionScores, list[str]]:
     """Caption `n` held-out scenes (colour-shape pairs never seen in training) of a scene style ("unseen": on
-    backgrounds never seen in training either); the scores and the captions."""
+    backgrounds never seen in training either), drawn `size` pixels square; the scores and the captions."""
     model.eval()
-    scenes = [generate_scene(seed + i, "heldout", style) for i in range(n)]
+    scenes = [generate_scene(seed + i, "heldout", style, size) for i in range(n)]
     predictions = caption_images(model, tokenizer, [s.image for s in scenes], batch=batch)
     return caption_scores(predictions, scenes), predictions
 

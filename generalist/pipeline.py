@@ -45,7 +45,7 @@ from generalist.config import (
 from generalist.dagger import learner_driver
 from generalist.datasets.captions import skimage_samples
 from generalist.datasets.recording import collect, episodes_on_disk
-from generalist.datasets.scenes import generate_scene
+from generalist.datasets.scenes import IMAGE_SIZE, generate_scene
 from generalist.datasets.storage import EpisodeDataset
 from generalist.datasets.text import (
     CHAT_MARKERS,
@@ -242,13 +242,15 @@ def train_stage(config: RunConfig) -> Path:
 
 
 def evaluate_captions_stage(
-    model: Any, tokenizer: Any, scenes: int, seed: int, styles: tuple[str, ...] = (), emoji: bool = False
+    model: Any, tokenizer: Any, scenes: int, seed: int, styles: tuple[str, ...] = (), emoji: bool = False,
+    scene_size: int = IMAGE_SIZE,
 ) -> CaptionReport:
-    """Caption held-out scenes (scores and a few examples), held-out scenes of other `styles`, held-out emoji
-    renderings (with `emoji`), and the real sample images."""
-    scores, predictions = evaluate_captions(model, tokenizer, scenes, seed)
+    """Caption held-out scenes of `scene_size` pixels (scores and a few examples), held-out scenes of other
+    `styles`, held-out emoji renderings (with `emoji`), and the real sample images."""
+    scores, predictions = evaluate_captions(model, tokenizer, scenes, seed, size=scene_size)
     by_style = {"plain": scores} if styles else {}
-    by_style.update({style: evaluate_captions(model, tokenizer, scenes, seed, style=style)[0] for style in styles})
+    by_style.update({style: evaluate_captions(model, tokenizer, scenes, seed, style=style, size=scene_size)[0]
+                     for style in styles})
     truths = [generate_scene(seed + i, "heldout").caption for i in range(min(scenes, 8))]
     samples = skimage_samples()[:8]
     captions = caption_images(model, tokenizer, [sample.image for sample in samples])
@@ -345,7 +347,8 @@ def learning_curves(config: RunConfig, eval_config: EvalConfig) -> dict[str, dic
         for result in cached_evaluate(model, checkpoint, tasks, curve_eval, tokenizer):
             curves.setdefault(f"{result.task}/normalized", {})[step] = result.normalized
         if weights.get("scenes", 0) > 0:
-            scores, _ = evaluate_captions(model, tokenizer, report.curve_scenes, eval_config.seed)
+            scores, _ = evaluate_captions(model, tokenizer, report.curve_scenes, eval_config.seed,
+                                          size=config.train.scene_size)
             curves.setdefault("captions/attribute_accuracy", {})[step] = scores.attribute_accuracy
         if conversations:
             curves.setdefault(PERPLEXITY_CURVE, {})[step] = chat_perplexity(model, tokenizer, conversations)
@@ -410,7 +413,7 @@ def run_pipeline(config: RunConfig) -> RunResults:
     if any(weights.get(task, 0) > 0 for task in ("scenes", "varied_scenes", "emoji", "sample_images")):
         styles = ("varied", "unseen") if weights.get("varied_scenes", 0) > 0 else ()
         captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed, styles,
-                                           weights.get("emoji", 0) > 0)
+                                           weights.get("emoji", 0) > 0, config.train.scene_size)
     if weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0:
         chat = evaluate_chat_stage(model, tokenizer, config.report.chat_samples, config.report.chat_heldout)
     lap("evaluate")

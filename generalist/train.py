@@ -51,6 +51,7 @@ from generalist.checkpoint import (
 )
 from generalist.config import DEVICES, PRECISIONS, EvalConfig, TrainConfig
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
+from generalist.datasets.scenes import SCENE_SIZES
 from generalist.envs import TASKS
 from generalist.evaluate import evaluate
 from generalist.flags import save_json
@@ -274,6 +275,8 @@ def check_config(config: TrainConfig) -> None:
     if config.precision not in PRECISIONS or config.device not in DEVICES:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} and device one of {', '.join(DEVICES)}; "
                          f"got {config.precision!r} and {config.device!r}")
+    if config.scene_size not in SCENE_SIZES:
+        raise ValueError(f"scene_size must be one of {SCENE_SIZES} pixels, got {config.scene_size}")
 
 
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:
@@ -325,7 +328,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     shards = [where.rank * config.accumulation + m for m in range(config.accumulation)]
     sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability,
                             learner_data_dir=config.learner_data_dir, learner_share=config.learner_share,
-                            learner_reads_executed=not config.learner_reads_labels)
+                            learner_reads_executed=not config.learner_reads_labels, scene_size=config.scene_size)
     mixture = Mixture(
         sources,
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from generalist.batch import Batch, collate
 from generalist.datasets import captions, emoji, text
 from generalist.datasets.minari_source import MinariEpisodes
-from generalist.datasets.scenes import generate_scene
+from generalist.datasets.scenes import IMAGE_SIZE, generate_scene
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs.external import MINARI_PREFIX
 from generalist.tokenizers import (
@@ -253,11 +253,12 @@ class SceneCaptionSource:
     layout: TokenLayout
     packable: bool = True
     style: str = "plain"  # plain: the dark background only; varied: backgrounds, colours, sizes and scales vary
+    size: int = IMAGE_SIZE  # pixels per side (`SCENE_SIZES`)
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One scene: its patches, then its caption and end-of-sequence."""
         seed = int(rng.integers(2**40)) * shard.count + shard.index
-        scene = generate_scene(seed, "train", self.style)
+        scene = generate_scene(seed, "train", self.style, self.size)
         return _caption_sequence(scene.image, scene.caption, self.tokenizer, self.layout, max_tokens)
 
 
@@ -476,19 +477,22 @@ def build_sources(
     learner_data_dir: str | Path | None = None,
     learner_share: float = 0.5,
     learner_reads_executed: bool = True,
+    scene_size: int = IMAGE_SIZE,
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
     A control task also recorded under `learner_data_dir` (driven by a trained agent, labelled by the expert:
     `learner_recordings`) draws `learner_share` of its windows from all those recordings together; those windows
-    read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels.
+    read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels. Caption
+    scenes are drawn `scene_size` pixels square.
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
     sources: dict[str, SequenceSource] = {}
     for task in tasks:
         if task in ("scenes", "varied_scenes"):
-            sources[task] = SceneCaptionSource(tokenizer, layout, style="plain" if task == "scenes" else "varied")
+            sources[task] = SceneCaptionSource(tokenizer, layout, style="plain" if task == "scenes" else "varied",
+                                               size=scene_size)
         elif task == "emoji":
             sources[task] = EmojiCaptionSource(tokenizer, layout)
         elif task in ("digits", "sample_images"):

@@ -1,10 +1,11 @@
 """Procedural scenes with compositional captions: unlimited caption data and a held-out split that measures
 generalization, not memory.
 
-A scene is a 64x64 RGB image (4x4 patches) on a dark background with one to three objects, each in its own
-cell of a 3x3 grid, with a shape (circle, square, triangle, diamond), a colour (red, green, blue, yellow,
-purple, white) and a size (small, large); the object's centre and the colours jitter a little so that no two
-images are alike. The caption lists the objects in raster order of their cells, from a fixed grammar:
+A scene is a 64x64 RGB image (4x4 patches; or 48x48, 3x3 patches, one per cell) on a dark background with one
+to three objects, each in its own cell of a 3x3 grid, with a shape (circle, square, triangle, diamond), a colour
+(red, green, blue, yellow, purple, white) and a size (small, large); the object's centre and the colours jitter a
+little so that no two images are alike. The caption lists the objects in raster order of their cells, from a
+fixed grammar:
 
     "a large red circle at the top left, a small blue square in the centre and a large white diamond
     at the bottom"
@@ -65,6 +66,9 @@ STYLES = ("plain", "varied", "unseen")
 SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
 UNSEEN_BACKGROUNDS = ("stripes", "checkerboard")
 RENDER_SIZES = (48, 64, 96, 128)
+# Sizes a scene may be drawn at: 64 (4x4 patches of 16, so that nearly every object straddles two to four patches)
+# or 48 (3x3 patches, one per cell of the grid, each object inside its patch).
+SCENE_SIZES = (48, 64)
 VARIED_SIZES = {"small": (4.0, 6.0), "large": (8.0, 9.5)}  # a cell is 21 pixels: 9.5 still fits in it
 COLOUR_JITTER = 30.0
 MIN_CONTRAST = 80.0
@@ -87,7 +91,8 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """An image (64, 64, 3) uint8, its caption and the objects it shows."""
+    """An image (size, size, 3) uint8 (64 unless drawn at another of `SCENE_SIZES`), its caption and the objects
+    it shows (their centres in that image's pixels)."""
 
     image: np.ndarray
     caption: str
@@ -159,12 +164,15 @@ def _pick_attributes(rng: np.random.Generator, split: Split, n_objects: int) -> 
             return picked
 
 
-def generate_scene(seed: int, split: Split = "train", style: Style = "plain") -> Scene:
-    """The scene of one seed in one split and style (train scenes never hold a held-out colour-shape pair)."""
+def generate_scene(seed: int, split: Split = "train", style: Style = "plain", size: int = IMAGE_SIZE) -> Scene:
+    """The scene of one seed in one split and style (train scenes never hold a held-out colour-shape pair), drawn
+    `size` pixels square: the same scene at every size, its objects and cells scaled with it."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+    if size not in SCENE_SIZES:
+        raise ValueError(f"scene size must be one of {SCENE_SIZES} pixels, got {size!r}")
     # The split (and a style other than plain) is part of the seed, so each is a different stream.
     stream = [seed, 0 if split == "train" else 1] + ([] if style == "plain" else [STYLES.index(style)])
     rng = np.random.default_rng(stream)
@@ -172,28 +180,32 @@ def generate_scene(seed: int, split: Split = "train", style: Style = "plain") ->
     cells = np.sort(rng.choice(GRID * GRID, size=n_objects, replace=False))
     attributes = _pick_attributes(rng, split, n_objects)
     if style == "plain":
-        return _plain_scene(rng, cells, attributes)
-    return _styled_scene(rng, cells, attributes, UNSEEN_BACKGROUNDS if style == "unseen" else SEEN_BACKGROUNDS)
+        return _plain_scene(rng, cells, attributes, size)
+    return _styled_scene(rng, cells, attributes, UNSEEN_BACKGROUNDS if style == "unseen" else SEEN_BACKGROUNDS, size)
 
 
-def _plain_scene(rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]]) -> Scene:
-    cell_size = IMAGE_SIZE / GRID
-    image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)
+def _plain_scene(
+    rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], image_size: int
+) -> Scene:
+    scale = image_size / IMAGE_SIZE
+    cell_size = image_size / GRID
+    image = np.empty((image_size, image_size, 3), np.float32)
     image[:] = np.array(BACKGROUND) + rng.normal(0, 3, 3)
     objects = []
     for cell, (shape, colour, size) in zip(cells, attributes, strict=True):
-        half = SIZES[size] + rng.uniform(-0.5, 0.5)
-        slack = cell_size / 2 - half - 1  # keep the object inside its cell
+        half = (SIZES[size] + rng.uniform(-0.5, 0.5)) * scale
+        slack = max(cell_size / 2 - half - scale, 0.0)  # keep the object inside its cell
         centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
         centre_col = (cell % GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
-        mask = _shape_mask(shape, (centre_row, centre_col), half)
+        mask = _shape_mask(shape, (centre_row, centre_col), half, image_size)
         image[mask] = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 6, 3), 0, 255)
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row), float(centre_col))))
     return Scene(image.round().astype(np.uint8), caption_of(objects), tuple(objects))
 
 
 def _styled_scene(
-    rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...]
+    rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
+    image_size: int,
 ) -> Scene:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
@@ -217,8 +229,10 @@ def _styled_scene(
         centre_col = (cell % GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
         mask = _shape_mask(shape, (centre_row * scale, centre_col * scale), half * scale, render)
         image[mask] = rgb
-        objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row), float(centre_col))))
-    resized = to_rgb_square(image.round().astype(np.uint8), IMAGE_SIZE)
+        shown = image_size / IMAGE_SIZE  # the centre in the pixels of the image returned
+        objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row * shown),
+                                                                    float(centre_col * shown))))
+    resized = to_rgb_square(image.round().astype(np.uint8), image_size)
     return Scene(resized, caption_of(objects), tuple(objects))
 
 

@@ -13,7 +13,9 @@ from generalist.datasets.mixture import (
     Mixture,
     MixtureConfig,
     SceneCaptionSource,
+    Shard,
     TextSource,
+    build_sources,
     make_loader,
 )
 from generalist.model import Generalist, preset
@@ -198,3 +200,10 @@ def test_batches_feed_the_model():
         output = model(batch)
         assert torch.isfinite(output.loss) and output.n_text + output.n_action == int(batch.loss_mask[:, 1:].sum())
         assert (output.n_action > 0) == ("control" in tasks)
+
+
+@pytest.mark.parametrize(("scene_size", "patches"), [(64, 16), (48, 9)])
+def test_scene_captions_are_drawn_at_the_training_scene_size(scene_size, patches):
+    source = build_sources(["varied_scenes"], "unused", LAYOUT, TOKENIZER, scene_size=scene_size)["varied_scenes"]
+    sequence = source.sample(np.random.default_rng(0), Shard(0, 1), 256)
+    assert sequence.patches.shape[0] == patches == (sequence.kinds == TokenKind.IMAGE).sum()

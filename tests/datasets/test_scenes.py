@@ -85,3 +85,28 @@ def test_grammar_sentences_cover_every_word():
 def test_bad_split():
     with pytest.raises(ValueError, match="split"):
         generate_scene(0, "test")
+
+
+@pytest.mark.parametrize("style", ["plain", "varied", "unseen"])
+def test_a_48_pixel_scene_is_the_same_scene_with_each_object_inside_its_cells_patch(style):
+    for seed in range(100):
+        small, large = generate_scene(seed, "train", style, 48), generate_scene(seed, "train", style)
+        assert small.image.shape == (48, 48, 3) and small.caption == large.caption
+        for near, far in zip(small.objects, large.objects, strict=True):
+            assert near.centre == pytest.approx(tuple(c * 48 / IMAGE_SIZE for c in far.centre), abs=1e-4)
+        if style != "plain":
+            continue
+        # Every object's pixels lie in the 16-pixel patch that is its cell (and it has some there).
+        drawn = np.abs(small.image.astype(int) - small.image[0, 0].astype(int)).sum(axis=2) > 40
+        inside = np.zeros_like(drawn)
+        for cell in (o.cell for o in small.objects):
+            patch = (slice(16 * (cell // 3), 16 * (cell // 3 + 1)), slice(16 * (cell % 3), 16 * (cell % 3 + 1)))
+            assert drawn[patch].any()
+            inside[patch] = True
+        assert not (drawn & ~inside).any()
+
+
+@pytest.mark.parametrize("size", [0, 32, 63, 96])
+def test_other_scene_sizes_are_refused(size):
+    with pytest.raises(ValueError, match=r"scene size must be one of \(48, 64\) pixels"):
+        generate_scene(0, "train", "plain", size)
