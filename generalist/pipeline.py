@@ -1,10 +1,11 @@
 """`generalist run`: the whole pipeline in one command: record, train for a time budget, evaluate, report.
 
 Design choices:
-- A preset (config.py: `cpu()`, `control()`, `full()`, `smoke()`) names a whole experiment: the model, the task
-  mixture, how much data to record, how long to train and how to evaluate. `cpu` (the default) fits about half
-  an hour of this 2-core machine; `control` the seven vector tasks with three DAgger rounds; `full` trains all nine
-  tasks for up to three hours (4,000 steps), then the same rounds; `smoke` checks the plumbing in seconds.
+- A preset (config.py: `cpu()`, `control()`, `pong()`, `language()`, `full()`, `smoke()`) names a whole
+  experiment: the model, the task mixture, how much data to record, how long to train and how to evaluate. `cpu`
+  (the default) fits about half an hour of this 2-core machine; `control` the seven vector tasks with four DAgger
+  rounds; `pong` and `language` the specialists of issues 18 and 20; `full` trains all nine tasks for up to three
+  hours (4,000 steps), then the control rounds; `smoke` checks the plumbing in seconds.
   Flags override a preset; the resolved config is saved as the run's config.json.
 - A time budget is a schedule over time (`TrainConfig.schedule="time"`): the cosine spans the minutes given
   and the run stops there, however fast the machine turns out to be (a step count measured up front is wrong
