@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from generalist.batch import Batch, collate
-from generalist.model import Generalist
+from generalist.model import Generalist, padded_size
 from generalist.tokenizers import (
     ACTION_POSITION,
     N_BINS,
@@ -154,7 +154,9 @@ class CacheWrite:
         self.read_row, self.read_token = (offsets[None, :] < counts[:, None]).nonzero(as_tuple=True)  # (w,)
         self.write_row = self.read_row if rows is None else rows[self.read_row]
         self.write_slot = positions[self.read_row, self.read_token]
-        self.end = int((start + counts).max())  # slots past every row's last token are never read
+        # Slots past every row's last token are masked out; reading up to a multiple of SHAPE_MULTIPLE of them
+        # keeps the number of attention shapes small (model.py: a kernel per new shape in bf16 on a CPU).
+        self.end = min(padded_size(int((start + counts).max())), cache.capacity)
         slots = torch.arange(self.end, device=cache.device)
         self.mask = (slots[None, None, :] <= positions[:, :, None]).unsqueeze(1)  # (r, 1, t, end): causal per row
 

@@ -42,6 +42,10 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
 - Continuous action targets may be smoothed (`action_sigma`): the target is a Gaussian over neighbouring bins
   ("HL-Gauss", Farebrother et al., 2024) instead of the one exact bin, so a near miss costs less than a far one;
   the logged losses stay the exact bin's cross-entropy, comparable across runs.
+- Row counts that change from batch to batch (gathered targets, image patches, continuous values, cached keys)
+  are padded up to a multiple of `SHAPE_MULTIPLE` before a matmul or convolution. In bf16 on a CPU, oneDNN
+  compiles a kernel for every new shape and never frees all of it: about 0.9 MB a shape, so a control run's
+  process grew by about 150 MB a minute (14 GB after 80 minutes) until the padding (docs/BENCHMARKS.md).
 - `forward(batch)` is pure: no episode state lives on the module. A KV cache, when given to `hidden`, is a
   separate object owned by the agent (agent.py) that the attention layers read and write.
 
@@ -330,12 +334,12 @@ class TokenEmbedding(nn.Module):
         if not len(where[0]):
             return x
         n_frequencies = (self.values.in_features - 1) // 2
-        added = self.values(bin_features(bins[where], n_frequencies)).to(x.dtype)  # (n, d)
+        added = on_padded_rows(self.values, bin_features(bins[where], n_frequencies)).to(x.dtype)  # (n, d)
         return x.index_put(where, added, accumulate=True)
 
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
-        content = self.patches(batch.patches)
+        content = on_padded_rows(self.patches, batch.patches)  # GroupNorm: each patch normalized on its own
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content
@@ -356,6 +360,29 @@ class TokenEmbedding(nn.Module):
             pixels = self.patch_content(batch) + self.patch_row(rows) + self.patch_col(cols)  # (n, d)
             x = x.index_put((batch.patch_batch_index, batch.patch_token_index), pixels.to(x.dtype))
         return x
+
+
+# ------------------------------------------------------------------------------------- shapes
+
+
+SHAPE_MULTIPLE = 64
+"""Row counts that vary between batches are padded to a multiple of this (see the module docstring)."""
+
+
+def padded_size(n: int, multiple: int | None = None) -> int:
+    """`n` rounded up to a multiple of `multiple` (default `SHAPE_MULTIPLE`; 1 leaves it)."""
+    multiple = SHAPE_MULTIPLE if multiple is None else multiple
+    return -(-n // multiple) * multiple
+
+
+def on_padded_rows(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`function` of rows `x` (n, ...), run on x padded with zero rows to `padded_size(n)`: the first n rows of
+    the result, for a function that treats each row on its own (a linear map, a per-sample convolution)."""
+    n = x.shape[0]
+    pad = padded_size(n) - n
+    if pad == 0:
+        return function(x)
+    return function(torch.cat([x, x.new_zeros(pad, *x.shape[1:])]))[:n]
 
 
 # ------------------------------------------------------------------------------------- rotary positions
@@ -567,7 +594,7 @@ class Generalist(nn.Module):
         """
         hidden = self.hidden(batch)  # (b, t, d)
         rows, columns = batch.loss_mask[:, 1:].nonzero(as_tuple=True)  # (m,) each: positions that predict a target
-        logits = self.output_logits(hidden[rows, columns])  # (m, v): only where a loss is taken
+        logits = on_padded_rows(self.output_logits, hidden[rows, columns])  # (m, v): only where a loss is taken
         targets = (batch.targets if targets is None else targets)[rows, columns + 1]  # (m,)
         losses = F.cross_entropy(logits.float(), targets, reduction="none")  # (m,)
         kinds = batch.kinds[rows, columns + 1]

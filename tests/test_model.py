@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from generalist.batch import collate, shuffle_action_inputs
 from generalist.model import (
     PRESETS,
+    SHAPE_MULTIPLE,
     Generalist,
     ModelConfig,
     bin_features,
@@ -17,6 +18,8 @@ from generalist.model import (
     gato_79m,
     gato_364m,
     image_means,
+    on_padded_rows,
+    padded_size,
     position_buckets,
     preset,
     tiny,
@@ -231,6 +234,30 @@ def test_gathered_loss_and_its_parts_equal_the_masked_loss_over_every_position()
     # Per row (the loss per task in training): each sequence's summed target losses and its number of targets.
     torch.testing.assert_close(out.row_loss, (losses * mask).sum(dim=1), atol=1e-4, rtol=1e-5)
     assert out.row_targets.tolist() == mask.sum(dim=1).long().tolist() and (out.row_targets > 0).all()
+
+
+def test_varying_row_counts_reach_a_matmul_as_a_few_padded_shapes_with_the_same_rows():
+    model = _model()
+    seen = set()
+
+    def patch_block(x):
+        seen.add(x.shape[0])
+        return model.embed.patches(x)
+
+    patches = torch.randn(2 * SHAPE_MULTIPLE + 5, 3, 16, 16, requires_grad=True)
+    for n in range(1, len(patches) + 1):
+        padded = on_padded_rows(patch_block, patches[:n])
+        assert padded.shape[0] == n
+    # Every count reaches the block padded: three shapes instead of 133 (each new bf16 shape costs memory).
+    assert seen == {SHAPE_MULTIPLE, 2 * SHAPE_MULTIPLE, 3 * SHAPE_MULTIPLE}
+    assert [padded_size(n) for n in (0, 1, 64, 65)] == [0, 64, 64, 128] and padded_size(7, 1) == 7
+    # The rows are those of the block on the rows alone (GroupNorm normalizes each patch on its own), and so
+    # are their gradients: the zero rows are cut before anything reads them.
+    direct = model.embed.patches(patches[:70])
+    torch.testing.assert_close(on_padded_rows(model.embed.patches, patches[:70]), direct, atol=1e-5, rtol=1e-5)
+    (gradient,) = torch.autograd.grad(on_padded_rows(model.embed.patches, patches[:70]).sum(), patches)
+    (reference,) = torch.autograd.grad(direct.sum(), patches)
+    torch.testing.assert_close(gradient, reference, atol=1e-5, rtol=1e-5)
 
 
 def test_separate_targets_score_the_true_tokens_behind_shuffled_inputs():
