@@ -42,10 +42,10 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
 - Continuous action targets may be smoothed (`action_sigma`): the target is a Gaussian over neighbouring bins
   ("HL-Gauss", Farebrother et al., 2024) instead of the one exact bin, so a near miss costs less than a far one;
   the logged losses stay the exact bin's cross-entropy, comparable across runs.
-- Row counts that change from batch to batch (gathered targets, image patches, continuous values, cached keys)
-  are padded up to a multiple of `SHAPE_MULTIPLE` before a matmul or convolution. In bf16 on a CPU, oneDNN
-  compiles a kernel for every new shape and never frees all of it: about 0.9 MB a shape, so a control run's
-  process grew by about 150 MB a minute (14 GB after 80 minutes) until the padding (docs/BENCHMARKS.md).
+- Sizes that change from batch to batch (a batch's length, gathered targets, image patches, continuous values,
+  cached keys) are padded up to a multiple of `SHAPE_MULTIPLE` before a matmul or convolution. In bf16 on a CPU, oneDNN
+  compiles a kernel for every new shape and never frees all of it (about 0.9 MB a shape): a control run's
+  process held 14 GB after 70 minutes before the padding (docs/BENCHMARKS.md).
 - `forward(batch)` is pure: no episode state lives on the module. A KV cache, when given to `hidden`, is a
   separate object owned by the agent (agent.py) that the attention layers read and write.
 
@@ -555,17 +555,19 @@ class Generalist(nn.Module):
     def hidden(self, batch: Batch, cache: AttentionCache | None = None) -> torch.Tensor:
         """Final-normed hidden states (b, t, d); with a cache, the batch holds only the tokens after it."""
         t = batch.ids.shape[1]
+        x = self.embed_dropout(self.embed(batch))  # (b, t, d)
         if cache is None:
             if t > self.config.context:
                 raise ValueError(f"a batch of {t} tokens is longer than the context of {self.config.context}")
-            positions = torch.arange(t, device=batch.ids.device)  # (t,)
+            # Zero tokens after the last: under causal attention no real token reads them (SHAPE_MULTIPLE).
+            x = F.pad(x, (0, 0, 0, padded_size(t) - t))
+            positions = torch.arange(x.shape[1], device=batch.ids.device)  # (t',)
         else:
             positions = cache.positions  # (b, t)
-        rotation = rotary(positions, self.config).unsqueeze(-3)  # (1 or b, 1, t, k/2): broadcast over heads
-        x = self.embed_dropout(self.embed(batch))  # (b, t, d)
+        rotation = rotary(positions, self.config).unsqueeze(-3)  # (1 or b, 1, t', k/2): broadcast over heads
         for block in self.blocks:
             x = block(x, rotation, cache)
-        return self.norm(x)
+        return self.norm(x[:, :t])
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., d) to logits over the whole id table (..., v)."""
