@@ -256,6 +256,15 @@ def trained_weights(checkpoint: str | Path) -> Mapping[str, float]:
     return read_trainer_state(checkpoint)["train_config"].weights
 
 
+def trained_scene_size(checkpoint: str | Path) -> int:
+    """The caption-scene size a checkpoint was trained on (what `generalist caption` resizes to); the default
+    size for a checkpoint without a trainer state (the shipped one)."""
+    checkpoint = resolve(checkpoint)
+    if not (checkpoint / TRAINER_STATE).is_file():
+        return TrainConfig().scene_size
+    return read_trainer_state(checkpoint)["train_config"].scene_size
+
+
 def save_checkpoint(
     run_dir: Path, model: Generalist, optimizer: torch.optim.Optimizer, tokenizer: TextTokenizer,
     config: TrainConfig, step: int, tokens: int, minutes: float = 0.0, milestone: bool = True,

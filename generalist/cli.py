@@ -366,23 +366,26 @@ def _run_diagnose(args: argparse.Namespace) -> int:
 def _add_caption(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("caption", help="caption image files with a checkpoint")
     parser.add_argument("--checkpoint", default=None, help=CHECKPOINT_HELP)
-    parser.add_argument("--size", type=int, default=64,
-                        help="images are centre-cropped and resized to this (48 for a model of --scene-size 48)")
+    parser.add_argument("--size", type=int, default=None,
+                        help="images are centre-cropped and resized to this (default: the size of the scenes the "
+                        "checkpoint was trained on, 64 or 48)")
     _add_hardware_flags(parser)
     parser.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...)")
     parser.set_defaults(run=_run_caption)
 
 
 def _run_caption(args: argparse.Namespace) -> int:
-    from generalist.checkpoint import load_model
+    from generalist.checkpoint import load_model, trained_scene_size
     from generalist.datasets.captions import read_image
     from generalist.evaluate import caption_images
     from generalist.precision import resolve_device, resolve_precision
     from generalist.pretrained import default_checkpoint
 
-    images = [read_image(path, args.size) for path in args.images]  # every file checked before the model loads
+    checkpoint = args.checkpoint or default_checkpoint()
+    size = args.size if args.size is not None else trained_scene_size(checkpoint)
+    images = [read_image(path, size) for path in args.images]  # every file checked before the model loads
     device = resolve_device(args.device)
-    model, tokenizer = load_model(args.checkpoint or default_checkpoint(), device)
+    model, tokenizer = load_model(checkpoint, device)
     with resolve_precision(args.precision, device).autocast(device.type):
         captions = caption_images(model, tokenizer, images)
     for path, caption in zip(args.images, captions, strict=True):

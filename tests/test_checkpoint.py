@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +15,11 @@ from generalist.checkpoint import (
     WEIGHTS_FILE,
     load_text_tokenizer,
     load_weights,
+    save_checkpoint,
     save_model,
+    trained_scene_size,
 )
+from generalist.config import TrainConfig
 from generalist.model import Generalist, tiny
 from generalist.tokenizers import ActionSpec, TextTokenizer, tokenize_episode, tokenize_text
 
@@ -115,3 +119,12 @@ def test_a_tokenizer_of_another_vocabulary_is_refused_on_save(tmp_path):
     model = Generalist(dataclasses.replace(CONFIG, text_vocab_size=1000))
     with pytest.raises(ValueError, match=str(TEXT.vocab_size)):
         save_model(model, tmp_path, TEXT)
+
+
+def test_a_checkpoint_names_the_scene_size_it_was_trained_on(saved, tmp_path):
+    model, plain = saved
+    assert trained_scene_size(plain) == 64  # no trainer state (the shipped checkpoint): the default size
+    optimizer = torch.optim.AdamW(model.parameters())
+    config = TrainConfig(run_dir=Path(tmp_path) / "run", weights={"varied_scenes": 1.0}, scene_size=48)
+    checkpoint = save_checkpoint(config.run_dir, model, optimizer, TEXT, config, step=1, tokens=10)
+    assert trained_scene_size(checkpoint) == 48

@@ -136,7 +136,7 @@ def test_run_rejects_an_unknown_preset(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 2
-    assert "unknown preset 'huge'; known: cpu, control, pong, full, smoke, gpu" in result.stderr
+    assert "unknown preset 'huge'; known: cpu, control, pong, language, full, smoke, gpu" in result.stderr
     assert "Traceback" not in result.stderr
 
 
