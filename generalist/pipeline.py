@@ -118,14 +118,12 @@ def train_missing_tokenizer(config: RunConfig) -> Path | None:
         return None
     print(f"training a {config.record.text_vocab_size}-piece text tokenizer on the {config.record.text_corpus} "
           f"corpus into {path}", flush=True)
-    tokenizer = train_text_tokenizer(
+    path.parent.mkdir(parents=True, exist_ok=True)
+    train_text_tokenizer(
         tokenizer_lines(config.record.text_corpus),
         TextTokenizerConfig(vocab_size=config.record.text_vocab_size, user_defined_symbols=CHAT_MARKERS),
+        out=path,
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial_path = path.with_name(path.name + ".partial")
-    tokenizer.save(partial_path)
-    os.replace(partial_path, path)
     return path
 
 

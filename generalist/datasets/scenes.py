@@ -221,6 +221,7 @@ def _styled_scene(
         background = np.broadcast_to(np.array(BACKGROUND, np.float32), (render, render, 3)).copy()
     image = background.astype(np.float32)
     cell_size = IMAGE_SIZE / GRID
+    shown = image_size / IMAGE_SIZE  # object centres are given in the pixels of the image returned
     objects = []
     for cell, (shape, colour, size), rgb in zip(cells, attributes, colours, strict=True):
         half = rng.uniform(*VARIED_SIZES[size])
@@ -229,7 +230,6 @@ def _styled_scene(
         centre_col = (cell % GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
         mask = _shape_mask(shape, (centre_row * scale, centre_col * scale), half * scale, render)
         image[mask] = rgb
-        shown = image_size / IMAGE_SIZE  # the centre in the pixels of the image returned
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row * shown),
                                                                     float(centre_col * shown))))
     resized = to_rgb_square(image.round().astype(np.uint8), image_size)

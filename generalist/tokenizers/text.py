@@ -12,6 +12,7 @@ Special ids: pad 0, unk 1, bos 2, eos 3 (all inside 0..V-1, as the token layout 
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -83,8 +84,11 @@ class TextTokenizer:
         return cls(resources.files("generalist.tokenizers").joinpath("assets", DEFAULT_MODEL).read_bytes())
 
     def save(self, path: str | Path) -> None:
-        """Write the serialized model to `path`."""
-        Path(path).write_bytes(self._model_proto)
+        """Write the serialized model to `path`, whole or not at all (through a partial file and a rename)."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(self._model_proto)
+        os.replace(partial, path)
 
     @property
     def vocab_size(self) -> int:
