@@ -102,7 +102,8 @@ class TrainConfig:
     """model preset: tiny, small, gato-79m, gato-364m, gato-1.18b"""
     weights: Mapping[str, float] = field(default_factory=default_weights)
     """task mixture: name=weight pairs, control tasks by their registry names (or minari:<dataset id>) plus
-    scenes (plain), varied_scenes (varied backgrounds, colours, sizes, scales), emoji (OpenMoji), digits,
+    scenes (plain), varied_scenes (varied backgrounds, colours, sizes, scales), scene_text (scene captions
+    without images, every colour-shape pair), emoji (OpenMoji), digits,
     sample_images, dialogue (chatterbot), chitchat (chitchat-dataset), prose"""
     steps: int = 1000
     """optimizer steps; the learning-rate schedule spans them (with schedule=steps)"""

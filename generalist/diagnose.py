@@ -55,6 +55,8 @@ class Diagnosis:
     steps: int  # on-policy steps measured
     decisive: float = float("nan")  # teacher-forced, on the steps where the expert changes its action
     decisive_frames_shuffled: float = float("nan")  # the same with the window's images shuffled in time
+    decisive_loss: float = float("nan")  # teacher-forced cross-entropy (nats) of the decisive steps' targets
+    decisive_loss_frames_shuffled: float = float("nan")  # the same with the window's images shuffled in time
     patch_spread: float = float("nan")  # mean distance of a patch embedding from its image's mean, over its norm
     agent_actions: dict[int, float] = field(default_factory=dict)  # on-policy share of each discrete action
     expert_actions: dict[int, float] = field(default_factory=dict)  # the expert's labels on the same states
@@ -66,6 +68,7 @@ class TeacherForced:
 
     correct: np.ndarray  # (n,) bool
     decisive: np.ndarray  # (n,) bool: the expert's action differs from its previous one (a window's first: False)
+    loss: np.ndarray  # (n,) float: cross-entropy in nats of the target over the slot's valid ids
 
     @property
     def accuracy(self) -> float:
@@ -76,6 +79,12 @@ class TeacherForced:
     def decisive_accuracy(self) -> float:
         """The same on the decisive steps only: what predicting "as before" cannot get right."""
         return float(self.correct[self.decisive].mean()) if self.decisive.any() else float("nan")
+
+    @property
+    def decisive_loss(self) -> float:
+        """Mean cross-entropy of the decisive steps' targets: it falls when the model raises the probability of
+        the expert's change, even while the change stays less likely than "as before" (argmax misses it)."""
+        return float(self.loss[self.decisive].mean()) if self.decisive.any() else float("nan")
 
 
 def teacher_forced(
@@ -109,12 +118,13 @@ def teacher_forced(
         logits = logits.masked_fill(~allowed[slots], -torch.inf)
     targets = batch.targets[rows, columns + 1]
     correct = (logits.argmax(-1) == targets).numpy()
+    loss = torch.nn.functional.cross_entropy(logits, targets, reduction="none").numpy()
     # Tokens come row by row, `size` per step: a step is decisive when its ids differ from the step before it
     # in the same window.
     step_ids = targets.numpy().reshape(-1, spec.size)
     step_rows = rows.numpy().reshape(-1, spec.size)[:, 0]
     changed = np.concatenate([[False], (step_ids[1:] != step_ids[:-1]).any(axis=1) & (step_rows[1:] == step_rows[:-1])])
-    return TeacherForced(correct, np.repeat(changed, spec.size))
+    return TeacherForced(correct, np.repeat(changed, spec.size), loss)
 
 
 def patch_spread(model: Generalist, task: str, data_dir: str | Path, episodes: int = 8) -> float:
@@ -209,6 +219,7 @@ def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: P
     acted = on_policy(model, task, config, demonstrations)
     forced = teacher_forced(model, task, data_dir)
     has_images = "image" in EpisodeDataset(Path(data_dir) / task).observation_specs
+    frames_shuffled = teacher_forced(model, task, data_dir, shuffle_images=True) if has_images else None
     return Diagnosis(
         task=task,
         teacher_forced=forced.accuracy,
@@ -218,8 +229,9 @@ def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: P
         expert_repeats=repeat_rate(acted.expert, acted.starts),
         steps=len(acted.agent),
         decisive=forced.decisive_accuracy,
-        decisive_frames_shuffled=(teacher_forced(model, task, data_dir, shuffle_images=True).decisive_accuracy
-                                  if has_images else float("nan")),
+        decisive_frames_shuffled=frames_shuffled.decisive_accuracy if frames_shuffled else float("nan"),
+        decisive_loss=forced.decisive_loss,
+        decisive_loss_frames_shuffled=frames_shuffled.decisive_loss if frames_shuffled else float("nan"),
         patch_spread=patch_spread(model, task, data_dir) if has_images else float("nan"),
         agent_actions=action_shares(acted.agent, layout),
         expert_actions=action_shares(acted.expert, layout),
@@ -228,14 +240,18 @@ def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: P
 
 DIAGNOSIS_HEADER = (
     "| task | teacher-forced | with shuffled history | decisive steps | decisive, frames shuffled | "
-    "patch spread | on-policy agreement | agent repeats | expert repeats | steps | agent's actions | "
-    "expert's actions |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    "decisive loss | decisive loss, frames shuffled | patch spread | on-policy agreement | agent repeats | "
+    "expert repeats | steps | agent's actions | expert's actions |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
 )
 
 
 def _share(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.1%}"
+
+
+def _nats(value: float) -> str:
+    return "" if np.isnan(value) else f"{value:.3f}"
 
 
 def _shares(shares: dict[int, float]) -> str:
@@ -245,7 +261,8 @@ def _shares(shares: dict[int, float]) -> str:
 def format_diagnosis(d: Diagnosis) -> str:
     """One markdown row of the table under `DIAGNOSIS_HEADER`."""
     cells = [d.task, *map(_share, (d.teacher_forced, d.teacher_forced_shuffled, d.decisive,
-                                   d.decisive_frames_shuffled, d.patch_spread, d.on_policy_agreement,
-                                   d.agent_repeats, d.expert_repeats)),
+                                   d.decisive_frames_shuffled)),
+             _nats(d.decisive_loss), _nats(d.decisive_loss_frames_shuffled),
+             *map(_share, (d.patch_spread, d.on_policy_agreement, d.agent_repeats, d.expert_repeats)),
              str(d.steps), _shares(d.agent_actions), _shares(d.expert_actions)]
     return "| " + " | ".join(cells) + " |"

@@ -150,8 +150,12 @@ def agent_actor(
             return None
         return demonstration_prompt(task, directory, layout, rng, budget, text_tokenizer)
 
+    # Sampled actions draw from a generator of their own, seeded like the prompts: the same seeds give the same
+    # games, whatever else used torch's global generator before.
+    device = next(model.parameters()).device
+    sampler = torch.Generator(device).manual_seed(config.seed) if config.temperature > 0 else None
     agent = Agent(model, get_task(task).action_spec(), text_tokenizer, temperature=config.temperature,
-                  keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction,
+                  keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction, generator=sampler,
                   continuous_decoding=config.continuous_decoding)
     return AgentActor(agent, new_prompt)
 

@@ -68,6 +68,8 @@ def test_decisive_steps_are_where_the_expert_changes_its_action(data_dir):
         zero_at_decisive += (np.asarray(actions).ravel()[1:][changed] == 0).sum()
     assert forced.decisive.sum() == decisive > 0
     assert forced.decisive_accuracy == pytest.approx(zero_at_decisive / decisive)
+    # Equal logits over CartPole's two valid actions: every target costs log 2 nats (over the whole table, far more).
+    assert forced.decisive_loss == pytest.approx(np.log(2), rel=1e-4)
 
 
 def test_action_shares_count_discrete_actions_only():
@@ -88,8 +90,9 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| cartpole")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    shares = [float(cell.rstrip("%")) for cell in cells[1:9] if cell]
-    assert len(shares) == 6 and cells[4] == cells[5] == ""  # CartPole has no images to shuffle or spread
-    assert all(0 <= share <= 100 for share in shares) and int(cells[9]) > 2
-    agent = dict(item.split(": ") for item in cells[10].split(", "))
+    shares = [float(cell.rstrip("%")) for cell in cells[1:5] + cells[7:11] if cell]
+    # CartPole has no images to shuffle or spread
+    assert len(shares) == 6 and cells[4] == cells[6] == cells[7] == "" and float(cells[5]) > 0
+    assert all(0 <= share <= 100 for share in shares) and int(cells[11]) > 2
+    agent = dict(item.split(": ") for item in cells[12].split(", "))
     assert set(agent) <= {"0", "1"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)

@@ -48,6 +48,17 @@ def test_rollouts_count_exactly_the_episodes_asked(model, data_dir):
     assert again.returns == result.returns  # seeded
 
 
+def test_sampled_actions_follow_the_evaluation_seed_not_the_global_generator(model, data_dir):
+    config = EvalConfig(episodes=4, seed=7, data_dir=data_dir, num_envs=2, temperature=1.0)
+    torch.manual_seed(0)
+    first = evaluate_task(model, "cartpole", config)
+    torch.manual_seed(1)
+    again = evaluate_task(model, "cartpole", config)
+    assert again.lengths == first.lengths
+    greedy = evaluate_task(model, "cartpole", replace(config, temperature=0.0))
+    assert greedy.lengths != first.lengths  # the untrained model's two actions are near-even: sampling plays apart
+
+
 def test_rollouts_play_the_same_seeds_however_many_envs_run_them(model, data_dir):
     # Sub-env i of n plays seeds s+i, s+i+n, ...: 3 episodes on 2 envs are seeds s..s+2, as on 1 env, whichever
     # episodes finish first (with this model seed s+3 ends before s+2: keeping the first three to end would differ).

@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from generalist.batch import Batch, collate
 from generalist.datasets import captions, emoji, text
 from generalist.datasets.minari_source import MinariEpisodes
-from generalist.datasets.scenes import IMAGE_SIZE, generate_scene
+from generalist.datasets.scenes import IMAGE_SIZE, generate_scene, text_only_caption
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs.external import MINARI_PREFIX
 from generalist.tokenizers import (
@@ -311,6 +311,20 @@ def _caption_sequence(
 
 
 @dataclass
+class SceneTextSource:
+    """Scene captions without an image (`scenes.text_only_caption`): every colour-shape pair as language only."""
+
+    tokenizer: TextTokenizer
+    layout: TokenLayout
+    packable: bool = True
+
+    def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
+        """One caption's text ids and end-of-sequence."""
+        ids = np.append(self.tokenizer.encode(text_only_caption(rng)), self.tokenizer.eos_id)
+        return tokenize_text(ids[:max_tokens], self.layout)
+
+
+@dataclass
 class TextSource:
     """Documents of text (formatted dialogues, prose): whole, or a random window of a long one."""
 
@@ -445,7 +459,7 @@ def _single_threaded_worker(_: int) -> None:
 
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
 CAPTION_AND_TEXT_TASKS = (
-    "scenes", "varied_scenes", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",
+    "scenes", "varied_scenes", "scene_text", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",
 )
 
 
@@ -493,6 +507,8 @@ def build_sources(
         if task in ("scenes", "varied_scenes"):
             sources[task] = SceneCaptionSource(tokenizer, layout, style="plain" if task == "scenes" else "varied",
                                                size=scene_size)
+        elif task == "scene_text":
+            sources[task] = SceneTextSource(tokenizer, layout)
         elif task == "emoji":
             sources[task] = EmojiCaptionSource(tokenizer, layout)
         elif task in ("digits", "sample_images"):

@@ -18,6 +18,7 @@ from generalist.datasets.mixture import (
     build_sources,
     make_loader,
 )
+from generalist.datasets.scenes import parse_caption
 from generalist.model import Generalist, preset
 from generalist.tokenizers import ActionSpec, TextTokenizer, TokenKind, TokenLayout
 
@@ -207,3 +208,10 @@ def test_scene_captions_are_drawn_at_the_training_scene_size(scene_size, patches
     source = build_sources(["varied_scenes"], "unused", LAYOUT, TOKENIZER, scene_size=scene_size)["varied_scenes"]
     sequence = source.sample(np.random.default_rng(0), Shard(0, 1), 256)
     assert sequence.patches.shape[0] == patches == (sequence.kinds == TokenKind.IMAGE).sum()
+
+
+def test_scene_text_is_a_caption_without_an_image():
+    source = build_sources(["scene_text"], "unused", LAYOUT, TOKENIZER)["scene_text"]
+    sequence = source.sample(np.random.default_rng(0), Shard(0, 1), 256)
+    assert (sequence.kinds == TokenKind.TEXT).all() and sequence.patches.shape[0] == 0
+    assert sequence.ids[-1] == TOKENIZER.eos_id and parse_caption(TOKENIZER.decode(sequence.ids[:-1])) is not None

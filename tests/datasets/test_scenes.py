@@ -14,6 +14,7 @@ from generalist.datasets.scenes import (
     generate_scene,
     grammar_sentences,
     parse_caption,
+    text_only_caption,
 )
 
 
@@ -110,3 +111,13 @@ def test_a_48_pixel_scene_is_the_same_scene_with_each_object_inside_its_cells_pa
 def test_other_scene_sizes_are_refused(size):
     with pytest.raises(ValueError, match=r"scene size must be one of \(48, 64\) pixels"):
         generate_scene(0, "train", "plain", size)
+
+
+def test_text_only_captions_follow_the_grammar_and_name_every_pair_the_images_hold_out():
+    rng = np.random.default_rng(0)
+    captions = [text_only_caption(rng) for _ in range(400)]
+    parsed = [parse_caption(caption) for caption in captions]
+    assert all(objects is not None and 1 <= len(objects) <= 3 for objects in parsed)
+    assert all([o.cell for o in objects] == sorted({o.cell for o in objects}) for objects in parsed)
+    pairs = {(o.colour, o.shape) for objects in parsed for o in objects}
+    assert HELD_OUT_PAIRS <= pairs and len(pairs) == len(COLOURS) * len(SHAPES)
