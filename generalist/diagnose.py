@@ -14,9 +14,12 @@ from compounding error or a bug, per task:
 
 For a policy that acts seldom differently from its last step (Pong's expert repeats 87% of its actions), the
 average hides what matters, so the diagnosis also scores the decisive steps (where the expert's action differs
-from its previous one), the same with the window's images shuffled in time (unchanged accuracy: the images are
-not read), and the distribution of the agent's and the expert's actions on the agent's own states (an agent
-that learned only the action frequencies plays one action). For image tasks it also measures the patch spread:
+from its previous one), the same with the window's images shuffled in time (unchanged accuracy: no move is read
+from the images), the cross-entropy of those steps' targets in both cases (a model can read the frames, raising the
+probability of the expert's changes, while "as before" stays its argmax: Pong specialists whose accuracy did not
+move: their loss rose 0.33-0.50 nats with the frames shuffled), and the distribution of the agent's and the
+expert's actions on the agent's own states (an agent that learned only the action frequencies plays one
+action). For image tasks it also measures the patch spread:
 the share of a patch's embedding (what its pixels add, before its position) that differs from the mean of its
 image's patches. Near 0, every patch of an image looks alike to the transformer, and no frame can be read
 (uncentred Pong specialists: 0.01% to 0.8%; `centre_patches` makes it 100% by construction).
