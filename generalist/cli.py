@@ -343,6 +343,9 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     add_arguments(parser, EvalConfig, base=DIAGNOSIS_DEFAULTS)
     parser.add_argument("--no-prompt", dest="prompt", action="store_const", const="none",
                         help="the same as --prompt none")
+    parser.add_argument("--windows", type=int, default=8,
+                        help="recorded episodes whose middle window the teacher-forced figures read (default: 8; "
+                        "more windows, more decisive steps: the count is printed under the table)")
     parser.set_defaults(run=_run_diagnose)
 
 
@@ -354,12 +357,18 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
+    if args.windows < 1:
+        raise ValueError(f"--windows must be at least 1, got {args.windows}")
     checkpoint = args.checkpoint or default_checkpoint()
     config, demonstrations = from_arguments(EvalConfig, args, DIAGNOSIS_DEFAULTS), demonstrations_dir(checkpoint)
     model, _ = load_model(checkpoint, resolve_device(config.device))
     print(DIAGNOSIS_HEADER, flush=True)
+    counts = []
     for task in tasks:  # a row as soon as it is measured: a task's rollouts take a while
-        print(format_diagnosis(diagnose(model, task, config, demonstrations)), flush=True)
+        row = diagnose(model, task, config, demonstrations, windows=args.windows)
+        print(format_diagnosis(row), flush=True)
+        counts.append(f"{task} {row.decisive_steps}")
+    print(f"\ndecisive steps in the {args.windows} recorded windows: {', '.join(counts)}", flush=True)
     return 0
 
 

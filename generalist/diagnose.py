@@ -57,6 +57,7 @@ class Diagnosis:
     expert_repeats: float
     steps: int  # on-policy steps measured
     decisive: float = float("nan")  # teacher-forced, on the steps where the expert changes its action
+    decisive_steps: int = 0  # how many decisive steps the recorded windows hold
     decisive_frames_shuffled: float = float("nan")  # the same with the window's images shuffled in time
     decisive_loss: float = float("nan")  # teacher-forced cross-entropy (nats) of the decisive steps' targets
     decisive_loss_frames_shuffled: float = float("nan")  # the same with the window's images shuffled in time
@@ -210,28 +211,36 @@ def repeat_rate(ids: np.ndarray, episode_starts: list[int]) -> float:
     return float(same[~first].mean()) if (~first).any() else float("nan")
 
 
-def diagnose(model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None) -> Diagnosis:
+def diagnose(
+    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None, windows: int = 8
+) -> Diagnosis:
     """The copycat test of one task: teacher-forced accuracy with true and shuffled history, on all steps and on
     the decisive ones (with the images shuffled in time, for image tasks), and the on-policy numbers.
 
-    The recorded episodes (and prompts) come from `prompt_dir(config, task, demonstrations)`.
+    The recorded episodes (and prompts) come from `prompt_dir(config, task, demonstrations)`; the teacher-forced
+    figures read one window from the middle of each of the first `windows` episodes (Pong: 8 windows hold about
+    33 decisive steps, 48 about 190).
     """
+    if windows < 1:
+        raise ValueError(f"windows must be at least 1, got {windows}")
     model.eval()
     layout = model.config.layout
     data_dir = prompt_dir(config, task, demonstrations)
     acted = on_policy(model, task, config, demonstrations)
-    forced = teacher_forced(model, task, data_dir)
+    forced = teacher_forced(model, task, data_dir, episodes=windows)
     has_images = "image" in EpisodeDataset(Path(data_dir) / task).observation_specs
-    frames_shuffled = teacher_forced(model, task, data_dir, shuffle_images=True) if has_images else None
+    frames_shuffled = (teacher_forced(model, task, data_dir, episodes=windows, shuffle_images=True)
+                       if has_images else None)
     return Diagnosis(
         task=task,
         teacher_forced=forced.accuracy,
-        teacher_forced_shuffled=teacher_forced_accuracy(model, task, data_dir, shuffle=1.0),
+        teacher_forced_shuffled=teacher_forced_accuracy(model, task, data_dir, episodes=windows, shuffle=1.0),
         on_policy_agreement=acted.agreement,
         agent_repeats=repeat_rate(acted.agent, acted.starts),
         expert_repeats=repeat_rate(acted.expert, acted.starts),
         steps=len(acted.agent),
         decisive=forced.decisive_accuracy,
+        decisive_steps=int(forced.decisive.sum()) // get_task(task).action_spec().size,
         decisive_frames_shuffled=frames_shuffled.decisive_accuracy if frames_shuffled else float("nan"),
         decisive_loss=forced.decisive_loss,
         decisive_loss_frames_shuffled=frames_shuffled.decisive_loss if frames_shuffled else float("nan"),

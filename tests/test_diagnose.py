@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from generalist.checkpoint import save_model
+from generalist.config import EvalConfig
 from generalist.datasets.storage import EpisodeDataset
-from generalist.diagnose import action_shares, repeat_rate, teacher_forced, teacher_forced_accuracy
+from generalist.diagnose import action_shares, diagnose, repeat_rate, teacher_forced, teacher_forced_accuracy
 from generalist.model import Generalist, preset
 from generalist.tokenizers import TextTokenizer
 
@@ -72,6 +73,23 @@ def test_decisive_steps_are_where_the_expert_changes_its_action(data_dir):
     assert forced.decisive_loss == pytest.approx(np.log(2), rel=1e-4)
 
 
+def test_the_diagnosis_reads_as_many_windows_as_asked_and_counts_their_decisive_steps(data_dir):
+    model = _model()
+    episodes = EpisodeDataset(data_dir / "cartpole")
+    steps = model.config.context // 6
+    changes = []
+    for episode in range(2):
+        length = episodes.episode_length(episode)
+        start = max(0, (length - steps) // 2)
+        actions = np.asarray(episodes.read(episode, start, min(length, start + steps))[1]).ravel()
+        changes.append(int((actions[1:] != actions[:-1]).sum()))
+    config = EvalConfig(episodes=1, seed=3, data_dir=data_dir)
+    assert diagnose(model, "cartpole", config, windows=1).decisive_steps == changes[0] > 0
+    assert diagnose(model, "cartpole", config, windows=2).decisive_steps == sum(changes)
+    with pytest.raises(ValueError, match="windows"):
+        diagnose(model, "cartpole", config, windows=0)
+
+
 def test_action_shares_count_discrete_actions_only():
     layout = _model().config.layout
     ids = layout.discrete_ids(np.array([[2], [2], [0], [2]]))
@@ -84,7 +102,7 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     checkpoint = save_model(_model(), tmp_path / "ckpt", TextTokenizer.default())
     result = subprocess.run(
         [sys.executable, "-m", "generalist.cli", "diagnose", "--checkpoint", str(checkpoint), "--tasks", "cartpole",
-         "--episodes", "2", "--data-dir", str(data_dir)],
+         "--episodes", "2", "--data-dir", str(data_dir), "--windows", "2"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -95,4 +113,5 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert len(shares) == 6 and cells[4] == cells[6] == cells[7] == "" and float(cells[5]) > 0
     assert all(0 <= share <= 100 for share in shares) and int(cells[11]) > 2
     agent = dict(item.split(": ") for item in cells[12].split(", "))
+    assert "decisive steps in the 2 recorded windows: cartpole " in result.stdout
     assert set(agent) <= {"0", "1"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)
