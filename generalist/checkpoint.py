@@ -75,7 +75,7 @@ def save_model(
                       lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))
     _write_atomically(directory / CONFIG_FILE,
                       lambda path: path.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n"))
-    _write_atomically(directory / TEXT_TOKENIZER_FILE, text_tokenizer.save)
+    text_tokenizer.save(directory / TEXT_TOKENIZER_FILE)  # itself whole or not at all
     return directory
 
 
