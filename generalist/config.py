@@ -102,8 +102,9 @@ class TrainConfig:
     """model preset: tiny, small, gato-79m, gato-364m, gato-1.18b"""
     weights: Mapping[str, float] = field(default_factory=default_weights)
     """task mixture: name=weight pairs, control tasks by their registry names (or minari:<dataset id>) plus
-    scenes (plain), varied_scenes (varied backgrounds, colours, sizes, scales), scene_text (scene captions
-    without images, every colour-shape pair), emoji (OpenMoji), digits,
+    scenes (plain), varied_scenes (varied backgrounds, colours, sizes, scales), textured_scenes (varied, and
+    textured backgrounds), gray_scenes (varied in luminance only, captions without colour words), scene_text
+    (scene captions without images, every colour-shape pair), emoji (OpenMoji), digits,
     sample_images, dialogue (chatterbot), chitchat (chitchat-dataset), prose"""
     steps: int = 1000
     """optimizer steps; the learning-rate schedule spans them (with schedule=steps)"""
@@ -141,7 +142,7 @@ class TrainConfig:
     frame_colour: str = "rgb"
     """colour of those frames: rgb or gray"""
     scene_size: int = 64
-    """pixels per side of the caption scenes trained on and evaluated (scenes, varied_scenes): 64 (4x4 patches of
+    """pixels per side of the caption scenes trained on and evaluated (the scene tasks): 64 (4x4 patches of
     16, so nearly every object straddles two to four patches) or 48 (3x3 patches, each cell of the scene's grid
     one patch, each object inside its own)"""
     centre_patches: bool = False

@@ -45,6 +45,7 @@ from generalist.config import (
 )
 from generalist.dagger import learner_driver
 from generalist.datasets.captions import skimage_samples
+from generalist.datasets.mixture import SCENE_TASK_STYLES
 from generalist.datasets.recording import collect, episodes_on_disk
 from generalist.datasets.scenes import IMAGE_SIZE, generate_scene
 from generalist.datasets.storage import EpisodeDataset
@@ -409,8 +410,9 @@ def run_pipeline(config: RunConfig) -> RunResults:
         if config.report.prompt_ablation else []
     )
     captions = chat = None
-    if any(weights.get(task, 0) > 0 for task in ("scenes", "varied_scenes", "emoji", "sample_images")):
-        styles = ("varied", "unseen") if weights.get("varied_scenes", 0) > 0 else ()
+    if any(weights.get(task, 0) > 0 for task in (*SCENE_TASK_STYLES, "emoji", "sample_images")):
+        styled = any(weights.get(task, 0) > 0 for task, style in SCENE_TASK_STYLES.items() if style != "plain")
+        styles = ("varied", "unseen") if styled else ()
         captions = evaluate_captions_stage(model, tokenizer, config.report.caption_scenes, eval_config.seed, styles,
                                            weights.get("emoji", 0) > 0, config.train.scene_size)
     if weights.get("dialogue", 0) > 0 or weights.get("chitchat", 0) > 0:

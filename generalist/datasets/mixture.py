@@ -252,7 +252,7 @@ class SceneCaptionSource:
     tokenizer: TextTokenizer
     layout: TokenLayout
     packable: bool = True
-    style: str = "plain"  # plain: the dark background only; varied: backgrounds, colours, sizes and scales vary
+    style: str = "plain"  # `scenes.STYLES`: plain is the dark background only; varied, textured and gray vary it
     size: int = IMAGE_SIZE  # pixels per side (`SCENE_SIZES`)
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
@@ -457,9 +457,12 @@ def _single_threaded_worker(_: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+# The caption-scene tasks and the style of scenes each draws (`scenes.STYLES`).
+SCENE_TASK_STYLES = {"scenes": "plain", "varied_scenes": "varied", "textured_scenes": "textured",
+                     "gray_scenes": "gray"}
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
 CAPTION_AND_TEXT_TASKS = (
-    "scenes", "varied_scenes", "scene_text", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",
+    *SCENE_TASK_STYLES, "scene_text", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",
 )
 
 
@@ -504,9 +507,8 @@ def build_sources(
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
     sources: dict[str, SequenceSource] = {}
     for task in tasks:
-        if task in ("scenes", "varied_scenes"):
-            sources[task] = SceneCaptionSource(tokenizer, layout, style="plain" if task == "scenes" else "varied",
-                                               size=scene_size)
+        if task in SCENE_TASK_STYLES:
+            sources[task] = SceneCaptionSource(tokenizer, layout, style=SCENE_TASK_STYLES[task], size=scene_size)
         elif task == "scene_text":
             sources[task] = SceneTextSource(tokenizer, layout)
         elif task == "emoji":

@@ -23,6 +23,12 @@ and renders the scene at 48, 64, 96 or 128 pixels, resized to 64 as `generalist 
 checkerboard of two colours): the held-out backgrounds. 99% of a background's pixels keep a contrast of at least
 `MIN_CONTRAST` (RGB distance) to every object drawn on it, so that each object stays visible.
 
+"textured" is "varied" whose backgrounds may also come from two textured families (`TEXTURED_BACKGROUNDS`:
+smooth blotches of colour; a few large flat regions with hard irregular borders), neither periodic like the
+held-out ones. "gray" is "varied" in luminance only, captioned without colour words ("a large square at the top
+left"): shapes seen across the brightness of every colour word, so that reading a shape need not go through its
+colour.
+
 Scenes are deterministic in their seed, split and style. `parse_caption` inverts the grammar, so evaluation can
 score each attribute of each object.
 """
@@ -61,9 +67,11 @@ CELL_PHRASES = (
 HELD_OUT_PAIRS = frozenset({("red", "square"), ("green", "circle"), ("blue", "triangle"), ("yellow", "diamond")})
 BACKGROUND = (28, 28, 32)
 Split = Literal["train", "heldout"]
-Style = Literal["plain", "varied", "unseen"]
-STYLES = ("plain", "varied", "unseen")
+Style = Literal["plain", "varied", "unseen", "textured", "gray"]
+# Appended, never reordered: a style's index is part of its scenes' seed stream.
+STYLES = ("plain", "varied", "unseen", "textured", "gray")
 SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
+TEXTURED_BACKGROUNDS = ("blotches", "regions")  # the "textured" style's families beside the seen ones
 UNSEEN_BACKGROUNDS = ("stripes", "checkerboard")
 RENDER_SIZES = (48, 64, 96, 128)
 # Sizes a scene may be drawn at: 64 (4x4 patches of 16, so that nearly every object straddles two to four patches)
@@ -84,9 +92,10 @@ class SceneObject:
     cell: int  # 0..8, raster order of the 3x3 grid
     centre: tuple[float, float]  # (row, column) in pixels
 
-    def phrase(self) -> str:
-        """The caption phrase of this object."""
-        return f"a {self.size} {self.colour} {self.shape} {CELL_PHRASES[self.cell]}"
+    def phrase(self, with_colour: bool = True) -> str:
+        """The caption phrase of this object (without its colour word for a gray scene)."""
+        colour = f"{self.colour} " if with_colour else ""
+        return f"a {self.size} {colour}{self.shape} {CELL_PHRASES[self.cell]}"
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,15 @@ def _background(rng: np.random.Generator, family: str, size: int) -> np.ndarray:
         return first + np.clip(t, 0, 1)[..., None] * (second - first)
     if family == "noise":
         return first + rng.normal(0, rng.uniform(8, 30), (size, size, 3))
+    if family == "blotches":  # smooth patches of colour: a coarse random grid, bilinearly enlarged
+        from skimage.transform import resize
+
+        cells = int(rng.integers(2, 7))
+        return resize(rng.uniform(0, 255, (cells, cells, 3)), (size, size, 3), order=1, mode="edge")
+    if family == "regions":  # a few large flat regions with hard, irregular borders (the cells of random points)
+        points = rng.uniform(0, 1, (int(rng.integers(3, 7)), 2))
+        nearest = ((rows[..., None] - points[:, 0]) ** 2 + (cols[..., None] - points[:, 1]) ** 2).argmin(-1)
+        return rng.uniform(0, 255, (len(points), 3))[nearest]
     if family == "stripes":
         period = rng.uniform(0.08, 0.25)
         on = (np.floor((rows if rng.random() < 0.5 else cols) / period) % 2).astype(bool)
@@ -181,7 +199,15 @@ def generate_scene(seed: int, split: Split = "train", style: Style = "plain", si
     attributes = _pick_attributes(rng, split, n_objects)
     if style == "plain":
         return _plain_scene(rng, cells, attributes, size)
-    return _styled_scene(rng, cells, attributes, UNSEEN_BACKGROUNDS if style == "unseen" else SEEN_BACKGROUNDS, size)
+    return _styled_scene(rng, cells, attributes, background_families(style), size, gray=style == "gray")
+
+
+def background_families(style: Style) -> tuple[str, ...]:
+    """The background families a style draws from (none but the plain background for "plain")."""
+    if style == "plain":
+        return ()
+    return {"unseen": UNSEEN_BACKGROUNDS, "textured": SEEN_BACKGROUNDS + TEXTURED_BACKGROUNDS}.get(
+        style, SEEN_BACKGROUNDS)
 
 
 def _plain_scene(
@@ -205,20 +231,26 @@ def _plain_scene(
 
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
-    image_size: int,
+    image_size: int, gray: bool = False,
 ) -> Scene:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
     render = int(rng.choice(RENDER_SIZES))
     scale = render / IMAGE_SIZE
     colours = [_jittered_colour(rng, colour) for _, colour, _ in attributes]
+    if gray:
+        colours = [_gray(colour) for colour in colours]
     family = str(rng.choice(families))
     for _ in range(100):  # a background that every object stands out from
         background = np.clip(_background(rng, family, render), 0, 255)
+        if gray:
+            background = _gray(background)
         if _contrasts(background, colours):
             break
     else:  # not found in 100 draws (rare): the plain background, which contrasts with every colour
         background = np.broadcast_to(np.array(BACKGROUND, np.float32), (render, render, 3)).copy()
+        if gray:
+            background = _gray(background)
     image = background.astype(np.float32)
     cell_size = IMAGE_SIZE / GRID
     shown = image_size / IMAGE_SIZE  # object centres are given in the pixels of the image returned
@@ -233,12 +265,19 @@ def _styled_scene(
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row * shown),
                                                                     float(centre_col * shown))))
     resized = to_rgb_square(image.round().astype(np.uint8), image_size)
-    return Scene(resized, caption_of(objects), tuple(objects))
+    return Scene(resized, caption_of(objects, with_colour=not gray), tuple(objects))
 
 
-def caption_of(objects: list[SceneObject] | tuple[SceneObject, ...]) -> str:
-    """The grammar: object phrases in order, joined by commas and a final "and"."""
-    phrases = [obj.phrase() for obj in objects]
+def _gray(rgb: np.ndarray) -> np.ndarray:
+    """Luminance (ITU-R 601 weights) in all three channels: the same array shape, colour removed."""
+    luminance = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    return np.repeat(luminance[..., None], 3, axis=-1)
+
+
+def caption_of(objects: list[SceneObject] | tuple[SceneObject, ...], with_colour: bool = True) -> str:
+    """The grammar: object phrases in order, joined by commas and a final "and" (colour words left out of a
+    gray scene's caption: its image shows no colour)."""
+    phrases = [obj.phrase(with_colour) for obj in objects]
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]

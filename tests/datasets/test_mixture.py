@@ -215,3 +215,13 @@ def test_scene_text_is_a_caption_without_an_image():
     sequence = source.sample(np.random.default_rng(0), Shard(0, 1), 256)
     assert (sequence.kinds == TokenKind.TEXT).all() and sequence.patches.shape[0] == 0
     assert sequence.ids[-1] == TOKENIZER.eos_id and parse_caption(TOKENIZER.decode(sequence.ids[:-1])) is not None
+
+
+def test_gray_scene_captions_name_shapes_without_colours():
+    source = build_sources(["gray_scenes"], "unused", LAYOUT, TOKENIZER, scene_size=48)["gray_scenes"]
+    sequence = source.sample(np.random.default_rng(0), Shard(0, 1), 256)
+    text_ids = sequence.ids[sequence.kinds == TokenKind.TEXT]
+    caption = TOKENIZER.decode(text_ids[:-1])
+    assert sequence.patches.shape[0] == 9 and text_ids[-1] == TOKENIZER.eos_id
+    assert set(caption.split()) & {"circle", "square", "triangle", "diamond"}
+    assert not set(caption.split()) & {"red", "green", "blue", "yellow", "purple", "white"}

@@ -8,6 +8,11 @@ from generalist.datasets.scenes import (
     HELD_OUT_PAIRS,
     IMAGE_SIZE,
     STYLES,
+    TEXTURED_BACKGROUNDS,
+    UNSEEN_BACKGROUNDS,
+    _background,
+    background_families,
+    caption_of,
     generate_scene,
     parse_caption,
 )
@@ -30,10 +35,11 @@ def test_every_style_is_deterministic_and_keeps_the_split(style):
         assert scene.image.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and scene.image.dtype == np.uint8
         assert not any((o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects)
         assert any((o.colour, o.shape) in HELD_OUT_PAIRS for o in generate_scene(seed, "heldout", style).objects)
-        assert parse_caption(scene.caption) is not None
+        assert scene.caption == caption_of(scene.objects, with_colour=style != "gray")
+        assert (parse_caption(scene.caption) is not None) == (style != "gray")
 
 
-@pytest.mark.parametrize("style", ["varied", "unseen"])
+@pytest.mark.parametrize("style", ["varied", "unseen", "textured"])
 def test_styled_objects_keep_the_colour_their_caption_names(style):
     """At each object's centre the pixel is nearest to its own colour word, after the jitter and the resize."""
     right = total = 0
@@ -71,3 +77,34 @@ def test_caption_scores_report_each_attribute():
     assert spoiled.per_attribute["size"] == spoiled.per_attribute["shape"] == spoiled.per_attribute["cell"] == 1.0
     assert spoiled.per_attribute["colour"] < 1.0
     assert spoiled.attribute_accuracy == pytest.approx(sum(spoiled.per_attribute.values()) / 4)
+
+
+LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def test_gray_scenes_show_no_colour_and_name_none():
+    """Gray scenes: one value in all three channels, no colour word, and each object at the brightness of its
+    colour word (within the jitter) where the caption puts it."""
+    near = total = 0
+    for seed in range(60):
+        scene = generate_scene(seed, "train", "gray", 48)
+        assert (scene.image[..., 0] == scene.image[..., 1]).all() and (scene.image[..., 1] == scene.image[..., 2]).all()
+        assert not set(scene.caption.split()) & set(COLOURS)
+        for obj in scene.objects:
+            row, col = (int(c) for c in obj.centre)
+            near += abs(float(scene.image[row, col, 0]) - float(np.array(COLOURS[obj.colour]) @ LUMINANCE)) <= 35
+            total += 1
+    assert near / total > 0.95
+
+
+def test_textured_scenes_add_unperiodic_families_and_keep_the_held_out_ones_unseen():
+    assert set(TEXTURED_BACKGROUNDS) <= set(background_families("textured"))
+    assert set(background_families("varied")) < set(background_families("textured"))
+    for style in ("plain", "varied", "textured", "gray"):
+        assert not set(UNSEEN_BACKGROUNDS) & set(background_families(style))
+    rng = np.random.default_rng(0)
+    regions = _background(rng, "regions", 48)
+    assert 3 <= len(np.unique(regions.reshape(-1, 3), axis=0)) <= 6  # a few flat regions
+    blotches = _background(rng, "blotches", 48)
+    steps = np.abs(np.diff(blotches, axis=0)).max()
+    assert steps < 0.25 * np.ptp(blotches)  # smooth: no edge, however the colours spread
