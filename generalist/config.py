@@ -145,6 +145,9 @@ class TrainConfig:
     """pixels per side of the caption scenes trained on and evaluated (the scene tasks): 64 (4x4 patches of
     16, so nearly every object straddles two to four patches) or 48 (3x3 patches, each cell of the scene's grid
     one patch, each object inside its own)"""
+    caption_order: str = "colour-first"
+    """word order of the scene captions trained on: colour-first ("a large red square at the top left") or
+    shape-first ("a large square in red at the top left"); evaluation reads either"""
     centre_patches: bool = False
     """subtract from each patch embedding its image's mean patch embedding: on mostly flat images (Pong, the
     caption scenes) the shared part otherwise grows until every patch looks alike (model.py)"""

@@ -304,6 +304,12 @@ class CaptionScores:
 CAPTION_ATTRIBUTES = ("size", "colour", "shape", "cell")
 
 
+def _states_exactly(caption: str, scene: Any) -> bool:
+    stated = parse_caption(caption)
+    return stated is not None and [(o.size, o.colour, o.shape, o.cell) for o in stated] == [
+        (o.size, o.colour, o.shape, o.cell) for o in scene.objects]
+
+
 def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScores:
     """Exact-caption rate, per-attribute accuracy (objects compared in order) and BLEU-4 against the truths."""
 
@@ -317,7 +323,9 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScore
                 for name in CAPTION_ATTRIBUTES:
                     right[name] += getattr(stated[index], name) == getattr(obj, name)
     truths = [scene.caption for scene in scenes]
-    exact = float(np.mean([p == t for p, t in zip(predictions, truths, strict=True)]))
+    # Exact: the caption follows the grammar (in either word order) and states every object, and nothing else.
+    exact = float(np.mean([_states_exactly(prediction, scene) for prediction, scene in zip(predictions, scenes,
+                                                                                          strict=True)]))
     bleu = sacrebleu.corpus_bleu(list(predictions), [truths]).score
     per_attribute = {name: count / max(objects, 1) for name, count in right.items()}
     return CaptionScores(len(truths), exact, sum(right.values()) / max(4 * objects, 1), float(bleu), per_attribute)

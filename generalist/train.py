@@ -51,7 +51,7 @@ from generalist.checkpoint import (
 )
 from generalist.config import DEVICES, PRECISIONS, EvalConfig, TrainConfig
 from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
-from generalist.datasets.scenes import SCENE_SIZES
+from generalist.datasets.scenes import CAPTION_ORDERS, SCENE_SIZES
 from generalist.envs import TASKS
 from generalist.evaluate import evaluate
 from generalist.flags import save_json
@@ -277,6 +277,8 @@ def check_config(config: TrainConfig) -> None:
                          f"got {config.precision!r} and {config.device!r}")
     if config.scene_size not in SCENE_SIZES:
         raise ValueError(f"scene_size must be one of {SCENE_SIZES} pixels, got {config.scene_size}")
+    if config.caption_order not in CAPTION_ORDERS:
+        raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {config.caption_order!r}")
 
 
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:
@@ -328,7 +330,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     shards = [where.rank * config.accumulation + m for m in range(config.accumulation)]
     sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability,
                             learner_data_dir=config.learner_data_dir, learner_share=config.learner_share,
-                            learner_reads_executed=not config.learner_reads_labels, scene_size=config.scene_size)
+                            learner_reads_executed=not config.learner_reads_labels, scene_size=config.scene_size,
+                            caption_order=config.caption_order)
     mixture = Mixture(
         sources,
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),

@@ -254,11 +254,12 @@ class SceneCaptionSource:
     packable: bool = True
     style: str = "plain"  # `scenes.STYLES`: plain is the dark background only; varied, textured and gray vary it
     size: int = IMAGE_SIZE  # pixels per side (`SCENE_SIZES`)
+    order: str = "colour-first"  # the captions' word order (`scenes.CAPTION_ORDERS`)
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One scene: its patches, then its caption and end-of-sequence."""
         seed = int(rng.integers(2**40)) * shard.count + shard.index
-        scene = generate_scene(seed, "train", self.style, self.size)
+        scene = generate_scene(seed, "train", self.style, self.size, self.order)
         return _caption_sequence(scene.image, scene.caption, self.tokenizer, self.layout, max_tokens)
 
 
@@ -495,20 +496,22 @@ def build_sources(
     learner_share: float = 0.5,
     learner_reads_executed: bool = True,
     scene_size: int = IMAGE_SIZE,
+    caption_order: str = "colour-first",
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
     A control task also recorded under `learner_data_dir` (driven by a trained agent, labelled by the expert:
     `learner_recordings`) draws `learner_share` of its windows from all those recordings together; those windows
     read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels. Caption
-    scenes are drawn `scene_size` pixels square.
+    scenes are drawn `scene_size` pixels square and captioned in `caption_order`.
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
     sources: dict[str, SequenceSource] = {}
     for task in tasks:
         if task in SCENE_TASK_STYLES:
-            sources[task] = SceneCaptionSource(tokenizer, layout, style=SCENE_TASK_STYLES[task], size=scene_size)
+            sources[task] = SceneCaptionSource(tokenizer, layout, style=SCENE_TASK_STYLES[task], size=scene_size,
+                                               order=caption_order)
         elif task == "scene_text":
             sources[task] = SceneTextSource(tokenizer, layout)
         elif task == "emoji":

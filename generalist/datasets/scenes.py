@@ -68,6 +68,9 @@ HELD_OUT_PAIRS = frozenset({("red", "square"), ("green", "circle"), ("blue", "tr
 BACKGROUND = (28, 28, 32)
 Split = Literal["train", "heldout"]
 Style = Literal["plain", "varied", "unseen", "textured", "gray"]
+CaptionOrder = Literal["colour-first", "shape-first"]
+# colour-first: "a large red square at the top left"; shape-first: "a large square in red at the top left".
+CAPTION_ORDERS = ("colour-first", "shape-first")
 # Appended, never reordered: a style's index is part of its scenes' seed stream.
 STYLES = ("plain", "varied", "unseen", "textured", "gray")
 SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
@@ -92,10 +95,13 @@ class SceneObject:
     cell: int  # 0..8, raster order of the 3x3 grid
     centre: tuple[float, float]  # (row, column) in pixels
 
-    def phrase(self, with_colour: bool = True) -> str:
-        """The caption phrase of this object (without its colour word for a gray scene)."""
-        colour = f"{self.colour} " if with_colour else ""
-        return f"a {self.size} {colour}{self.shape} {CELL_PHRASES[self.cell]}"
+    def phrase(self, with_colour: bool = True, order: CaptionOrder = "colour-first") -> str:
+        """The caption phrase of this object in one word order (without its colour for a gray scene)."""
+        if not with_colour:
+            return f"a {self.size} {self.shape} {CELL_PHRASES[self.cell]}"
+        if order == "shape-first":
+            return f"a {self.size} {self.shape} in {self.colour} {CELL_PHRASES[self.cell]}"
+        return f"a {self.size} {self.colour} {self.shape} {CELL_PHRASES[self.cell]}"
 
 
 @dataclass(frozen=True)
@@ -182,15 +188,21 @@ def _pick_attributes(rng: np.random.Generator, split: Split, n_objects: int) -> 
             return picked
 
 
-def generate_scene(seed: int, split: Split = "train", style: Style = "plain", size: int = IMAGE_SIZE) -> Scene:
+def generate_scene(
+    seed: int, split: Split = "train", style: Style = "plain", size: int = IMAGE_SIZE,
+    order: CaptionOrder = "colour-first",
+) -> Scene:
     """The scene of one seed in one split and style (train scenes never hold a held-out colour-shape pair), drawn
-    `size` pixels square: the same scene at every size, its objects and cells scaled with it."""
+    `size` pixels square: the same scene at every size, its objects and cells scaled with it; its caption in
+    `order` (the image does not depend on it)."""
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")
     if size not in SCENE_SIZES:
         raise ValueError(f"scene size must be one of {SCENE_SIZES} pixels, got {size!r}")
+    if order not in CAPTION_ORDERS:
+        raise ValueError(f"caption order must be one of {CAPTION_ORDERS}, got {order!r}")
     # The split (and a style other than plain) is part of the seed, so each is a different stream.
     stream = [seed, 0 if split == "train" else 1] + ([] if style == "plain" else [STYLES.index(style)])
     rng = np.random.default_rng(stream)
@@ -198,8 +210,10 @@ def generate_scene(seed: int, split: Split = "train", style: Style = "plain", si
     cells = np.sort(rng.choice(GRID * GRID, size=n_objects, replace=False))
     attributes = _pick_attributes(rng, split, n_objects)
     if style == "plain":
-        return _plain_scene(rng, cells, attributes, size)
-    return _styled_scene(rng, cells, attributes, background_families(style), size, gray=style == "gray")
+        image, objects = _plain_scene(rng, cells, attributes, size)
+    else:
+        image, objects = _styled_scene(rng, cells, attributes, background_families(style), size, gray=style == "gray")
+    return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects)
 
 
 def background_families(style: Style) -> tuple[str, ...]:
@@ -212,7 +226,7 @@ def background_families(style: Style) -> tuple[str, ...]:
 
 def _plain_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], image_size: int
-) -> Scene:
+) -> tuple[np.ndarray, tuple[SceneObject, ...]]:
     scale = image_size / IMAGE_SIZE
     cell_size = image_size / GRID
     image = np.empty((image_size, image_size, 3), np.float32)
@@ -226,13 +240,13 @@ def _plain_scene(
         mask = _shape_mask(shape, (centre_row, centre_col), half, image_size)
         image[mask] = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 6, 3), 0, 255)
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row), float(centre_col))))
-    return Scene(image.round().astype(np.uint8), caption_of(objects), tuple(objects))
+    return image.round().astype(np.uint8), tuple(objects)
 
 
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
     image_size: int, gray: bool = False,
-) -> Scene:
+) -> tuple[np.ndarray, tuple[SceneObject, ...]]:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
     render = int(rng.choice(RENDER_SIZES))
@@ -265,7 +279,7 @@ def _styled_scene(
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row * shown),
                                                                     float(centre_col * shown))))
     resized = to_rgb_square(image.round().astype(np.uint8), image_size)
-    return Scene(resized, caption_of(objects, with_colour=not gray), tuple(objects))
+    return resized, tuple(objects)
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
@@ -274,19 +288,26 @@ def _gray(rgb: np.ndarray) -> np.ndarray:
     return np.repeat(luminance[..., None], 3, axis=-1)
 
 
-def caption_of(objects: list[SceneObject] | tuple[SceneObject, ...], with_colour: bool = True) -> str:
+def caption_of(
+    objects: list[SceneObject] | tuple[SceneObject, ...], with_colour: bool = True,
+    order: CaptionOrder = "colour-first",
+) -> str:
     """The grammar: object phrases in order, joined by commas and a final "and" (colour words left out of a
     gray scene's caption: its image shows no colour)."""
-    phrases = [obj.phrase(with_colour) for obj in objects]
+    phrases = [obj.phrase(with_colour, order) for obj in objects]
     if len(phrases) == 1:
         return phrases[0]
     return ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-_PHRASE = re.compile(
-    rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) "
-    rf"({'|'.join(re.escape(p) for p in sorted(CELL_PHRASES, key=len, reverse=True))})"
-)
+_SIZE, _COLOUR, _SHAPE = (f"({'|'.join(words)})" for words in (SIZES, COLOURS, SHAPES))
+_CELL = f"({'|'.join(re.escape(p) for p in sorted(CELL_PHRASES, key=len, reverse=True))})"
+# Each order's phrase, its groups named so that both read the same way.
+_PHRASES = {
+    "colour-first": re.compile(f"a {_SIZE} {_COLOUR} {_SHAPE} {_CELL}"),
+    "shape-first": re.compile(f"a {_SIZE} {_SHAPE} in {_COLOUR} {_CELL}"),
+}
+_GROUPS = {"colour-first": (1, 2, 3, 4), "shape-first": (1, 3, 2, 4)}  # size, colour, shape, cell
 
 
 @dataclass(frozen=True)
@@ -300,17 +321,19 @@ class CaptionObject:
 
 
 def parse_caption(caption: str) -> list[CaptionObject] | None:
-    """The objects a caption states, or None when it does not follow the grammar."""
-    objects = [
-        CaptionObject(m.group(1), m.group(2), m.group(3), CELL_PHRASES.index(m.group(4)))
-        for m in _PHRASE.finditer(caption)
-    ]
-    if not objects:
-        return None
-    rebuilt = caption_of(
-        [SceneObject(o.shape, o.colour, o.size, o.cell, (0.0, 0.0)) for o in objects]
-    )
-    return objects if rebuilt == caption.strip() else None
+    """The objects a caption states in either word order (`CAPTION_ORDERS`), or None when it does not follow the
+    grammar."""
+    for order, pattern in _PHRASES.items():
+        size, colour, shape, cell = _GROUPS[order]
+        objects = [
+            CaptionObject(m.group(size), m.group(colour), m.group(shape), CELL_PHRASES.index(m.group(cell)))
+            for m in pattern.finditer(caption)
+        ]
+        if objects and caption.strip() == caption_of(
+            [SceneObject(o.shape, o.colour, o.size, o.cell, (0.0, 0.0)) for o in objects], order=order
+        ):
+            return objects
+    return None
 
 
 def text_only_caption(rng: np.random.Generator) -> str:

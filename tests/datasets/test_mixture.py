@@ -225,3 +225,12 @@ def test_gray_scene_captions_name_shapes_without_colours():
     assert sequence.patches.shape[0] == 9 and text_ids[-1] == TOKENIZER.eos_id
     assert set(caption.split()) & {"circle", "square", "triangle", "diamond"}
     assert not set(caption.split()) & {"red", "green", "blue", "yellow", "purple", "white"}
+
+
+def test_scene_captions_follow_the_configured_word_order():
+    source = build_sources(["varied_scenes"], "unused", LAYOUT, TOKENIZER, scene_size=48,
+                           caption_order="shape-first")["varied_scenes"]
+    sequence = source.sample(np.random.default_rng(0), Shard(0, 1), 256)
+    caption = TOKENIZER.decode(sequence.ids[sequence.kinds == TokenKind.TEXT][:-1])
+    stated = parse_caption(caption)
+    assert stated is not None and f"{stated[0].shape} in {stated[0].colour}" in caption

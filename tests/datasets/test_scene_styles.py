@@ -108,3 +108,12 @@ def test_textured_scenes_add_unperiodic_families_and_keep_the_held_out_ones_unse
     blotches = _background(rng, "blotches", 48)
     steps = np.abs(np.diff(blotches, axis=0)).max()
     assert steps < 0.25 * np.ptp(blotches)  # smooth: no edge, however the colours spread
+
+
+def test_an_exact_caption_may_come_in_either_word_order():
+    scenes = [generate_scene(s, "heldout", size=48) for s in range(6)]
+    shape_first = [generate_scene(s, "heldout", size=48, order="shape-first").caption for s in range(6)]
+    assert caption_scores(shape_first, scenes).exact == 1.0
+    assert caption_scores(shape_first, scenes).per_attribute["shape"] == 1.0
+    dropped = [caption.rsplit(" and ", 1)[0] if " and " in caption else caption + " and" for caption in shape_first]
+    assert caption_scores(dropped, scenes).exact < 1.0  # an object left out (or a broken caption) is not exact

@@ -121,3 +121,18 @@ def test_text_only_captions_follow_the_grammar_and_name_every_pair_the_images_ho
     assert all([o.cell for o in objects] == sorted({o.cell for o in objects}) for objects in parsed)
     pairs = {(o.colour, o.shape) for objects in parsed for o in objects}
     assert HELD_OUT_PAIRS <= pairs and len(pairs) == len(COLOURS) * len(SHAPES)
+
+
+def test_shape_first_captions_draw_the_same_image_and_parse_to_the_same_objects():
+    for seed in range(30):
+        colour_first = generate_scene(seed, "heldout", "varied", 48)
+        shape_first = generate_scene(seed, "heldout", "varied", 48, order="shape-first")
+        np.testing.assert_array_equal(colour_first.image, shape_first.image)
+        assert shape_first.caption != colour_first.caption
+        assert f"{shape_first.objects[0].shape} in {shape_first.objects[0].colour}" in shape_first.caption
+        assert parse_caption(shape_first.caption) == parse_caption(colour_first.caption) is not None
+    # One caption mixing the orders follows neither.
+    mixed = "a large red circle at the top left and a small square in blue at the bottom"
+    assert parse_caption(mixed) is None
+    with pytest.raises(ValueError, match="caption order"):
+        generate_scene(0, order="colour-last")
