@@ -302,7 +302,7 @@ def caption_of(
 
 _SIZE, _COLOUR, _SHAPE = (f"({'|'.join(words)})" for words in (SIZES, COLOURS, SHAPES))
 _CELL = f"({'|'.join(re.escape(p) for p in sorted(CELL_PHRASES, key=len, reverse=True))})"
-# Each order's phrase, its groups named so that both read the same way.
+# Each order's phrase; `_GROUPS` says which of its groups holds the size, colour, shape and cell.
 _PHRASES = {
     "colour-first": re.compile(f"a {_SIZE} {_COLOUR} {_SHAPE} {_CELL}"),
     "shape-first": re.compile(f"a {_SIZE} {_SHAPE} in {_COLOUR} {_CELL}"),
