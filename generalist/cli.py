@@ -357,8 +357,6 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     from generalist.pretrained import default_checkpoint
 
     tasks = task_list(args.tasks)
-    if args.windows < 1:
-        raise ValueError(f"--windows must be at least 1, got {args.windows}")
     checkpoint = args.checkpoint or default_checkpoint()
     config, demonstrations = from_arguments(EvalConfig, args, DIAGNOSIS_DEFAULTS), demonstrations_dir(checkpoint)
     model, _ = load_model(checkpoint, resolve_device(config.device))

@@ -304,28 +304,23 @@ class CaptionScores:
 CAPTION_ATTRIBUTES = ("size", "colour", "shape", "cell")
 
 
-def _states_exactly(caption: str, scene: Any) -> bool:
-    stated = parse_caption(caption)
-    return stated is not None and [(o.size, o.colour, o.shape, o.cell) for o in stated] == [
-        (o.size, o.colour, o.shape, o.cell) for o in scene.objects]
-
-
 def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScores:
     """Exact-caption rate, per-attribute accuracy (objects compared in order) and BLEU-4 against the truths."""
 
     right = dict.fromkeys(CAPTION_ATTRIBUTES, 0)
-    objects = 0
+    objects = exact_captions = 0
     for prediction, scene in zip(predictions, scenes, strict=True):
         stated = parse_caption(prediction) or []
+        # Exact: the caption follows the grammar (in either word order) and states every object, and nothing else.
+        exact_captions += [(o.size, o.colour, o.shape, o.cell) for o in stated] == [
+            (o.size, o.colour, o.shape, o.cell) for o in scene.objects]
         for index, obj in enumerate(scene.objects):
             objects += 1
             if index < len(stated):
                 for name in CAPTION_ATTRIBUTES:
                     right[name] += getattr(stated[index], name) == getattr(obj, name)
     truths = [scene.caption for scene in scenes]
-    # Exact: the caption follows the grammar (in either word order) and states every object, and nothing else.
-    exact = float(np.mean([_states_exactly(prediction, scene) for prediction, scene in zip(predictions, scenes,
-                                                                                          strict=True)]))
+    exact = exact_captions / len(truths) if truths else float("nan")
     bleu = sacrebleu.corpus_bleu(list(predictions), [truths]).score
     per_attribute = {name: count / max(objects, 1) for name, count in right.items()}
     return CaptionScores(len(truths), exact, sum(right.values()) / max(4 * objects, 1), float(bleu), per_attribute)

@@ -41,6 +41,8 @@ from typing import Literal
 
 import numpy as np
 
+from generalist.tokenizers.images import LUMA
+
 IMAGE_SIZE = 64
 GRID = 3
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -284,7 +286,7 @@ def _styled_scene(
 
 def _gray(rgb: np.ndarray) -> np.ndarray:
     """Luminance (ITU-R 601 weights) in all three channels: the same array shape, colour removed."""
-    luminance = rgb @ np.array([0.299, 0.587, 0.114], np.float32)
+    luminance = rgb @ LUMA  # the weights gray Atari frames use
     return np.repeat(luminance[..., None], 3, axis=-1)
 
 
