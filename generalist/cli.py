@@ -346,6 +346,9 @@ def _add_diagnose(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--windows", type=int, default=8,
                         help="recorded episodes whose middle window the teacher-forced figures read (default: 8; "
                         "more windows, more decisive steps: the count is printed under the table)")
+    parser.add_argument("--window-steps", type=int, default=None,
+                        help="timesteps per teacher-forced window (default: as many as the model's context holds); "
+                        "the same value scores models of different contexts on the same steps")
     parser.set_defaults(run=_run_diagnose)
 
 
@@ -363,7 +366,7 @@ def _run_diagnose(args: argparse.Namespace) -> int:
     print(DIAGNOSIS_HEADER, flush=True)
     counts = []
     for task in tasks:  # a row as soon as it is measured: a task's rollouts take a while
-        row = diagnose(model, task, config, demonstrations, windows=args.windows)
+        row = diagnose(model, task, config, demonstrations, windows=args.windows, window_steps=args.window_steps)
         print(format_diagnosis(row), flush=True)
         counts.append(f"{task} {row.decisive_steps}")
     print(f"\ndecisive steps in the {args.windows} recorded windows: {', '.join(counts)}", flush=True)

@@ -93,17 +93,19 @@ class TeacherForced:
 
 def teacher_forced(
     model: Generalist, task: str, data_dir: str | Path, episodes: int = 8, shuffle: float = 0.0,
-    shuffle_images: bool = False, seed: int = 0,
+    shuffle_images: bool = False, seed: int = 0, window_steps: int | None = None,
 ) -> TeacherForced:
     """Predict every action token of windows from the middle of recorded episodes, with the true history.
 
     `shuffle` reads that share of the history's actions as other timesteps' (`shuffle_action_inputs`);
     `shuffle_images` permutes the windows' images in time (if the accuracy stays, the images are not read).
+    `window_steps` shortens the windows from as many timesteps as the context holds, so that models of
+    different contexts are scored on the same steps.
     """
     layout = model.config.layout
     spec = get_task(task).action_spec()
     source = ControlSource(task, EpisodeDataset(Path(data_dir) / task), layout)
-    steps = model.config.context // source.tokens_per_step()
+    steps = _window_steps(model, source.tokens_per_step(), window_steps)
     rng = np.random.default_rng(seed)
     windows = []
     for episode in range(min(episodes, len(source.episodes))):
@@ -145,11 +147,23 @@ def patch_spread(model: Generalist, task: str, data_dir: str | Path, episodes: i
     return float(spread.norm(dim=1).mean() / content.norm(dim=1).mean().clamp(min=1e-12))
 
 
+def _window_steps(model: Generalist, tokens_per_step: int, asked: int | None) -> int:
+    """Timesteps of a teacher-forced window: `asked`, or as many as the model's context holds."""
+    fits = model.config.context // tokens_per_step
+    if asked is None:
+        return fits
+    if not 1 <= asked <= fits:
+        raise ValueError(f"window_steps must be between 1 and the {fits} timesteps the model's context of "
+                         f"{model.config.context} tokens holds, got {asked}")
+    return asked
+
+
 def teacher_forced_accuracy(
-    model: Generalist, task: str, data_dir: str | Path, episodes: int = 8, shuffle: float = 0.0, seed: int = 0
+    model: Generalist, task: str, data_dir: str | Path, episodes: int = 8, shuffle: float = 0.0, seed: int = 0,
+    window_steps: int | None = None,
 ) -> float:
     """Share of action tokens predicted exactly in windows from the middle of recorded episodes."""
-    return teacher_forced(model, task, data_dir, episodes, shuffle, seed=seed).accuracy
+    return teacher_forced(model, task, data_dir, episodes, shuffle, seed=seed, window_steps=window_steps).accuracy
 
 
 @dataclass
@@ -212,29 +226,33 @@ def repeat_rate(ids: np.ndarray, episode_starts: list[int]) -> float:
 
 
 def diagnose(
-    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None, windows: int = 8
+    model: Generalist, task: str, config: EvalConfig, demonstrations: Path | None = None, windows: int = 8,
+    window_steps: int | None = None,
 ) -> Diagnosis:
     """The copycat test of one task: teacher-forced accuracy with true and shuffled history, on all steps and on
     the decisive ones (with the images shuffled in time, for image tasks), and the on-policy numbers.
 
     The recorded episodes (and prompts) come from `prompt_dir(config, task, demonstrations)`; the teacher-forced
     figures read one window from the middle of each of the first `windows` episodes (Pong: 8 windows hold about
-    33 decisive steps, 48 about 190).
+    33 decisive steps, 48 about 190), each `window_steps` timesteps long (default: as many as the context holds).
     """
     if windows < 1:
         raise ValueError(f"windows must be at least 1, got {windows}")
     model.eval()
     layout = model.config.layout
     data_dir = prompt_dir(config, task, demonstrations)
+    recorded = EpisodeDataset(Path(data_dir) / task)
+    _window_steps(model, ControlSource(task, recorded, layout).tokens_per_step(), window_steps)  # before the games
     acted = on_policy(model, task, config, demonstrations)
-    forced = teacher_forced(model, task, data_dir, episodes=windows)
-    has_images = "image" in EpisodeDataset(Path(data_dir) / task).observation_specs
-    frames_shuffled = (teacher_forced(model, task, data_dir, episodes=windows, shuffle_images=True)
-                       if has_images else None)
+    forced = teacher_forced(model, task, data_dir, episodes=windows, window_steps=window_steps)
+    has_images = "image" in recorded.observation_specs
+    frames_shuffled = (teacher_forced(model, task, data_dir, episodes=windows, shuffle_images=True,
+                                      window_steps=window_steps) if has_images else None)
     return Diagnosis(
         task=task,
         teacher_forced=forced.accuracy,
-        teacher_forced_shuffled=teacher_forced_accuracy(model, task, data_dir, episodes=windows, shuffle=1.0),
+        teacher_forced_shuffled=teacher_forced_accuracy(model, task, data_dir, episodes=windows, shuffle=1.0,
+                                                         window_steps=window_steps),
         on_policy_agreement=acted.agreement,
         agent_repeats=repeat_rate(acted.agent, acted.starts),
         expert_repeats=repeat_rate(acted.expert, acted.starts),

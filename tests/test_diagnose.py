@@ -90,6 +90,28 @@ def test_the_diagnosis_reads_as_many_windows_as_asked_and_counts_their_decisive_
         diagnose(model, "cartpole", config, windows=0)
 
 
+def test_shorter_windows_score_the_middle_steps_asked_for(data_dir):
+    model = _model()
+    with torch.no_grad():  # as above: every prediction is action 0
+        model.norm.weight.zero_()
+        model.norm.bias.zero_()
+    episodes = EpisodeDataset(data_dir / "cartpole")
+    steps = 5
+    zeros = []
+    for episode in range(2):
+        length = episodes.episode_length(episode)
+        start = max(0, (length - steps) // 2)
+        zeros.append(np.asarray(episodes.read(episode, start, start + steps)[1]).ravel() == 0)
+    forced = teacher_forced(model, "cartpole", data_dir, episodes=2, window_steps=steps)
+    assert len(forced.correct) == 2 * steps
+    np.testing.assert_array_equal(forced.correct, np.concatenate(zeros))
+    fits = model.config.context // 6
+    assert len(teacher_forced(model, "cartpole", data_dir, episodes=2, window_steps=fits).correct) == 2 * fits
+    for bad in (0, fits + 1):
+        with pytest.raises(ValueError, match="window_steps"):
+            diagnose(model, "cartpole", EvalConfig(episodes=1, data_dir=data_dir), window_steps=bad)
+
+
 def test_action_shares_count_discrete_actions_only():
     layout = _model().config.layout
     ids = layout.discrete_ids(np.array([[2], [2], [0], [2]]))
