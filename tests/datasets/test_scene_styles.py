@@ -11,6 +11,7 @@ from generalist.datasets.scenes import (
     TEXTURED_BACKGROUNDS,
     UNSEEN_BACKGROUNDS,
     _background,
+    _bilinear_weights,
     background_families,
     caption_of,
     generate_scene,
@@ -108,6 +109,17 @@ def test_textured_scenes_add_unperiodic_families_and_keep_the_held_out_ones_unse
     blotches = _background(rng, "blotches", 48)
     steps = np.abs(np.diff(blotches, axis=0)).max()
     assert steps < 0.25 * np.ptp(blotches)  # smooth: no edge, however the colours spread
+
+
+@pytest.mark.parametrize(("cells", "size"), [(2, 48), (5, 96), (6, 128), (3, 3)])
+def test_blotches_enlarge_as_skimage_resize_does(cells, size):
+    from skimage.transform import resize
+
+    grid = np.random.default_rng(cells).uniform(0, 255, (cells, cells, 3))
+    weights = _bilinear_weights(cells, size)
+    np.testing.assert_allclose(weights.sum(1), 1.0)
+    enlarged = np.einsum("ri,ijc,sj->rsc", weights, grid, weights)
+    np.testing.assert_allclose(enlarged, resize(grid, (size, size, 3), order=1, mode="edge"), atol=1e-9)
 
 
 def test_an_exact_caption_may_come_in_either_word_order():
