@@ -444,7 +444,7 @@ def pong() -> RunConfig:
 # The language-and-vision specialist of issue 20 (docs/RESULTS.md, `lang-centred-scenes15`, `lang48` and
 # `lang48-textured`): chit-chat, caption scenes at half the sequences, emoji names; centred patches (what made the
 # captions read the image), 48-pixel scenes, one cell a patch (held-out shape 27.2% -> 54.4% at 1,299 steps), and
-# textured backgrounds among the varied ones (unseen backgrounds' size, colour and cell +27-40 points over two
+# textured backgrounds among the varied ones (unseen backgrounds' size, colour and cell +29-40 points over two
 # seeds, at a cost to the held-out shapes and exact captions).
 LANGUAGE_WEIGHTS = {"chitchat": 1.0, "textured_scenes": 1.5, "emoji": 0.5}
 
