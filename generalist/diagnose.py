@@ -241,18 +241,18 @@ def diagnose(
     model.eval()
     layout = model.config.layout
     data_dir = prompt_dir(config, task, demonstrations)
-    recorded = EpisodeDataset(Path(data_dir) / task)
-    _window_steps(model, ControlSource(task, recorded, layout).tokens_per_step(), window_steps)  # before the games
-    acted = on_policy(model, task, config, demonstrations)
+    # The recorded windows first: a bad window_steps is refused before the games are played.
     forced = teacher_forced(model, task, data_dir, episodes=windows, window_steps=window_steps)
-    has_images = "image" in recorded.observation_specs
+    history_shuffled = teacher_forced_accuracy(model, task, data_dir, episodes=windows, shuffle=1.0,
+                                               window_steps=window_steps)
+    has_images = "image" in EpisodeDataset(Path(data_dir) / task).observation_specs
     frames_shuffled = (teacher_forced(model, task, data_dir, episodes=windows, shuffle_images=True,
                                       window_steps=window_steps) if has_images else None)
+    acted = on_policy(model, task, config, demonstrations)
     return Diagnosis(
         task=task,
         teacher_forced=forced.accuracy,
-        teacher_forced_shuffled=teacher_forced_accuracy(model, task, data_dir, episodes=windows, shuffle=1.0,
-                                                         window_steps=window_steps),
+        teacher_forced_shuffled=history_shuffled,
         on_policy_agreement=acted.agreement,
         agent_repeats=repeat_rate(acted.agent, acted.starts),
         expert_repeats=repeat_rate(acted.expert, acted.starts),
