@@ -103,7 +103,8 @@ class TrainConfig:
     weights: Mapping[str, float] = field(default_factory=default_weights)
     """task mixture: name=weight pairs, control tasks by their registry names (or minari:<dataset id>) plus
     scenes (plain), varied_scenes (varied backgrounds, colours, sizes, scales), textured_scenes (varied, and
-    textured backgrounds), gray_scenes (varied in luminance only, captions without colour words), scene_text
+    textured backgrounds), spread_scenes (textured, object colours over their word's whole neighbourhood),
+    gray_scenes (varied in luminance only, captions without colour words), scene_text
     (scene captions without images, every colour-shape pair), emoji (OpenMoji), digits,
     sample_images, dialogue (chatterbot), chitchat (chitchat-dataset), prose"""
     steps: int = 1000

@@ -460,7 +460,7 @@ def _single_threaded_worker(_: int) -> None:
 
 # The caption-scene tasks and the style of scenes each draws (`scenes.STYLES`).
 SCENE_TASK_STYLES = {"scenes": "plain", "varied_scenes": "varied", "textured_scenes": "textured",
-                     "gray_scenes": "gray"}
+                     "gray_scenes": "gray", "spread_scenes": "spread"}
 # Data tasks of the mixture besides the recorded control tasks (whose names are the env registry's).
 CAPTION_AND_TEXT_TASKS = (
     *SCENE_TASK_STYLES, "scene_text", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",

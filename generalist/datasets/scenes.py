@@ -69,12 +69,12 @@ CELL_PHRASES = (
 HELD_OUT_PAIRS = frozenset({("red", "square"), ("green", "circle"), ("blue", "triangle"), ("yellow", "diamond")})
 BACKGROUND = (28, 28, 32)
 Split = Literal["train", "heldout"]
-Style = Literal["plain", "varied", "unseen", "textured", "gray"]
+Style = Literal["plain", "varied", "unseen", "textured", "gray", "spread"]
 CaptionOrder = Literal["colour-first", "shape-first"]
 # colour-first: "a large red square at the top left"; shape-first: "a large square in red at the top left".
 CAPTION_ORDERS = ("colour-first", "shape-first")
 # Appended, never reordered: a style's index is part of its scenes' seed stream.
-STYLES = ("plain", "varied", "unseen", "textured", "gray")
+STYLES = ("plain", "varied", "unseen", "textured", "gray", "spread")
 SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
 TEXTURED_BACKGROUNDS = ("blotches", "regions")  # the "textured" style's families beside the seen ones
 UNSEEN_BACKGROUNDS = ("stripes", "checkerboard")
@@ -84,6 +84,9 @@ RENDER_SIZES = (48, 64, 96, 128)
 SCENE_SIZES = (48, 64)
 VARIED_SIZES = {"small": (4.0, 6.0), "large": (8.0, 9.5)}  # a cell is 21 pixels: 9.5 still fits in it
 COLOUR_JITTER = 30.0
+# Half the RGB distance between the closest colour words (red and yellow: 171; red and purple: 174), a little more:
+# a spread colour reaches the borders between neighbouring words.
+SPREAD_RADIUS = 90.0
 MIN_CONTRAST = 80.0
 
 
@@ -139,6 +142,22 @@ def _jittered_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
         value = np.clip(base + rng.uniform(-COLOUR_JITTER, COLOUR_JITTER, 3), 0, 255)
         if np.linalg.norm(value - base) < np.linalg.norm(others - value, axis=1).min():
             return value
+
+
+def _spread_colour(rng: np.random.Generator, colour: str) -> np.ndarray:
+    """A colour uniform in the ball of SPREAD_RADIUS around `colour`'s, inside the RGB cube, nearer to it than to
+    any other word's colour and MIN_CONTRAST from the plain background (its fallback when no drawn one contrasts)."""
+    centres = np.array(list(COLOURS.values()), np.float32)
+    own = list(COLOURS).index(colour)
+    while True:
+        direction = rng.normal(size=3)
+        value = centres[own] + direction / np.linalg.norm(direction) * SPREAD_RADIUS * rng.random() ** (1 / 3)
+        if (
+            ((value >= 0) & (value <= 255)).all()
+            and np.linalg.norm(centres - value, axis=1).argmin() == own
+            and np.linalg.norm(value - np.array(BACKGROUND)) >= MIN_CONTRAST
+        ):
+            return value.astype(np.float32)
 
 
 def _background(rng: np.random.Generator, family: str, size: int) -> np.ndarray:
@@ -227,7 +246,9 @@ def generate_scene(
     if style == "plain":
         image, objects = _plain_scene(rng, cells, attributes, size)
     else:
-        image, objects = _styled_scene(rng, cells, attributes, background_families(style), size, gray=style == "gray")
+        image, objects = _styled_scene(
+            rng, cells, attributes, background_families(style), size, gray=style == "gray", spread=style == "spread"
+        )
     return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects)
 
 
@@ -235,8 +256,8 @@ def background_families(style: Style) -> tuple[str, ...]:
     """The background families a style draws from (none but the plain background for "plain")."""
     if style == "plain":
         return ()
-    return {"unseen": UNSEEN_BACKGROUNDS, "textured": SEEN_BACKGROUNDS + TEXTURED_BACKGROUNDS}.get(
-        style, SEEN_BACKGROUNDS)
+    textured = SEEN_BACKGROUNDS + TEXTURED_BACKGROUNDS
+    return {"unseen": UNSEEN_BACKGROUNDS, "textured": textured, "spread": textured}.get(style, SEEN_BACKGROUNDS)
 
 
 def _plain_scene(
@@ -260,13 +281,14 @@ def _plain_scene(
 
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
-    image_size: int, gray: bool = False,
+    image_size: int, gray: bool = False, spread: bool = False,
 ) -> tuple[np.ndarray, tuple[SceneObject, ...]]:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
     render = int(rng.choice(RENDER_SIZES))
     scale = render / IMAGE_SIZE
-    colours = [_jittered_colour(rng, colour) for _, colour, _ in attributes]
+    draw_colour = _spread_colour if spread else _jittered_colour
+    colours = [draw_colour(rng, colour) for _, colour, _ in attributes]
     if gray:
         colours = [_gray(colour) for colour in colours]
     family = str(rng.choice(families))

@@ -4,14 +4,19 @@ import numpy as np
 import pytest
 
 from generalist.datasets.scenes import (
+    BACKGROUND,
     COLOURS,
     HELD_OUT_PAIRS,
     IMAGE_SIZE,
+    MIN_CONTRAST,
+    SPREAD_RADIUS,
     STYLES,
     TEXTURED_BACKGROUNDS,
     UNSEEN_BACKGROUNDS,
     _background,
     _bilinear_weights,
+    _jittered_colour,
+    _spread_colour,
     background_families,
     caption_of,
     generate_scene,
@@ -40,7 +45,7 @@ def test_every_style_is_deterministic_and_keeps_the_split(style):
         assert (parse_caption(scene.caption) is not None) == (style != "gray")
 
 
-@pytest.mark.parametrize("style", ["varied", "unseen", "textured"])
+@pytest.mark.parametrize("style", ["varied", "unseen", "textured", "spread"])
 def test_styled_objects_keep_the_colour_their_caption_names(style):
     """At each object's centre the pixel is nearest to its own colour word, after the jitter and the resize."""
     right = total = 0
@@ -101,7 +106,7 @@ def test_gray_scenes_show_no_colour_and_name_none():
 def test_textured_scenes_add_unperiodic_families_and_keep_the_held_out_ones_unseen():
     assert set(TEXTURED_BACKGROUNDS) <= set(background_families("textured"))
     assert set(background_families("varied")) < set(background_families("textured"))
-    for style in ("plain", "varied", "textured", "gray"):
+    for style in ("plain", "varied", "textured", "gray", "spread"):
         assert not set(UNSEEN_BACKGROUNDS) & set(background_families(style))
     rng = np.random.default_rng(0)
     regions = _background(rng, "regions", 48)
@@ -129,3 +134,19 @@ def test_an_exact_caption_may_come_in_either_word_order():
     assert caption_scores(shape_first, scenes).per_attribute["shape"] == 1.0
     dropped = [caption.rsplit(" and ", 1)[0] if " and " in caption else caption + " and" for caption in shape_first]
     assert caption_scores(dropped, scenes).exact < 1.0  # an object left out (or a broken caption) is not exact
+
+
+@pytest.mark.parametrize("colour", list(COLOURS))
+def test_spread_colours_fill_their_words_neighbourhood(colour):
+    """Spread colours stay nearest their own word and inside the radius, but reach much further from the word's
+    colour than the jittered ones, and all contrast with the plain background (their fallback)."""
+    rng = np.random.default_rng(3)
+    centre = np.array(COLOURS[colour], np.float32)
+    spread = np.array([_spread_colour(rng, colour) for _ in range(300)])
+    jittered = np.array([_jittered_colour(rng, colour) for _ in range(300)])
+    assert all(_nearest_colour(value) == colour for value in spread)
+    assert ((spread >= 0) & (spread <= 255)).all()
+    distance = np.linalg.norm(spread - centre, axis=1)
+    assert distance.max() <= SPREAD_RADIUS + 1e-3
+    assert np.median(distance) > 1.4 * np.median(np.linalg.norm(jittered - centre, axis=1))
+    assert (np.linalg.norm(spread - np.array(BACKGROUND), axis=1) >= MIN_CONTRAST).all()
