@@ -144,6 +144,19 @@ def decisive_actions(batch: Batch, discrete_ids: range) -> torch.Tensor:
     return decisive
 
 
+def balanced_action_weights(batch: Batch, table: torch.Tensor, discrete_ids: range) -> torch.Tensor:
+    """(B, T) loss weights: a discrete action target weighs its task's row of `table` (tasks, actions) at its
+    value, every other token 1 (as do rows labelled with no task)."""
+    weights = torch.ones(batch.targets.shape, dtype=torch.float32, device=batch.targets.device)
+    value = batch.targets - discrete_ids.start
+    chosen = (
+        (batch.kinds == TokenKind.ACTION) & (value >= 0) & (value < table.shape[1]) & (batch.tasks[:, None] >= 0)
+    )
+    rows, columns = chosen.nonzero(as_tuple=True)
+    weights[rows, columns] = table.to(weights.device)[batch.tasks[rows], value[rows, columns]]
+    return weights
+
+
 def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Generator | None = None) -> Batch:
     """The batch with each action token, with `probability`, read as the same slot of a random timestep of its row.
 

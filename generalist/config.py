@@ -179,6 +179,11 @@ class TrainConfig:
     """loss weight of the discrete action targets where the expert changes its action (1: no extra weight);
     against learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps).
     Continuous actions keep weight 1: their bins change at nearly every step"""
+    action_balance: float = 0.0
+    """exponent b of the class weights of discrete action targets: an action that is the share p of its task's
+    recorded expert actions weighs p^-b, scaled so that the expert's actions weigh 1 on average (0: every action
+    1; 1: each action as much as all the others together); against an argmax that never picks a rare action, as
+    Breakout's FIRE (0.2% of the expert's steps, once a life). Multiplies decisive_weight"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

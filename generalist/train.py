@@ -38,7 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from generalist.batch import Batch, decisive_actions, shuffle_action_inputs
+from generalist.batch import Batch, balanced_action_weights, decisive_actions, shuffle_action_inputs
 from generalist.checkpoint import (
     find_latest,
     latest_checkpoint,
@@ -50,7 +50,7 @@ from generalist.checkpoint import (
     save_checkpoint,
 )
 from generalist.config import DEVICES, PRECISIONS, EvalConfig, TrainConfig
-from generalist.datasets.mixture import Mixture, MixtureConfig, build_sources, make_loader
+from generalist.datasets.mixture import Mixture, MixtureConfig, action_balance, build_sources, make_loader
 from generalist.datasets.scenes import CAPTION_ORDERS, SCENE_SIZES
 from generalist.envs import TASKS
 from generalist.evaluate import evaluate
@@ -139,7 +139,7 @@ def _seed_micro_batch(config: TrainConfig, step: int, shard: int, n_shards: int)
 def _optimizer_step(
     wrapped: torch.nn.Module, model: Generalist, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
     config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed, n_tasks: int,
-    precision: Precision,
+    precision: Precision, balance: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -156,6 +156,9 @@ def _optimizer_step(
             if config.decisive_weight != 1.0:
                 decisive = decisive_actions(batch, model.config.layout.discrete_range)
                 weights = 1.0 + (config.decisive_weight - 1.0) * decisive.float()
+            if balance is not None:
+                balanced = balanced_action_weights(batch, balance, model.config.layout.discrete_range)
+                weights = balanced if weights is None else weights * balanced
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
@@ -260,7 +263,7 @@ def check_config(config: TrainConfig) -> None:
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     for name in ("warmup_steps", "eval_every", "num_workers", "learning_rate", "weight_decay", "grad_clip",
-                 "min_lr_ratio", "decisive_weight", "action_sigma"):
+                 "min_lr_ratio", "decisive_weight", "action_sigma", "action_balance"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative, got {getattr(config, name)}")
     for name in ("max_minutes", "checkpoint_minutes", "interim_minutes"):
@@ -337,6 +340,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),
         layout, shards, n_shards, start_batch=start_step,
     )
+    # Counted on the expert recordings only: a DAgger round's labels follow the states the agent reached.
+    balance = action_balance(mixture.tasks, config.data_dir, config.action_balance) if config.action_balance else None
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -369,7 +374,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
             lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(
                 wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks),
-                precision,
+                precision, balance,
             )
             if where.world_size > 1:
                 dist.all_reduce(totals)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.batch import collate, decisive_actions, shuffle_action_inputs
+from generalist.batch import balanced_action_weights, collate, decisive_actions, shuffle_action_inputs
 from generalist.tokenizers import (
     NO_POSITION,
     ActionSpec,
@@ -150,3 +150,18 @@ def test_rows_carry_their_targets_and_decisive_steps_are_where_the_targets_chang
     actions = batch.kinds == TokenKind.ACTION
     # The labels change once (2 -> 1), the ids read at every step: decisive follows the labels.
     assert decisive_actions(batch, LAYOUT.discrete_range)[0][actions[0]].tolist() == [False, False, True, False]
+
+
+def test_balanced_weights_follow_each_rows_task_and_action():
+    observations = {"continuous": np.zeros((3, 2), np.float32)}
+    spec = ActionSpec("discrete", n=3)
+    first = tokenize_episode(observations, np.array([0, 2, 1]), spec, LAYOUT)
+    second = tokenize_episode(observations, np.array([2, 2, 0]), spec, LAYOUT)
+    batch = collate([first, second, tokenize_text(np.array([5, 6]), LAYOUT), first], LAYOUT, tasks=[0, 1, 0, -1])
+    table = torch.tensor([[0.5, 2.0, 4.0], [1.0, 3.0, 0.25]])
+    weights = balanced_action_weights(batch, table, LAYOUT.discrete_range)
+    actions = batch.kinds == TokenKind.ACTION
+    assert weights[0][actions[0]].tolist() == [0.5, 4.0, 2.0]
+    assert weights[1][actions[1]].tolist() == [0.25, 0.25, 1.0]
+    assert (weights[~actions] == 1.0).all()  # observations, separators, text, padding
+    assert (weights[3] == 1.0).all()  # a row with no task

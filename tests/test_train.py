@@ -19,6 +19,7 @@ from generalist import train as train_module
 from generalist.checkpoint import latest_checkpoint, read_trainer_state
 from generalist.config import CollectConfig, EvalConfig, TrainConfig
 from generalist.datasets.recording import collect
+from generalist.datasets.storage import EpisodeDataset
 from generalist.flags import from_json_dict, load_json
 from generalist.tokenizers import TextTokenizer
 from generalist.train import build_model, learning_rate, train
@@ -273,6 +274,34 @@ def test_action_shuffle_changes_what_the_model_reads_and_is_seeded(tmp_path):
     assert any(not torch.equal(runs["plain"][name], runs["a"][name]) for name in runs["a"])
     with pytest.raises(ValueError, match="action_shuffle"):
         train(replace(base, run_dir=tmp_path / "bad", action_shuffle=1.5))
+
+
+@pytest.mark.slow
+def test_action_balance_weighs_the_loss_by_the_recorded_action_shares(tmp_path, monkeypatch):
+    """With a balance the loss weighs each discrete action target by its task's row of `action_balance` (the
+    step's weighted mean moves); without one no weights are computed."""
+    seen = []
+    weigh = train_module.balanced_action_weights
+    monkeypatch.setattr(train_module, "balanced_action_weights", lambda *a: seen.append(weigh(*a)) or seen[-1])
+    collect(CollectConfig(tasks=("acrobot",), episodes=2, out=tmp_path / "data", max_episode_steps=50,
+                          progress=False))
+    base = replace(TINY, weights={"acrobot": 1.0}, data_dir=tmp_path / "data", steps=1, checkpoint_every=1)
+    losses = {}
+    for name, exponent in (("plain", 0.0), ("balanced", 1.0)):
+        train(replace(base, run_dir=tmp_path / name, action_balance=exponent))
+        rows = csv.DictReader((tmp_path / name / "metrics.csv").open())
+        losses[name] = next(float(r["value"]) for r in rows if r["metric"] == "train/loss")
+    assert len(seen) == 1  # only the balanced run weighed its batch
+    counts = EpisodeDataset(tmp_path / "data" / "acrobot").action_counts()
+    recorded = counts[counts > 0]
+    assert len(set(recorded.tolist())) > 1  # unequal shares, or every weight would be 1
+    expected = (recorded / recorded.sum()) ** -1.0 / len(recorded)  # exponent 1: each action weighs 1 / (n p)
+    weighted = seen[0][seen[0] != 1.0]
+    assert weighted.numel() > 0
+    assert all(min(abs(w - e) for e in expected) < 1e-5 for w in weighted.tolist())
+    assert losses["balanced"] != pytest.approx(losses["plain"], rel=1e-6)
+    with pytest.raises(ValueError, match="action_balance"):
+        train(replace(base, run_dir=tmp_path / "bad", action_balance=-1.0))
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with():

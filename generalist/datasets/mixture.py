@@ -467,6 +467,29 @@ CAPTION_AND_TEXT_TASKS = (
 )
 
 
+def action_balance(tasks: Sequence[str], data_dir: str | Path, exponent: float) -> torch.Tensor:
+    """Class weights of discrete action targets (tasks, actions): each recorded task's action of share p among its
+    expert's recorded actions weighs p^-exponent, scaled to weigh 1 on average over those actions (an action never
+    recorded: 1); tasks with no recorded discrete actions (captions, text, continuous control, Minari): all 1."""
+    counts = {}
+    for task in tasks:
+        directory = Path(data_dir) / task
+        if task not in CAPTION_AND_TEXT_TASKS and directory.is_dir():
+            dataset = EpisodeDataset(directory)
+            if dataset.action_spec.kind == "discrete":
+                counts[task] = dataset.action_counts()
+    table = np.ones((len(tasks), max([len(c) for c in counts.values()], default=1)), np.float32)
+    for row, task in enumerate(tasks):
+        if task in counts:
+            shares = counts[task] / counts[task].sum()
+            seen = shares > 0
+            weights = np.ones_like(shares)
+            weights[seen] = shares[seen] ** -exponent
+            weights[seen] /= (shares[seen] * weights[seen]).sum()
+            table[row, : len(weights)] = weights
+    return torch.from_numpy(table)
+
+
 def episode_source(task: str, data_dir: str | Path) -> EpisodeSource:
     """The recorded episodes of a control task: `data_dir/<task>`, or the local Minari dataset of a
     ``minari:<dataset id>`` task."""

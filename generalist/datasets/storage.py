@@ -293,6 +293,17 @@ class EpisodeDataset:
         """Timesteps of one episode."""
         return self.episodes[episode].length
 
+    def action_counts(self) -> np.ndarray:
+        """How often each action was recorded, over every episode: int64 (action_size,); discrete actions only."""
+        spec = self.action_spec
+        if spec.kind != "discrete":
+            raise DatasetError(f"{self.directory}: action counts need discrete actions, these are {spec.kind}")
+        counts = np.zeros(spec.n, np.int64)
+        for episode, info in enumerate(self.episodes):
+            actions = np.asarray(self._shard(info.shard).actions[self._rows(episode, 0, None)]).reshape(-1)
+            counts += np.bincount(actions, minlength=spec.n)[: spec.n]
+        return counts
+
     def read(self, episode: int, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Observations by key and actions of rows [start, stop) of one episode (the mixture's protocol)."""
         window = self.window(episode, start, stop)

@@ -15,6 +15,7 @@ from generalist.datasets.mixture import (
     SceneCaptionSource,
     Shard,
     TextSource,
+    action_balance,
     build_sources,
     make_loader,
 )
@@ -234,3 +235,27 @@ def test_scene_captions_follow_the_configured_word_order():
     caption = TOKENIZER.decode(sequence.ids[sequence.kinds == TokenKind.TEXT][:-1])
     stated = parse_caption(caption)
     assert stated is not None and f"{stated[0].shape} in {stated[0].colour}" in caption
+
+
+def test_action_balance_weighs_rare_actions_up_and_keeps_the_mean(tmp_path):
+    """Shares p give weights p^-b with the recorded actions' mean weight 1; an action never recorded, a caption
+    task and a continuous task keep 1; exponent 0 changes nothing."""
+    from generalist.config import CollectConfig
+    from generalist.datasets.recording import collect
+    from generalist.datasets.storage import DatasetError, EpisodeDataset
+
+    collect(CollectConfig(tasks=("acrobot", "pendulum"), episodes=2, out=tmp_path, max_episode_steps=50,
+                          progress=False))
+    counts = EpisodeDataset(tmp_path / "acrobot").action_counts()
+    assert counts.sum() == 100 and len(counts) == 3
+    shares = counts / counts.sum()
+    table = action_balance(["acrobot", "pendulum", "scenes"], tmp_path, 0.5)
+    recorded = shares > 0
+    weights = table[0, : len(counts)].numpy()
+    assert (shares[recorded] * weights[recorded]).sum() == pytest.approx(1.0)
+    ratio = weights[recorded] * np.sqrt(shares[recorded])
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-5)  # p^-0.5 up to one scale
+    assert (weights[~recorded] == 1.0).all() and (table[1:] == 1.0).all()
+    assert (action_balance(["acrobot"], tmp_path, 0.0) == 1.0).all()
+    with pytest.raises(DatasetError, match="discrete"):
+        EpisodeDataset(tmp_path / "pendulum").action_counts()
