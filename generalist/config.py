@@ -182,7 +182,7 @@ class TrainConfig:
     action_balance: float = 0.0
     """exponent b of the class weights of discrete action targets: an action that is the share p of its task's
     recorded expert actions weighs p^-b, scaled so that the expert's actions weigh 1 on average (0: every action
-    1; 1: each action as much as all the others together); against an argmax that never picks a rare action, as
+    1; 1: every action the same total weight); against an argmax that never picks a rare action, as
     Breakout's FIRE (0.2% of the expert's steps, once a life). Multiplies decisive_weight"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
