@@ -473,11 +473,11 @@ def action_balance(tasks: Sequence[str], data_dir: str | Path, exponent: float) 
     recorded: 1); tasks with no recorded discrete actions (captions, text, continuous control, Minari): all 1."""
     counts = {}
     for task in tasks:
-        directory = Path(data_dir) / task
-        if task not in CAPTION_AND_TEXT_TASKS and directory.is_dir():
-            dataset = EpisodeDataset(directory)
-            if dataset.action_spec.kind == "discrete":
-                counts[task] = dataset.action_counts()
+        if task in CAPTION_AND_TEXT_TASKS or task.startswith(MINARI_PREFIX):
+            continue
+        recorded = episode_source(task, data_dir)
+        if isinstance(recorded, EpisodeDataset) and recorded.action_spec.kind == "discrete":
+            counts[task] = recorded.action_counts()
     table = np.ones((len(tasks), max([len(c) for c in counts.values()], default=1)), np.float32)
     for row, task in enumerate(tasks):
         if task in counts:
