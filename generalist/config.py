@@ -152,6 +152,10 @@ class TrainConfig:
     centre_patches: bool = False
     """subtract from each patch embedding its image's mean patch embedding: on mostly flat images (Pong, the
     caption scenes) the shared part otherwise grows until every patch looks alike (model.py)"""
+    patch_input: str = "pixels"
+    """what the patch block reads: pixels; pixels+mask (a colour-free foreground mask beside them); or
+    mask+colour (the mask through the block, the patch's background and foreground colours beside it, so shape
+    features cannot depend on colour) (model.py)"""
     patch_stride: int | None = None
     """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
     patch as a (16/stride)^2 grid, finer at a smaller stride and dearer (model.py)"""

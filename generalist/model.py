@@ -16,6 +16,13 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   the deviations stayed near 0.1 (0.01% of a patch's norm), so every patch looked alike after the blocks'
   LayerNorm and the agent never read the ball (docs/RESULTS.md, issue 18). Centring removes the shared part by
   construction; what is lost is only the image's mean, the same for all its patches.
+- `patch_input` chooses what the patch block reads. "pixels" is Gato's. "pixels+mask" adds a colour-free
+  channel, the patch's foreground mask: each pixel's RGB distance from the median colour of the patch's border
+  (mostly background: a scene object stays inside its cell), over the patch's largest distance. A convolution
+  mixes channels linearly, so it cannot compute such a colour-invariant outline itself. "mask+colour" goes
+  further: the block reads the mask alone, and the colour enters beside it as a linear map of the patch's
+  background and foreground mean colours, so the shape features cannot depend on the colour. The caption
+  models read a held-out colour-shape pair's shape through its colour (docs/RESULTS.md, issue 20).
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
   costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
@@ -72,6 +79,7 @@ from generalist.tokenizers import (
     N_BINS,
     N_POSITION_BUCKETS,
     PATCH_SIZE,
+    PIXEL_DIVISOR,
     TextTokenizerConfig,
     TokenKind,
     TokenLayout,
@@ -117,6 +125,9 @@ class ModelConfig:
     """GroupNorm groups in the patch block."""
     centre_patches: bool = False
     """Subtract from each patch embedding the mean of its image's patch embeddings (see the module docstring)."""
+    patch_input: str = "pixels"
+    """What the patch block reads (`PATCH_INPUTS`): the pixels; the pixels and a colour-free foreground mask; or
+    the mask through the block and the patch's two mean colours beside it (see the module docstring)."""
     value_frequencies: int = 0
     """Add to each continuous-value token's id embedding a learned linear map of smooth features of its bin's
     centre u in [-1, 1]: u, and the sine and cosine of pi 2^j u for j < value_frequencies (0: the id table
@@ -141,6 +152,8 @@ class ModelConfig:
             raise ValueError(f"patch_stride {self.patch_stride} must divide patch_size {self.patch_size}")
         if self.patch_channels % self.patch_groups:
             raise ValueError(f"patch_channels {self.patch_channels} must split into {self.patch_groups} groups")
+        if self.patch_input not in PATCH_INPUTS:
+            raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {self.patch_input!r}")
         if not 0 <= self.value_frequencies <= 10:
             raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
                              f"got {self.value_frequencies}")
@@ -264,13 +277,44 @@ def position_buckets(intervals: torch.Tensor, training: bool) -> torch.Tensor:
     return lo + torch.minimum(offset, hi - lo - 1)  # rand < 1, but guard float rounding up to hi
 
 
+PATCH_INPUTS = ("pixels", "pixels+mask", "mask+colour")
+PIXEL_SCALE = 1.0 / PIXEL_DIVISOR
+"""Pixels reach the model in [-PIXEL_SCALE, PIXEL_SCALE] (tokenizers/images.py)."""
+MASK_FLOOR = 0.05
+"""The least a patch's largest distance counts as when dividing by it (pixels span 0.5 after scaling, RGB
+distances up to 0.87; 0.05 is about 25 of 255): a patch of flat background or faint noise keeps a faint mask
+instead of its noise blown up to 1."""
+
+
+def border_colour(patches: torch.Tensor) -> torch.Tensor:
+    """Per patch (n, C, p, p), the median colour (n, C) of its border pixels: mostly background."""
+    border = torch.cat([patches[..., 0, :], patches[..., -1, :], patches[..., 1:-1, 0], patches[..., 1:-1, -1]],
+                       dim=-1)  # (n, C, 4p - 4)
+    return border.median(dim=-1).values
+
+
+def foreground_mask(patches: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Per patch (n, C, p, p), a colour-free outline (n, 1, p, p) in [0, 1]: each pixel's distance from the
+    patch's background colour (n, C), over the patch's largest distance (at least `MASK_FLOOR`). A flat object
+    on a flat background gives 1 on the object and 0 elsewhere, whatever the two colours."""
+    distance = (patches - background[..., None, None]).norm(dim=1, keepdim=True)  # (n, 1, p, p)
+    return distance / distance.amax(dim=(2, 3), keepdim=True).clamp_min(MASK_FLOOR)
+
+
 class PatchEncoder(nn.Module):
-    """Image patches (n, C, p, p) to (n, d): a strided stem, one pre-activation ResNet-v2 block, a projection."""
+    """Image patches (n, C, p, p) to (n, d): a strided stem, one pre-activation ResNet-v2 block, a projection; what
+    the stem reads is set by `ModelConfig.patch_input`."""
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()
         c, s, g = config.patch_channels, config.patch_stride, config.patch_groups
-        self.stem = nn.Conv2d(config.image_channels, c, kernel_size=s, stride=s)
+        self.patch_input = config.patch_input
+        stem_channels = {"pixels": config.image_channels, "pixels+mask": config.image_channels + 1,
+                         "mask+colour": 1}[config.patch_input]
+        # background and foreground mean colours, beside the mask's shape
+        self.colour = (nn.Linear(2 * config.image_channels, config.d_model)
+                       if config.patch_input == "mask+colour" else None)
+        self.stem = nn.Conv2d(stem_channels, c, kernel_size=s, stride=s)
         self.norm1 = nn.GroupNorm(g, c)
         self.conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1)
         self.norm2 = nn.GroupNorm(g, c)
@@ -279,7 +323,22 @@ class PatchEncoder(nn.Module):
         self.proj = nn.Linear(c * (config.patch_size // s) ** 2, config.d_model)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
-        x = self.stem(patches)  # (n, c, p/s, p/s)
+        if self.patch_input == "pixels":
+            return self.block(patches)
+        pixels = patches.float()
+        background = border_colour(pixels)  # (n, C)
+        mask = foreground_mask(pixels, background)  # (n, 1, p, p)
+        centred_mask = (mask - 0.5) * (2 * PIXEL_SCALE)  # the pixels' range, [-0.25, 0.25]
+        if self.colour is None:
+            return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
+        weight = mask / mask.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # (n, 1, p, p)
+        foreground = (pixels * weight).sum(dim=(2, 3))  # (n, C)
+        colours = torch.cat([background, foreground], dim=1) / PIXEL_SCALE  # about [-1, 1]
+        return self.block(centred_mask.to(patches.dtype)) + self.colour(colours.to(patches.dtype))
+
+    def block(self, x: torch.Tensor) -> torch.Tensor:
+        """The strided stem, the residual block and the projection, on the stem's input channels."""
+        x = self.stem(x)  # (n, c, p/s, p/s)
         x = x + self.conv2(F.gelu(self.norm2(self.conv1(F.gelu(self.norm1(x))))))
         return self.proj(F.gelu(self.norm_out(x)).flatten(1))  # (n, d)
 

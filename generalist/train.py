@@ -57,7 +57,7 @@ from generalist.evaluate import evaluate
 from generalist.flags import save_json
 from generalist.lock import exclusive
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
-from generalist.model import Generalist, ModelConfig, preset
+from generalist.model import PATCH_INPUTS, Generalist, ModelConfig, preset
 from generalist.precision import Precision, resolve_device, resolve_precision
 from generalist.tokenizers import TextTokenizer, frame_channels
 
@@ -125,7 +125,7 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     model_config: ModelConfig = preset(
         config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, centre_patches=config.centre_patches,
-        value_frequencies=config.value_frequencies,
+        patch_input=config.patch_input, value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )
     return Generalist(model_config)
@@ -282,6 +282,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"scene_size must be one of {SCENE_SIZES} pixels, got {config.scene_size}")
     if config.caption_order not in CAPTION_ORDERS:
         raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {config.caption_order!r}")
+    if config.patch_input not in PATCH_INPUTS:
+        raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {config.patch_input!r}")
 
 
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:

@@ -9,11 +9,15 @@ import torch.nn.functional as F
 
 from generalist.batch import collate, shuffle_action_inputs
 from generalist.model import (
+    PATCH_INPUTS,
     PRESETS,
     SHAPE_MULTIPLE,
     Generalist,
     ModelConfig,
+    PatchEncoder,
     bin_features,
+    border_colour,
+    foreground_mask,
     gato_1_18b,
     gato_79m,
     gato_364m,
@@ -158,6 +162,67 @@ def test_centred_patches_keep_only_how_each_patch_differs_from_its_image():
     assert content[:4].abs().max() < 1e-5  # a flat image has nothing but positions left
     assert content[4:].sum(0).abs().max() < 1e-4 and content[4:].abs().max() > 0.1  # the object's patch stands out
     assert shared[:4].norm(dim=1).min() > 1  # without centring, even a flat patch carries a large vector
+
+
+def _object_patches(shape_masks, colours, background=(28, 28, 32)):
+    """Patches (n, 3, 16, 16) scaled as the tokenizer scales them: each mask drawn in each colour."""
+    images = np.empty((len(shape_masks) * len(colours), 16, 16, 3), np.uint8)
+    for i, (mask, colour) in enumerate((m, c) for m in shape_masks for c in colours):
+        images[i] = background
+        images[i][mask] = colour
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() * (0.5 / 255) - 0.25
+
+
+def _square_and_circle():
+    rows, cols = np.mgrid[:16, :16]
+    square = (np.abs(rows - 7.5) <= 5) & (np.abs(cols - 7.5) <= 5)
+    circle = (rows - 7.5) ** 2 + (cols - 7.5) ** 2 <= 36
+    return square, circle
+
+
+def test_the_foreground_mask_outlines_an_object_whatever_its_colour():
+    square, circle = _square_and_circle()
+    patches = _object_patches([square, circle], [(220, 45, 45), (55, 95, 235), (240, 240, 240)])
+    mask = foreground_mask(patches, border_colour(patches))[:, 0]  # (6, 16, 16)
+    expected = torch.from_numpy(np.repeat(np.stack([square, circle]), 3, axis=0)).float()
+    torch.testing.assert_close(mask, expected, rtol=0, atol=1e-6)
+    faint = _object_patches([square], [(33, 33, 37)])  # a barely visible object: the floor keeps it faint
+    assert 0.1 < foreground_mask(faint, border_colour(faint)).max() < 0.5
+
+
+@pytest.mark.parametrize("patch_input", ["pixels", "pixels+mask", "mask+colour"])
+def test_a_mask_and_colour_patch_block_reads_shape_apart_from_colour(patch_input):
+    # With "mask+colour", recolouring an object moves its embedding by the same vector whatever its shape, so a
+    # shape is read the same in a colour never seen with it; the pixel blocks mix the two.
+    torch.manual_seed(0)
+    encoder = PatchEncoder(dataclasses.replace(CONFIG, patch_input=patch_input)).eval()
+    square, circle = _square_and_circle()
+    with torch.no_grad():
+        red_square, blue_square, red_circle, blue_circle = encoder(
+            _object_patches([square, circle], [(220, 45, 45), (55, 95, 235)]))
+    recoloured_square, recoloured_circle = red_square - blue_square, red_circle - blue_circle
+    mismatch = float((recoloured_square - recoloured_circle).norm() / recoloured_square.norm())
+    assert (mismatch < 1e-4) if patch_input == "mask+colour" else (mismatch > 0.05)
+    assert float((red_square - red_circle).norm()) > 0.1  # the shape still changes the embedding
+
+
+def test_every_patch_input_trains_through_the_model():
+    rng = np.random.default_rng(3)
+    batch = collate([_episode(rng, 4), tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
+                                                        TEXT.encode("a caption"), LAYOUT)], LAYOUT)
+    for patch_input in PATCH_INPUTS:
+        model = _model(dataclasses.replace(CONFIG, patch_input=patch_input)).train()
+        model(batch).loss.backward()
+        stem = model.embed.patches.stem.weight
+        assert stem.shape[1] == {"pixels": 3, "pixels+mask": 4, "mask+colour": 1}[patch_input]
+        assert stem.grad is not None and float(stem.grad.abs().sum()) > 0
+
+
+def test_an_unknown_patch_input_is_refused():
+    with pytest.raises(ValueError, match="patch_input must be one of"):
+        dataclasses.replace(CONFIG, patch_input="edges")
+    assert ModelConfig.from_dict({k: v for k, v in CONFIG.to_dict().items() if k != "patch_input"}).patch_input \
+        == "pixels"  # a checkpoint saved before the setting existed loads as it was trained
 
 
 def test_centring_patches_leaves_a_sequence_without_images_as_it_was():

@@ -183,8 +183,10 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
 
 def test_the_model_settings_of_a_training_config_reach_the_model():
     text = TextTokenizer.default()
-    built = build_model(replace(TINY, patch_stride=2, value_frequencies=3, centre_patches=True), text).config
-    assert (built.patch_stride, built.value_frequencies, built.centre_patches) == (2, 3, True)
+    built = build_model(replace(TINY, patch_stride=2, value_frequencies=3, centre_patches=True,
+                                patch_input="mask+colour"), text).config
+    assert (built.patch_stride, built.value_frequencies, built.centre_patches, built.patch_input) == \
+        (2, 3, True, "mask+colour")
     assert build_model(TINY, text).config.patch_stride == 4  # None keeps the preset's
 
 
@@ -348,7 +350,8 @@ def test_an_error_inside_the_loop_ends_the_process_with_its_data_workers(tmp_pat
 @pytest.mark.parametrize(("flag", "value"), [("log_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0),
                                              ("sequence_length", 0), ("learning_rate", -1.0),
                                              ("interim_minutes", float("nan")), ("precision", "fp16"),
-                                             ("scene_size", 32), ("caption_order", "colour-last")])
+                                             ("scene_size", 32), ("caption_order", "colour-last"),
+                                             ("patch_input", "edges")])
 def test_settings_that_cannot_work_are_refused_before_training(tmp_path, flag, value):
     with pytest.raises(ValueError, match=flag if flag != "precision" else "precision must be one of"):
         train(replace(TINY, run_dir=tmp_path, **{flag: value}))
