@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from generalist.atomic import write_atomically
 from generalist.config import TrainConfig
 from generalist.flags import from_json_dict, to_json_dict
 from generalist.model import Generalist, ModelConfig
@@ -71,9 +72,9 @@ def save_model(
         .contiguous()
         for name, tensor in model.state_dict().items()
     }
-    _write_atomically(directory / WEIGHTS_FILE,
+    write_atomically(directory / WEIGHTS_FILE,
                       lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))
-    _write_atomically(directory / CONFIG_FILE,
+    write_atomically(directory / CONFIG_FILE,
                       lambda path: path.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n"))
     text_tokenizer.save(directory / TEXT_TOKENIZER_FILE)  # itself whole or not at all
     return directory
@@ -128,12 +129,6 @@ def demonstrations_dir(path: str | Path) -> Path | None:
 def is_model_directory(path: str | Path) -> bool:
     """Whether `path` holds a model's config (a checkpoint or an exported model)."""
     return (Path(path) / CONFIG_FILE).is_file()
-
-
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
-    partial = path.with_name(path.name + ".partial")
-    write(partial)
-    os.replace(partial, path)
 
 
 def _read_config(path: Path) -> ModelConfig:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from generalist.atomic import write_text_atomically
 from generalist.checkpoint import checkpoint_step, find_latest, list_checkpoints, load_model, read_trainer_state
 from generalist.config import (
     CHAT_SEED,
@@ -323,9 +324,7 @@ def cached_evaluate(
         results.append(result)
         if result.error is None:
             cache[key] = asdict(result)
-            partial = path.with_name(path.name + ".partial")
-            partial.write_text(json.dumps(cache, indent=1, default=float) + "\n")
-            os.replace(partial, path)
+            write_text_atomically(path, json.dumps(cache, indent=1, default=float) + "\n")
     return results
 
 

@@ -18,7 +18,6 @@ Design choices:
 from __future__ import annotations
 
 import json
-import os
 import platform
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from generalist.atomic import write_text_atomically
 from generalist.envs.policies import RandomPolicy
 from generalist.envs.registry import TASKS, get_task, make
 from generalist.envs.rollout import Episode, run_episode
@@ -164,11 +164,9 @@ def _empty() -> dict[str, Any]:
 
 
 def write_baselines(data: Mapping[str, Any], path: Path = BASELINES_PATH) -> None:
-    """Write the baselines JSON atomically (temporary file, then os.replace)."""
+    """Write the baselines JSON whole or not at all."""
     ordered = {**data, "tasks": {name: data["tasks"][name] for name in sorted(data["tasks"])}}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(ordered, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(ordered, indent=1) + "\n")
 
 
 def load_baselines(path: Path = BASELINES_PATH) -> dict[str, Any]:

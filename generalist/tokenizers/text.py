@@ -12,7 +12,6 @@ Special ids: pad 0, unk 1, bos 2, eos 3 (all inside 0..V-1, as the token layout 
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from importlib import resources
@@ -21,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import sentencepiece as spm
+
+from generalist.atomic import write_atomically
 
 _META_SPACE = "\u2581"
 DEFAULT_MODEL = "text.model"
@@ -85,10 +86,7 @@ class TextTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write the serialized model to `path`, whole or not at all (through a partial file and a rename)."""
-        path = Path(path)
-        partial = path.with_name(path.name + ".partial")
-        partial.write_bytes(self._model_proto)
-        os.replace(partial, path)
+        write_atomically(path, lambda partial: partial.write_bytes(self._model_proto))
 
     @property
     def vocab_size(self) -> int:
