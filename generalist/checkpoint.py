@@ -73,9 +73,9 @@ def save_model(
         for name, tensor in model.state_dict().items()
     }
     write_atomically(directory / WEIGHTS_FILE,
-                      lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))
+                     lambda path: safetensors.torch.save_file(tensors, path, metadata={"format": "pt"}))
     write_atomically(directory / CONFIG_FILE,
-                      lambda path: path.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n"))
+                     lambda path: path.write_text(json.dumps(model.config.to_dict(), indent=2) + "\n"))
     text_tokenizer.save(directory / TEXT_TOKENIZER_FILE)  # itself whole or not at all
     return directory
 

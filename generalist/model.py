@@ -22,7 +22,9 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   mixes channels linearly, so it cannot compute such a colour-invariant outline itself. "mask+colour" goes
   further: the block reads the mask alone, and the colour enters beside it as a linear map of the patch's
   background and foreground mean colours, so the shape features cannot depend on the colour. The caption
-  models read a held-out colour-shape pair's shape through its colour (docs/RESULTS.md, issue 20).
+  models read a held-out colour-shape pair's shape through its colour (docs/RESULTS.md, issue 20). Measured:
+  "mask+colour" lost the colour (training shrank the linear colour map until every object read purple), so it
+  stays a setting, not a recipe.
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
   costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
