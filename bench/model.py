@@ -40,7 +40,7 @@ import torch
 from bench.timing import median_seconds
 from generalist.agent import Agent
 from generalist.batch import Batch, collate
-from generalist.model import Generalist, ModelConfig, PatchEncoder, preset
+from generalist.model import PATCH_INPUTS, Generalist, ModelConfig, PatchEncoder, preset
 from generalist.precision import Precision, matmul_flops, resolve_precision
 from generalist.tokenizers import ActionSpec, TokenizedSequence, TokenLayout, tokenize_caption, tokenize_episode
 from generalist.tokenizers import tokenize_text as text_sequence
@@ -305,6 +305,21 @@ def patch_rows(repeats: int, device: torch.device) -> list[str]:
     return rows
 
 
+def patch_input_rows(repeats: int, device: torch.device) -> list[str]:
+    """Forward + backward time of the default block over 1,000 Pong-like patches (4 gray frames) per
+    `patch_input`: what the foreground mask adds."""
+    patches = (torch.rand(1000, 4, 16, 16) * 0.5 - 0.25).to(device)
+    rows = []
+    for patch_input in PATCH_INPUTS:
+        encoder = PatchEncoder(preset("tiny", image_channels=4, frame_stack=4, frame_colour="gray",
+                                      patch_input=patch_input)).to(device)
+        step = synchronized(lambda encoder=encoder: encoder(patches).sum().backward(), device)
+        seconds = median_seconds(step, repeats, warmup=2)
+        rows.append(f"| {patch_input} | {seconds * 1e3:.0f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------- acting
 
 
@@ -403,6 +418,10 @@ def main() -> None:
     print("\n".join(patch_header), flush=True)
     patches = patch_rows(args.steps, device)
     print("\n".join(["", *patch_header, *patches]))
+    input_header = ["| patch_input | ms forward + backward per 1,000 patches of 4 gray frames |", "| --- | ---: |"]
+    print("\n".join(input_header), flush=True)
+    inputs = patch_input_rows(args.steps, device)
+    print("\n".join(["", *input_header, *inputs]))
     act_header = ["| preset | task | action tokens | episodes B | context before timing | KV cache ms/step, mean "
                   "| KV cache ms/step, median | recompute ms/step | speed-up (mean) | steps that slid |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
