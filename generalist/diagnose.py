@@ -38,7 +38,7 @@ from generalist.batch import action_slots, collate, shuffle_action_inputs
 from generalist.config import EvalConfig
 from generalist.datasets.mixture import ControlSource
 from generalist.datasets.storage import EpisodeDataset
-from generalist.envs import get_task, make
+from generalist.envs import TASKS, get_task, make
 from generalist.envs.rollout import LabelledActor, ScriptedActor, Transition, rollout, single_env
 from generalist.evaluate import acting_precision, agent_actor, prompt_dir
 from generalist.model import Generalist, image_means
@@ -284,8 +284,10 @@ def _nats(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.3f}"
 
 
-def _shares(shares: dict[int, float]) -> str:
-    return ", ".join(f"{action}: {share:.0%}" for action, share in sorted(shares.items()))
+def _shares(shares: dict[int, float], task: str) -> str:
+    named = TASKS.get(task)  # registered tasks name their actions; others show ids
+    return ", ".join(f"{named.action_name(action) if named else action}: {share:.0%}"
+                     for action, share in sorted(shares.items()))
 
 
 def format_diagnosis(d: Diagnosis) -> str:
@@ -294,5 +296,5 @@ def format_diagnosis(d: Diagnosis) -> str:
                                    d.decisive_frames_shuffled)),
              _nats(d.decisive_loss), _nats(d.decisive_loss_frames_shuffled),
              *map(_share, (d.patch_spread, d.on_policy_agreement, d.agent_repeats, d.expert_repeats)),
-             str(d.steps), _shares(d.agent_actions), _shares(d.expert_actions)]
+             str(d.steps), _shares(d.agent_actions, d.task), _shares(d.expert_actions, d.task)]
     return "| " + " | ".join(cells) + " |"

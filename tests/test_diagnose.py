@@ -10,7 +10,15 @@ import torch
 from generalist.checkpoint import save_model
 from generalist.config import EvalConfig
 from generalist.datasets.storage import EpisodeDataset
-from generalist.diagnose import action_shares, diagnose, repeat_rate, teacher_forced, teacher_forced_accuracy
+from generalist.diagnose import (
+    Diagnosis,
+    action_shares,
+    diagnose,
+    format_diagnosis,
+    repeat_rate,
+    teacher_forced,
+    teacher_forced_accuracy,
+)
 from generalist.model import Generalist, preset
 from generalist.tokenizers import TextTokenizer
 
@@ -119,6 +127,14 @@ def test_action_shares_count_discrete_actions_only():
     assert action_shares(layout.continuous_ids(np.array([[5, 6]])), layout) == {}
 
 
+def test_the_row_names_a_registered_tasks_actions_and_shows_ids_otherwise():
+    shares = {"agent_actions": {0: 0.9, 2: 0.1}, "expert_actions": {3: 1.0}}
+    pong = format_diagnosis(Diagnosis("pong", 0.5, 0.5, 0.1, 0.9, 0.8, 100, **shares))
+    assert pong.endswith("| NOOP: 90%, UP: 10% | DOWN: 100% |")
+    other = format_diagnosis(Diagnosis("minari:some/dataset-v0", 0.5, 0.5, 0.1, 0.9, 0.8, 100, **shares))
+    assert other.endswith("| 0: 90%, 2: 10% | 3: 100% |")
+
+
 @pytest.mark.slow
 def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     checkpoint = save_model(_model(), tmp_path / "ckpt", TextTokenizer.default())
@@ -136,4 +152,4 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert all(0 <= share <= 100 for share in shares) and int(cells[11]) > 2
     agent = dict(item.split(": ") for item in cells[12].split(", "))
     assert "decisive steps in the 2 recorded windows: cartpole " in result.stdout
-    assert set(agent) <= {"0", "1"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)
+    assert set(agent) <= {"LEFT", "RIGHT"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)

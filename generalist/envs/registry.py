@@ -54,10 +54,13 @@ TASKS: Mapping[str, Task] = MappingProxyType(
     {
         task.name: task
         for task in (
-            Task("cartpole", "CartPole-v1", VectorObservation, "discrete", 2, experts.CartPoleExpert, 500),
-            Task("acrobot", "Acrobot-v1", VectorObservation, "discrete", 3, experts.AcrobotExpert, 500),
+            Task("cartpole", "CartPole-v1", VectorObservation, "discrete", 2, experts.CartPoleExpert, 500,
+                 action_names=("LEFT", "RIGHT")),
+            Task("acrobot", "Acrobot-v1", VectorObservation, "discrete", 3, experts.AcrobotExpert, 500,
+                 action_names=("TORQUE-1", "TORQUE0", "TORQUE+1")),
             Task(
-                "mountaincar", "MountainCar-v0", VectorObservation, "discrete", 3, experts.MountainCarExpert, 200
+                "mountaincar", "MountainCar-v0", VectorObservation, "discrete", 3, experts.MountainCarExpert, 200,
+                action_names=("LEFT", "NOOP", "RIGHT"),
             ),
             Task(
                 "mountaincar_continuous",
@@ -77,6 +80,7 @@ TASKS: Mapping[str, Task] = MappingProxyType(
                 4,
                 partial(experts.LunarLanderExpert, continuous=False),
                 1000,
+                action_names=("NOOP", "LEFT-ENGINE", "MAIN-ENGINE", "RIGHT-ENGINE"),
             ),
             Task(
                 "lunarlander_continuous",
@@ -98,6 +102,8 @@ TASKS: Mapping[str, Task] = MappingProxyType(
                 ATARI_STEP_CAP,
                 env_kwargs=ATARI_V5_KWARGS,
                 human_scores=HumanScores(human=14.6, random=-20.7),
+                # ALE names Pong's moves RIGHT and LEFT; on screen they move the paddle up and down.
+                action_names=("NOOP", "FIRE", "UP", "DOWN", "UPFIRE", "DOWNFIRE"),
             ),
             Task(
                 "breakout",
@@ -109,6 +115,7 @@ TASKS: Mapping[str, Task] = MappingProxyType(
                 ATARI_STEP_CAP,
                 env_kwargs=ATARI_V5_KWARGS,
                 human_scores=HumanScores(human=30.5, random=1.7),
+                action_names=("NOOP", "FIRE", "RIGHT", "LEFT"),
                 # Five times the longest stretch without reward in 50 recorded expert games (206 steps): ends
                 # only the games of an agent that stopped serving the ball.
                 steps_without_reward=1000,

@@ -47,6 +47,12 @@ class Task:
     env_spec: EnvSpec | None = None  # made from this spec instead of env_id (a Minari dataset's recorded env)
     expected_action_space: spaces.Space | None = None  # the env's must equal it (a Minari dataset's)
     reference_scores: tuple[float, float] | None = None  # returns normalized to 0 and 1 (tasks with no baselines)
+    action_names: tuple[str, ...] = ()  # a discrete task's action names by id, for tables; empty: ids are shown
+
+    def __post_init__(self) -> None:
+        if self.action_names and (self.action_kind != "discrete" or len(self.action_names) != self.action_size):
+            raise ValueError(f"{self.name}: action_names must name each of the {self.action_size} discrete actions, "
+                             f"got {self.action_names!r} for a {self.action_kind} action space")
 
     @property
     def is_atari(self) -> bool:
@@ -64,6 +70,10 @@ class Task:
         if self.action_kind == "discrete":
             return ActionSpec("discrete", 1, self.action_size)
         return ActionSpec("continuous", self.action_size)
+
+    def action_name(self, action: int) -> str:
+        """A discrete action's name (its id where the task names none)."""
+        return self.action_names[action] if self.action_names else str(action)
 
     def expert_name(self) -> str:
         """The expert's name as stored beside recorded data."""

@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -241,3 +242,24 @@ def test_the_rollout_tells_stalled_episodes_from_the_others():
                    seed_sequences(0, 2), quotas=[1, 1])
     assert sorted((end.row, end.length, end.terminated, end.stalled) for end in ends) == [
         (0, 5, False, True), (1, 5, False, False)]
+
+
+@pytest.mark.parametrize("task", sorted(ATARI))
+def test_atari_action_names_are_the_games_own(task: str) -> None:
+    env = make(task, seed=0)
+    meanings = env.unwrapped.get_action_meanings()
+    env.close()
+    # Pong's paddle moves up on ALE's RIGHT and down on its LEFT; the table shows what the screen shows.
+    on_screen = {"RIGHT": "UP", "LEFT": "DOWN", "RIGHTFIRE": "UPFIRE", "LEFTFIRE": "DOWNFIRE"} if task == "pong" else {}
+    assert TASKS[task].action_names == tuple(on_screen.get(m, m) for m in meanings)
+
+
+def test_every_discrete_task_names_each_action_and_a_wrong_count_is_refused() -> None:
+    for task in TASKS.values():
+        if task.action_kind == "discrete":
+            assert len(task.action_names) == task.action_size
+    cartpole = TASKS["cartpole"]
+    with pytest.raises(ValueError, match="name each of the 2 discrete actions"):
+        replace(cartpole, action_names=("LEFT",))
+    with pytest.raises(ValueError, match="continuous"):
+        replace(TASKS["pendulum"], action_names=("PUSH",))
