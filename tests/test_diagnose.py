@@ -152,4 +152,5 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert all(0 <= share <= 100 for share in shares) and int(cells[11]) > 2
     agent = dict(item.split(": ") for item in cells[12].split(", "))
     assert "decisive steps in the 2 recorded windows: cartpole " in result.stdout
-    assert set(agent) <= {"LEFT", "RIGHT"} and sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)
+    assert set(agent) <= {"LEFT", "RIGHT"}
+    assert sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)
