@@ -455,20 +455,17 @@ def pong() -> RunConfig:
 # `lang48-textured`): chit-chat, caption scenes at half the sequences, emoji names; centred patches (what made the
 # captions read the image), 48-pixel scenes, one cell a patch (held-out shape 27.2% -> 54.4% at 1,299 steps), and
 # textured backgrounds among the varied ones (unseen backgrounds' size, colour and cell +29-40 points over two
-# seeds, at a cost to the held-out shapes and exact captions), and a colour-free foreground mask beside each patch's
-# pixels (`lang48-mask`: held-out shapes 31-48% -> 70-75%, exact captions 2-9% -> 33-41%; unseen backgrounds lose
-# 7-19 points on size, colour and cell).
+# seeds, at a cost to the held-out shapes and exact captions).
 LANGUAGE_WEIGHTS = {"chitchat": 1.0, "textured_scenes": 1.5, "emoji": 0.5}
 
 
 def language() -> RunConfig:
     """The language-and-vision specialist of issue 20: chit-chat, textured caption scenes (48 pixels) and emoji for
-    60 minutes, patches read with their colour-free foreground mask, with its own 8,192-piece text tokenizer
-    trained on the shipped corpus and the chit-chat train split."""
+    60 minutes, with its own 8,192-piece text tokenizer trained on the shipped corpus and the chit-chat train
+    split."""
     return RunConfig(
         preset="language",
-        train=replace(cpu().train, weights=LANGUAGE_WEIGHTS, max_minutes=60.0, centre_patches=True, scene_size=48,
-                      patch_input="pixels+mask"),
+        train=replace(cpu().train, weights=LANGUAGE_WEIGHTS, max_minutes=60.0, centre_patches=True, scene_size=48),
         record=RecordConfig(text_corpus="chitchat"),
         report=ReportConfig(curve_points=0, caption_scenes=200),
     )
