@@ -66,7 +66,7 @@ def _cartpole_step(layout: TokenLayout, seed: int) -> tuple[str, str]:
             return f"{names[position]} {observation[position]:+.4f} -> bin {value_bin} (decodes {decoded:+.4f})"
         if kind == TokenKind.SEPARATOR:
             return "| separator: the action follows"
-        return f"action {action} ({'push right' if action else 'push left'})"
+        return f"action {action} (push {get_task('cartpole').action_name(action).lower()})"
 
     title = f"CartPole-v1, one timestep (reset seed {seed}): 4 mu-law binned values, separator, 1 action"
     return title, format_table(seq, meaning, max_rows=len(seq))
@@ -93,7 +93,7 @@ def _atari_frame(layout: TokenLayout, seed: int, max_rows: int) -> tuple[str, st
             )
         if kind == TokenKind.SEPARATOR:
             return "| separator: the action follows"
-        return "action 0 (NOOP)"
+        return f"action 0 ({get_task('pong').action_name(0)})"
 
     n_rows, n_cols = -(-frame.shape[0] // 16), -(-frame.shape[1] // 16)
     title = (
