@@ -157,6 +157,17 @@ def balanced_action_weights(batch: Batch, table: torch.Tensor, discrete_ids: ran
     return weights
 
 
+def word_weights(batch: Batch, word_ids: torch.Tensor, weighted_tasks: torch.Tensor, weight: float) -> torch.Tensor:
+    """(B, T) loss weights: `weight` on the targets among the ids `word_ids` in rows whose task `weighted_tasks`
+    (tasks,) bool marks, every other token 1 (as are rows labelled with no task)."""
+    device = batch.targets.device
+    weights = torch.ones(batch.targets.shape, dtype=torch.float32, device=device)
+    in_task = (batch.tasks >= 0) & weighted_tasks.to(device)[batch.tasks.clamp(min=0)]
+    chosen = batch.loss_mask & in_task[:, None] & torch.isin(batch.targets, word_ids.to(device))
+    weights[chosen] = weight
+    return weights
+
+
 def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Generator | None = None) -> Batch:
     """The batch with each action token, with `probability`, read as the same slot of a random timestep of its row.
 

@@ -188,6 +188,10 @@ class TrainConfig:
     recorded expert actions weighs p^-b, scaled so that the expert's actions weigh 1 on average (0: every action
     1; 1: every action the same total weight); against an argmax that never picks a rare action, as
     Breakout's FIRE (0.2% of the expert's steps, once a life). Multiplies decisive_weight"""
+    colour_weight: float = 1.0
+    """loss weight of the colour words in the caption scenes' targets (1: no extra weight); against a patch block
+    that fits the training captions' shapes from the mask and leaves the colour unread (docs/RESULTS.md,
+    `lang48-mask-s1`). Every piece of a colour word weighs it, on scene rows only"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

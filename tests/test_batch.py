@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from generalist.batch import balanced_action_weights, collate, decisive_actions, shuffle_action_inputs
+from generalist.batch import (
+    balanced_action_weights,
+    collate,
+    decisive_actions,
+    shuffle_action_inputs,
+    word_weights,
+)
 from generalist.tokenizers import (
     NO_POSITION,
     ActionSpec,
@@ -165,3 +171,15 @@ def test_balanced_weights_follow_each_rows_task_and_action():
     assert weights[1][actions[1]].tolist() == [0.25, 0.25, 1.0]
     assert (weights[~actions] == 1.0).all()  # observations, separators, text, padding
     assert (weights[3] == 1.0).all()  # a row with no task
+
+
+def test_word_weights_weigh_the_chosen_ids_only_in_the_chosen_tasks_rows():
+    caption = tokenize_caption(np.zeros((16, 16, 3), np.uint8), np.array([9, 10, 9, 11]), LAYOUT)
+    text = tokenize_text(np.array([9, 10, 9, 11]), LAYOUT)
+    batch = collate([caption, text, caption], LAYOUT, tasks=[1, 0, -1])
+    weights = word_weights(batch, torch.tensor([9, 11]), torch.tensor([False, True]), 4.0)
+    targets = batch.loss_mask[0]
+    chosen = torch.isin(batch.targets[0], torch.tensor([9, 11])) & targets
+    assert chosen.sum() >= 2  # at least the caption's second 9 and its 11 are targets
+    assert (weights[0][chosen] == 4.0).all() and (weights[0][~chosen] == 1.0).all()
+    assert (weights[1] == 1.0).all() and (weights[2] == 1.0).all()  # another task's row, a row with no task

@@ -35,7 +35,15 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from generalist.batch import Batch, collate
 from generalist.datasets import captions, emoji, text
 from generalist.datasets.minari_source import MinariEpisodes
-from generalist.datasets.scenes import IMAGE_SIZE, generate_scene, text_only_caption
+from generalist.datasets.scenes import (
+    CELL_PHRASES,
+    COLOURS,
+    IMAGE_SIZE,
+    SHAPES,
+    SIZES,
+    generate_scene,
+    text_only_caption,
+)
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs.external import MINARI_PREFIX
 from generalist.tokenizers import (
@@ -465,6 +473,23 @@ SCENE_TASK_STYLES = {"scenes": "plain", "varied_scenes": "varied", "textured_sce
 CAPTION_AND_TEXT_TASKS = (
     *SCENE_TASK_STYLES, "scene_text", "emoji", "digits", "sample_images", "dialogue", "chitchat", "prose",
 )
+
+
+def colour_word_targets(tasks: Sequence[str], tokenizer: TextTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text ids that start a colour word in a scene caption, and which of `tasks` are caption scenes: the
+    arguments of `batch.word_weights`.
+
+    The first piece alone decides the colour (the rest of the word follows from it); a colour's later pieces can
+    be pieces of other caption words (purple's "le" ends "circle"), and a first piece that also occurs in a
+    colour-free caption is left out, so that only colour words weigh more.
+    """
+    after_a = len(tokenizer.encode("a"))
+    first = {int(tokenizer.encode(f"a {colour}")[after_a]) for colour in COLOURS}
+    colourless = " and ".join(f"a {size} {shape} {cell}," for size in SIZES for shape in SHAPES
+                              for cell in CELL_PHRASES)
+    ids = sorted(first - set(tokenizer.encode(colourless).tolist()))
+    scene_tasks = torch.tensor([task in SCENE_TASK_STYLES for task in tasks], dtype=torch.bool)
+    return torch.tensor(ids, dtype=torch.int64), scene_tasks
 
 
 def action_balance(tasks: Sequence[str], data_dir: str | Path, exponent: float) -> torch.Tensor:
