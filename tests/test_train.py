@@ -306,6 +306,26 @@ def test_action_balance_weighs_the_loss_by_the_recorded_action_shares(tmp_path, 
         train(replace(base, run_dir=tmp_path / "bad", action_balance=-1.0))
 
 
+@pytest.mark.slow
+def test_colour_weight_weighs_the_scene_captions_colour_words(tmp_path, monkeypatch):
+    """With a colour weight the step's loss weighs the scene rows' colour words by it (and nothing else); without
+    one no weights are computed and the loss is the plain mean."""
+    seen = []
+    weigh = train_module.word_weights
+    monkeypatch.setattr(train_module, "word_weights", lambda *a: seen.append(weigh(*a)) or seen[-1])
+    base = replace(TINY, steps=1, checkpoint_every=1)
+    losses = {}
+    for name, weight in (("plain", 1.0), ("coloured", 5.0)):
+        train(replace(base, run_dir=tmp_path / name, colour_weight=weight))
+        rows = csv.DictReader((tmp_path / name / "metrics.csv").open())
+        losses[name] = next(float(r["value"]) for r in rows if r["metric"] == "train/loss")
+    assert len(seen) == 1  # only the coloured run weighed its batch
+    assert set(seen[0].unique().tolist()) == {1.0, 5.0}
+    assert losses["coloured"] != pytest.approx(losses["plain"], rel=1e-6)
+    with pytest.raises(ValueError, match="colour_weight"):
+        train(replace(base, run_dir=tmp_path / "bad", colour_weight=-1.0))
+
+
 def test_a_resumed_run_keeps_the_precision_it_started_with():
     where = train_module.Distributed(0, 1, torch.device("cpu"))
     started = {"precision": "fp32", "reason": "CPU capability AVX2: no native bf16"}
