@@ -191,7 +191,11 @@ class TrainConfig:
     colour_weight: float = 1.0
     """loss weight of the colour words in the caption scenes' targets (1: no extra weight); against a patch block
     that fits the training captions' shapes from the mask and leaves the colour unread (docs/RESULTS.md,
-    `lang48-mask-s1`). Every piece of a colour word weighs it, on scene rows only"""
+    `lang48-mask-s1`). The first piece of each colour word weighs it, on scene rows only"""
+    shape_weight: float = 1.0
+    """loss weight of the shape words in the caption scenes' targets, as colour_weight for the colour words: against
+    shapes named from the colour word before them (the training pairs' language prior) rather than read
+    (docs/RESULTS.md, `lang48-mask-colour5-s1`)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

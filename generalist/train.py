@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -55,7 +55,7 @@ from generalist.datasets.mixture import (
     MixtureConfig,
     action_balance,
     build_sources,
-    colour_word_targets,
+    caption_word_targets,
     make_loader,
 )
 from generalist.datasets.scenes import CAPTION_ORDERS, SCENE_SIZES
@@ -147,7 +147,7 @@ def _optimizer_step(
     wrapped: torch.nn.Module, model: Generalist, optimizer: torch.optim.Optimizer, micro_batches: list[Batch],
     config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed, n_tasks: int,
     precision: Precision, balance: torch.Tensor | None = None,
-    colours: tuple[torch.Tensor, torch.Tensor] | None = None,
+    caption_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -167,9 +167,9 @@ def _optimizer_step(
             if balance is not None:
                 balanced = balanced_action_weights(batch, balance, model.config.layout.discrete_range)
                 weights = balanced if weights is None else weights * balanced
-            if colours is not None:
-                coloured = word_weights(batch, *colours, config.colour_weight)
-                weights = coloured if weights is None else weights * coloured
+            for word_ids, scene_tasks, weight in caption_words:
+                worded = word_weights(batch, word_ids, scene_tasks, weight)
+                weights = worded if weights is None else weights * worded
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
@@ -274,7 +274,8 @@ def check_config(config: TrainConfig) -> None:
         if value < 1:
             raise ValueError(f"{name} must be at least 1, got {value}")
     for name in ("warmup_steps", "eval_every", "num_workers", "learning_rate", "weight_decay", "grad_clip",
-                 "min_lr_ratio", "decisive_weight", "colour_weight", "action_sigma", "action_balance"):
+                 "min_lr_ratio", "decisive_weight", "colour_weight", "shape_weight",
+                 "action_sigma", "action_balance"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative, got {getattr(config, name)}")
     for name in ("max_minutes", "checkpoint_minutes", "interim_minutes"):
@@ -355,7 +356,9 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     )
     # Counted on the expert recordings only: a DAgger round's labels follow the states the agent reached.
     balance = action_balance(mixture.tasks, config.data_dir, config.action_balance) if config.action_balance else None
-    colours = colour_word_targets(mixture.tasks, tokenizer) if config.colour_weight != 1.0 else None
+    caption_words = [(*caption_word_targets(mixture.tasks, tokenizer, attribute), weight)
+                     for attribute, weight in (("colour", config.colour_weight), ("shape", config.shape_weight))
+                     if weight != 1.0]
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -388,7 +391,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
             lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(
                 wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks),
-                precision, balance, colours,
+                precision, balance, caption_words,
             )
             if where.world_size > 1:
                 dist.all_reduce(totals)

@@ -475,19 +475,26 @@ CAPTION_AND_TEXT_TASKS = (
 )
 
 
-def colour_word_targets(tasks: Sequence[str], tokenizer: TextTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text ids that start a colour word in a scene caption, and which of `tasks` are caption scenes: the
-    arguments of `batch.word_weights`.
+CAPTION_ATTRIBUTES = ("colour", "shape")  # the caption words `caption_word_targets` can mark
 
-    The first piece alone decides the colour (the rest of the word follows from it); a colour's later pieces can
-    be pieces of other caption words (purple's "le" ends "circle"), and a first piece that also occurs in a
-    colour-free caption is left out, so that only colour words weigh more.
+
+def caption_word_targets(
+    tasks: Sequence[str], tokenizer: TextTokenizer, attribute: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text ids that start an `attribute` word (colour or shape) in a scene caption, and which of `tasks` are
+    caption scenes: the arguments of `batch.word_weights`.
+
+    The first piece alone decides the word (the rest of it follows from it); a word's later pieces can be pieces
+    of other caption words (purple's "le" ends "circle"), and a first piece that also occurs in captions without
+    that attribute is left out, so that only the attribute's words weigh more.
     """
+    if attribute not in CAPTION_ATTRIBUTES:
+        raise ValueError(f"unknown caption attribute {attribute!r}; expected one of {CAPTION_ATTRIBUTES}")
+    words, others = (COLOURS, SHAPES) if attribute == "colour" else (SHAPES, COLOURS)
     after_a = len(tokenizer.encode("a"))
-    first = {int(tokenizer.encode(f"a {colour}")[after_a]) for colour in COLOURS}
-    colourless = " and ".join(f"a {size} {shape} {cell}," for size in SIZES for shape in SHAPES
-                              for cell in CELL_PHRASES)
-    ids = sorted(first - set(tokenizer.encode(colourless).tolist()))
+    first = {int(tokenizer.encode(f"a {word}")[after_a]) for word in words}
+    without = " and ".join(f"a {size} {other} {cell}," for size in SIZES for other in others for cell in CELL_PHRASES)
+    ids = sorted(first - set(tokenizer.encode(without).tolist()))
     scene_tasks = torch.tensor([task in SCENE_TASK_STYLES for task in tasks], dtype=torch.bool)
     return torch.tensor(ids, dtype=torch.int64), scene_tasks
 
