@@ -307,23 +307,27 @@ def test_action_balance_weighs_the_loss_by_the_recorded_action_shares(tmp_path, 
 
 
 @pytest.mark.slow
-def test_colour_weight_weighs_the_scene_captions_colour_words(tmp_path, monkeypatch):
-    """With a colour weight the step's loss weighs the scene rows' colour words by it (and nothing else); without
-    one no weights are computed and the loss is the plain mean."""
+def test_caption_word_weights_weigh_the_scene_captions_colour_and_shape_words(tmp_path, monkeypatch):
+    """With colour and shape weights the step's loss weighs the scene rows' colour words and shape words by theirs
+    (and nothing else); without them no weights are computed and the loss is the plain mean."""
     seen = []
     weigh = train_module.word_weights
-    monkeypatch.setattr(train_module, "word_weights", lambda *a: seen.append(weigh(*a)) or seen[-1])
+    monkeypatch.setattr(train_module, "word_weights", lambda *a: seen.append((a[1], weigh(*a))) or seen[-1][1])
     base = replace(TINY, steps=1, checkpoint_every=1)
     losses = {}
-    for name, weight in (("plain", 1.0), ("coloured", 5.0)):
-        train(replace(base, run_dir=tmp_path / name, colour_weight=weight))
+    for name, colour, shape in (("plain", 1.0, 1.0), ("worded", 5.0, 3.0)):
+        train(replace(base, run_dir=tmp_path / name, colour_weight=colour, shape_weight=shape))
         rows = csv.DictReader((tmp_path / name / "metrics.csv").open())
         losses[name] = next(float(r["value"]) for r in rows if r["metric"] == "train/loss")
-    assert len(seen) == 1  # only the coloured run weighed its batch
-    assert set(seen[0].unique().tolist()) == {1.0, 5.0}
-    assert losses["coloured"] != pytest.approx(losses["plain"], rel=1e-6)
-    with pytest.raises(ValueError, match="colour_weight"):
-        train(replace(base, run_dir=tmp_path / "bad", colour_weight=-1.0))
+    assert len(seen) == 2  # only the worded run weighed its batch: once for the colours, once for the shapes
+    (colour_ids, coloured), (shape_ids, shaped) = seen
+    assert set(coloured.unique().tolist()) == {1.0, 5.0} and set(shaped.unique().tolist()) == {1.0, 3.0}
+    assert not set(colour_ids.tolist()) & set(shape_ids.tolist())
+    assert not ((coloured != 1) & (shaped != 1)).any()  # no target is both a colour and a shape word
+    assert losses["worded"] != pytest.approx(losses["plain"], rel=1e-6)
+    for name in ("colour_weight", "shape_weight"):
+        with pytest.raises(ValueError, match=name):
+            train(replace(base, run_dir=tmp_path / "bad", **{name: -1.0}))
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with():

@@ -17,7 +17,7 @@ from generalist.datasets.mixture import (
     TextSource,
     action_balance,
     build_sources,
-    colour_word_targets,
+    caption_word_targets,
     make_loader,
 )
 from generalist.datasets.scenes import parse_caption
@@ -262,16 +262,23 @@ def test_action_balance_weighs_rare_actions_up_and_keeps_the_mean(tmp_path):
         EpisodeDataset(tmp_path / "pendulum").action_counts()
 
 
-def test_colour_word_targets_mark_each_colour_word_of_a_caption_once_and_nothing_else():
-    from generalist.datasets.scenes import COLOURS, generate_scene
+@pytest.mark.parametrize("attribute", ["colour", "shape"])
+def test_caption_word_targets_mark_each_attribute_word_of_a_caption_once_and_nothing_else(attribute):
+    from generalist.datasets.scenes import COLOURS, SHAPES, generate_scene
 
-    ids, scene_tasks = colour_word_targets(["chitchat", "textured_scenes", "pong", "scenes"], TOKENIZER)
+    ids, scene_tasks = caption_word_targets(["chitchat", "textured_scenes", "pong", "scenes"], TOKENIZER, attribute)
     assert scene_tasks.tolist() == [False, True, False, True]
-    assert len(ids) == len(COLOURS)  # the shipped tokenizer starts every colour word with a piece of its own
+    words = COLOURS if attribute == "colour" else SHAPES
+    assert len(ids) == len(words)  # the shipped tokenizer starts every colour and shape word with its own piece
     for seed in range(20):
         caption = generate_scene(seed).caption
         pieces = TOKENIZER.encode(caption)
         marked = [TOKENIZER.id_to_piece(int(i)) for i in pieces if i in ids.tolist()]
-        colours = [o.colour for o in parse_caption(caption)]
-        assert len(marked) == len(colours)
-        assert all(colour.startswith(piece.lstrip("\u2581")) for piece, colour in zip(marked, colours, strict=True))
+        named = [getattr(o, attribute) for o in parse_caption(caption)]
+        assert len(marked) == len(named)
+        assert all(word.startswith(piece.lstrip("\u2581")) for piece, word in zip(marked, named, strict=True))
+
+
+def test_caption_word_targets_refuse_an_unknown_attribute():
+    with pytest.raises(ValueError, match="size"):
+        caption_word_targets(["scenes"], TOKENIZER, "size")
