@@ -37,7 +37,7 @@ from generalist.batch import collate
 from generalist.config import EvalConfig
 from generalist.datasets.emoji import emoji_accuracy, emoji_classes, render_emoji
 from generalist.datasets.mixture import ControlSource, episode_source
-from generalist.datasets.scenes import IMAGE_SIZE, generate_scene, parse_caption
+from generalist.datasets.scenes import HELD_OUT_PAIRS, IMAGE_SIZE, generate_scene, parse_caption
 from generalist.datasets.text import ASSISTANT_MARKER, CHAT_MARKERS, USER_MARKER, format_chat, words
 from generalist.envs import TASKS, Task, expert_normalized, get_task, human_normalized, make, make_vector
 from generalist.envs.contract import Observation
@@ -299,6 +299,9 @@ class CaptionScores:
     attribute_accuracy: float  # share of (object, attribute) slots right: size, colour, shape, cell
     bleu4: float  # corpus BLEU-4 (sacrebleu), 0..100
     per_attribute: dict[str, float] = field(default_factory=dict)  # size, colour, shape, cell: share right
+    # The shape's share right on the objects whose colour-shape pair is held out, and on the others: a shape read
+    # from the image scores alike on both, a shape named from the colour word before it only on the trained pairs.
+    shape_by_pair: dict[str, float] = field(default_factory=dict)  # "held-out", "trained"
 
 
 CAPTION_ATTRIBUTES = ("size", "colour", "shape", "cell")
@@ -309,6 +312,7 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScore
 
     right = dict.fromkeys(CAPTION_ATTRIBUTES, 0)
     objects = exact_captions = 0
+    shapes = {"held-out": [0, 0], "trained": [0, 0]}  # right, objects
     for prediction, scene in zip(predictions, scenes, strict=True):
         stated = parse_caption(prediction) or []
         # Exact: the caption follows the grammar (in either word order) and states every object, and nothing else.
@@ -316,14 +320,19 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScore
             (o.size, o.colour, o.shape, o.cell) for o in scene.objects]
         for index, obj in enumerate(scene.objects):
             objects += 1
+            pair = shapes["held-out" if (obj.colour, obj.shape) in HELD_OUT_PAIRS else "trained"]
+            pair[1] += 1
             if index < len(stated):
                 for name in CAPTION_ATTRIBUTES:
                     right[name] += getattr(stated[index], name) == getattr(obj, name)
+                pair[0] += stated[index].shape == obj.shape
     truths = [scene.caption for scene in scenes]
     exact = exact_captions / len(truths) if truths else float("nan")
     bleu = sacrebleu.corpus_bleu(list(predictions), [truths]).score
     per_attribute = {name: count / max(objects, 1) for name, count in right.items()}
-    return CaptionScores(len(truths), exact, sum(right.values()) / max(4 * objects, 1), float(bleu), per_attribute)
+    shape_by_pair = {pair: ok / n if n else float("nan") for pair, (ok, n) in shapes.items()}
+    return CaptionScores(len(truths), exact, sum(right.values()) / max(4 * objects, 1), float(bleu), per_attribute,
+                         shape_by_pair)
 
 
 def caption_images(

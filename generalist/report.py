@@ -404,12 +404,15 @@ def write_report(
             "",
         ]
         if results.captions.by_style:
-            lines += ["| held-out scenes | n | exact | size | colour | shape | cell | BLEU-4 |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            lines += ["| held-out scenes | n | exact | size | colour | shape | cell | BLEU-4 "
+                      "| shape: held-out pairs / trained pairs |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
             for style, t in results.captions.by_style.items():
                 cells = " | ".join(f"{t.per_attribute.get(a, math.nan):.1%}" for a in CAPTION_ATTRIBUTES)
-                lines.append(f"| {style} | {t.n} | {t.exact:.1%} | {cells} | {t.bleu4:.1f} |")
-            lines.append("")
+                pairs = " / ".join(f"{t.shape_by_pair.get(p, math.nan):.1%}" for p in ("held-out", "trained"))
+                lines.append(f"| {style} | {t.n} | {t.exact:.1%} | {cells} | {t.bleu4:.1f} | {pairs} |")
+            lines += ["", "A shape read from the image scores alike on the objects of held-out and of trained "
+                      "colour-shape pairs; one named from the colour word before it, on the trained pairs only.", ""]
         if results.captions.emoji_accuracy is not None:
             n_emoji = len(results.captions.emoji_examples)
             lines += [f"OpenMoji emoji (held-out renderings of {n_emoji} classes spread over the 1,417): class "

@@ -1,5 +1,7 @@
 """Scene styles: varied backgrounds, colours, sizes and scales, and held-out background families."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,18 @@ def test_caption_scores_report_each_attribute():
     assert spoiled.per_attribute["colour"] < 1.0
     assert spoiled.attribute_accuracy == pytest.approx(sum(spoiled.per_attribute.values()) / 4)
 
+
+
+def test_caption_scores_split_the_shape_by_held_out_and_trained_pairs():
+    """A caption that names each held-out pair's shape as a trained pair's scores 0 on the held-out pairs and
+    stays perfect on the trained ones."""
+    scenes = [generate_scene(s, "heldout") for s in range(8)]
+    swap = {"square": "circle", "circle": "square", "triangle": "diamond", "diamond": "triangle"}
+    guessed = [caption_of([replace(o, shape=swap[o.shape]) if (o.colour, o.shape) in HELD_OUT_PAIRS else o
+                           for o in scene.objects]) for scene in scenes]
+    assert caption_scores([s.caption for s in scenes], scenes).shape_by_pair == {"held-out": 1.0, "trained": 1.0}
+    split = caption_scores(guessed, scenes).shape_by_pair
+    assert split["held-out"] == 0.0 and split["trained"] == 1.0
 
 LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
 
