@@ -196,3 +196,30 @@ def shuffle_action_inputs(batch: Batch, probability: float, generator: torch.Gen
     shuffled = copy(batch)
     shuffled.ids = torch.where(swap, torch.gather(ids, 1, source), ids)
     return shuffled
+
+
+def shuffle_word_inputs(
+    batch: Batch, word_ids: torch.Tensor, shuffled_tasks: torch.Tensor, probability: float,
+    generator: torch.Generator | None = None,
+) -> Batch:
+    """The batch with each text token among `word_ids`, in rows whose task `shuffled_tasks` (tasks,) bool marks,
+    read with `probability` as another of `word_ids`, drawn uniformly; the targets stay the true words.
+
+    As `shuffle_action_inputs` for actions: a caption's colour word otherwise tells the model which shapes follow
+    it in the training pairs, and a held-out pair's shape is named from it rather than read from the image. With
+    every colour word before every shape in the inputs, only the image tells. The ids must be whole words (one
+    piece each), so that a swap leaves no piece of another word behind.
+    """
+    if probability <= 0 or len(word_ids) < 2:
+        return batch
+    device = batch.ids.device
+    words = word_ids.to(device).sort().values
+    in_task = (batch.tasks >= 0) & shuffled_tasks.to(device)[batch.tasks.clamp(min=0)]
+    is_word = torch.isin(batch.ids, words) & (batch.kinds == TokenKind.TEXT) & in_task[:, None]
+    chosen = is_word & (torch.rand(batch.ids.shape, generator=generator, device=device) < probability)
+    # Another word, never the same: its place among the sorted words moved on by 1..n-1, cyclically.
+    place = torch.searchsorted(words, batch.ids).clamp(max=len(words) - 1)
+    step = torch.randint(1, len(words), batch.ids.shape, generator=generator, device=device)
+    shuffled = copy(batch)
+    shuffled.ids = torch.where(chosen, words[(place + step) % len(words)], batch.ids)
+    return shuffled

@@ -196,6 +196,11 @@ class TrainConfig:
     """loss weight of the shape words in the caption scenes' targets, as colour_weight for the colour words: against
     shapes named from the colour word before them (the training pairs' language prior) rather than read
     (docs/RESULTS.md, `lang48-mask-colour5-s1`)"""
+    colour_shuffle: float = 0.0
+    """share of the colour words in the caption scenes' inputs the model reads as another colour, their targets
+    unchanged (`shuffle_word_inputs`): against a colour word that picks the shape after it from the training
+    pairs (forced "purple" before a held-out pair's object, `lang48-mask-colour2-s1` names its shape right 90% of
+    the time; its own colour, 35%: docs/RESULTS.md). Each colour word must be one piece of the text model"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

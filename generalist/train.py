@@ -38,7 +38,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from generalist.batch import Batch, balanced_action_weights, decisive_actions, shuffle_action_inputs, word_weights
+from generalist.batch import (
+    Batch,
+    balanced_action_weights,
+    decisive_actions,
+    shuffle_action_inputs,
+    shuffle_word_inputs,
+    word_weights,
+)
 from generalist.checkpoint import (
     find_latest,
     latest_checkpoint,
@@ -55,6 +62,7 @@ from generalist.datasets.mixture import (
     MixtureConfig,
     action_balance,
     build_sources,
+    caption_word_inputs,
     caption_word_targets,
     make_loader,
 )
@@ -148,6 +156,7 @@ def _optimizer_step(
     config: TrainConfig, lr: float, step: int, shards: list[int], n_shards: int, where: Distributed, n_tasks: int,
     precision: Precision, balance: torch.Tensor | None = None,
     caption_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
+    shuffled_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -171,6 +180,8 @@ def _optimizer_step(
                 worded = word_weights(batch, word_ids, scene_tasks, weight)
                 weights = worded if weights is None else weights * worded
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
+            for word_ids, scene_tasks, probability in shuffled_words:
+                inputs = shuffle_word_inputs(inputs, word_ids, scene_tasks, probability)
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
@@ -267,6 +278,8 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError("schedule='time' needs max_minutes > 0: the time the schedule spans")
     if not 0.0 <= config.action_shuffle <= 1.0:
         raise ValueError(f"action_shuffle is a share of action tokens in [0, 1], got {config.action_shuffle}")
+    if not 0.0 <= config.colour_shuffle <= 1.0:
+        raise ValueError(f"colour_shuffle is a share of colour words in [0, 1], got {config.colour_shuffle}")
     positive = {name: getattr(config, name) for name in (
         "steps", "batch_size", "accumulation", "sequence_length", "checkpoint_every", "keep_checkpoints", "log_every",
         "frame_stack")}
@@ -359,6 +372,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     caption_words = [(*caption_word_targets(mixture.tasks, tokenizer, attribute), weight)
                      for attribute, weight in (("colour", config.colour_weight), ("shape", config.shape_weight))
                      if weight != 1.0]
+    shuffled_words = [(*caption_word_inputs(mixture.tasks, tokenizer, "colour"), config.colour_shuffle)
+                      ] if config.colour_shuffle else []
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -391,7 +406,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
             lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(
                 wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks),
-                precision, balance, caption_words,
+                precision, balance, caption_words, shuffled_words,
             )
             if where.world_size > 1:
                 dist.all_reduce(totals)

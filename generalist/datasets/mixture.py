@@ -499,6 +499,24 @@ def caption_word_targets(
     return torch.tensor(ids, dtype=torch.int64), scene_tasks
 
 
+def caption_word_inputs(
+    tasks: Sequence[str], tokenizer: TextTokenizer, attribute: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The text ids of an `attribute`'s words (colour or shape) in a scene caption and which of `tasks` are caption
+    scenes: the arguments of `batch.shuffle_word_inputs`. Each word must be one piece of the text model, used by
+    no other caption word (a swap of first pieces would leave a word's tail behind): a ValueError otherwise."""
+    ids, scene_tasks = caption_word_targets(tasks, tokenizer, attribute)
+    words = COLOURS if attribute == "colour" else SHAPES
+    after_a = len(tokenizer.encode("a"))
+    split = [word for word in words if len(tokenizer.encode(f"a {word}")) - after_a != 1]
+    if split or len(ids) != len(words):
+        raise ValueError(
+            f"shuffling the {attribute} words needs each as one piece of the text model, its own; this one splits "
+            f"or shares {split or 'some of ' + repr(tuple(words))}"
+        )
+    return ids, scene_tasks
+
+
 def action_balance(tasks: Sequence[str], data_dir: str | Path, exponent: float) -> torch.Tensor:
     """Class weights of discrete action targets (tasks, actions): each recorded task's action of share p among its
     expert's recorded actions weighs p^-exponent, scaled to weigh 1 on average over those actions (an action never
