@@ -9,6 +9,7 @@ from generalist.batch import (
     collate,
     decisive_actions,
     shuffle_action_inputs,
+    shuffle_word_inputs,
     word_weights,
 )
 from generalist.tokenizers import (
@@ -183,3 +184,32 @@ def test_word_weights_weigh_the_chosen_ids_only_in_the_chosen_tasks_rows():
     assert chosen.sum() >= 2  # at least the caption's second 9 and its 11 are targets
     assert (weights[0][chosen] == 4.0).all() and (weights[0][~chosen] == 1.0).all()
     assert (weights[1] == 1.0).all() and (weights[2] == 1.0).all()  # another task's row, a row with no task
+
+
+def test_shuffled_words_become_another_word_of_their_set_in_the_chosen_tasks_rows_only():
+    rng = np.random.default_rng(3)
+    caption = tokenize_caption(np.zeros((16, 16, 3), np.uint8), np.array([4, 9, 10, 9, 11, 12, 11]), LAYOUT)
+    rows = [caption, tokenize_text(np.array([9, 10, 9, 11]), LAYOUT), caption]
+    batch = collate(rows, LAYOUT, tasks=[1, 0, -1])
+    words, chosen_tasks = torch.tensor([11, 9, 12]), torch.tensor([False, True])
+    assert shuffle_word_inputs(batch, words, chosen_tasks, 0.0) is batch
+    shuffled = shuffle_word_inputs(batch, words, chosen_tasks, 1.0, torch.Generator().manual_seed(int(rng.integers(9))))
+    is_word = torch.isin(batch.ids[0], words) & (batch.kinds[0] == TokenKind.TEXT)
+    assert is_word.sum() == 5
+    assert (shuffled.ids[0][is_word] != batch.ids[0][is_word]).all()  # probability 1: every word another
+    assert set(shuffled.ids[0][is_word].tolist()) <= {9, 11, 12}
+    assert torch.equal(shuffled.ids[0][~is_word], batch.ids[0][~is_word])  # patches, other text, padding kept
+    assert torch.equal(shuffled.ids[1:], batch.ids[1:])  # another task's row, a row with no task
+    assert torch.equal(shuffled.targets, batch.targets) and torch.equal(shuffled.loss_mask, batch.loss_mask)
+
+
+def test_about_the_given_share_of_words_is_shuffled_to_each_other_word_alike():
+    text = tokenize_text(np.tile(np.array([5, 6, 7, 8]), 500), LAYOUT)
+    batch = collate([text, text], LAYOUT, tasks=[0, 0])
+    shuffled = shuffle_word_inputs(batch, torch.tensor([5, 6, 7]), torch.tensor([True]), 0.3,
+                                   torch.Generator().manual_seed(0))
+    is_word = batch.ids < 8
+    assert 0.27 < (shuffled.ids != batch.ids)[is_word].float().mean().item() < 0.33
+    assert torch.equal(shuffled.ids[~is_word], batch.ids[~is_word])
+    from_five = shuffled.ids[(batch.ids == 5) & (shuffled.ids != 5)]
+    assert 0.4 < (from_five == 6).float().mean().item() < 0.6 and set(from_five.tolist()) == {6, 7}

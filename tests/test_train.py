@@ -21,7 +21,7 @@ from generalist.config import CollectConfig, EvalConfig, TrainConfig
 from generalist.datasets.recording import collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.flags import from_json_dict, load_json
-from generalist.tokenizers import TextTokenizer
+from generalist.tokenizers import TextTokenizer, TokenKind
 from generalist.train import build_model, learning_rate, train
 
 # Caption and text tasks need no recorded data; scenes put image patches (and their sampled positions) in play.
@@ -328,6 +328,37 @@ def test_caption_word_weights_weigh_the_scene_captions_colour_and_shape_words(tm
     for name in ("colour_weight", "shape_weight"):
         with pytest.raises(ValueError, match=name):
             train(replace(base, run_dir=tmp_path / "bad", **{name: -1.0}))
+
+
+@pytest.mark.slow
+def test_colour_shuffle_swaps_only_the_scene_captions_colour_words_the_model_reads(tmp_path, monkeypatch):
+    from generalist.datasets.scenes import COLOURS, generate_scene
+    from generalist.datasets.text import CHAT_MARKERS
+    from generalist.tokenizers.text import TextTokenizerConfig, train_text_tokenizer
+
+    seen = []
+    shuffle = train_module.shuffle_word_inputs
+    monkeypatch.setattr(train_module, "shuffle_word_inputs", lambda *a: seen.append((a[0], shuffle(*a))) or seen[-1][1])
+    path = tmp_path / "colours.model"  # each colour one piece, as in the language preset's text model
+    symbols = (*CHAT_MARKERS, *(f"\u2581{colour}" for colour in COLOURS))
+    train_text_tokenizer([generate_scene(seed).caption for seed in range(300)],
+                         TextTokenizerConfig(vocab_size=300, user_defined_symbols=symbols), out=path)
+    base = replace(TINY, steps=1, checkpoint_every=1, text_tokenizer=path)
+    train(replace(base, run_dir=tmp_path / "shuffled", colour_shuffle=1.0))
+    assert len(seen) == 1
+    (inputs, read), = seen
+    tokenizer = TextTokenizer.load(path)
+    colours = torch.tensor([int(tokenizer.encode(f"a {colour}")[1]) for colour in COLOURS])
+    changed = read.ids != inputs.ids
+    assert changed.any()
+    assert torch.isin(inputs.ids[changed], colours).all() and torch.isin(read.ids[changed], colours).all()
+    scene_rows = (inputs.kinds == TokenKind.IMAGE).any(dim=1)
+    assert not changed[~scene_rows].any()  # the dialogue rows' text untouched
+    assert torch.equal(read.targets, inputs.targets)
+    with pytest.raises(ValueError, match="yellow"):  # the default text model splits it
+        train(replace(TINY, run_dir=tmp_path / "split", steps=1, colour_shuffle=0.5))
+    with pytest.raises(ValueError, match="colour_shuffle"):
+        train(replace(base, run_dir=tmp_path / "bad", colour_shuffle=1.5))
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with():

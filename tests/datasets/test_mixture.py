@@ -17,6 +17,7 @@ from generalist.datasets.mixture import (
     TextSource,
     action_balance,
     build_sources,
+    caption_word_inputs,
     caption_word_targets,
     make_loader,
 )
@@ -282,3 +283,17 @@ def test_caption_word_targets_mark_each_attribute_word_of_a_caption_once_and_not
 def test_caption_word_targets_refuse_an_unknown_attribute():
     with pytest.raises(ValueError, match="size"):
         caption_word_targets(["scenes"], TOKENIZER, "size")
+
+
+def test_caption_word_inputs_are_the_colour_words_when_each_is_one_piece_and_refused_when_split():
+    from generalist.datasets.scenes import COLOURS, generate_scene
+    from generalist.tokenizers.text import TextTokenizerConfig, train_text_tokenizer
+
+    symbols = tuple(f"\u2581{colour}" for colour in COLOURS)  # each colour one piece of its own
+    captions = [generate_scene(seed).caption for seed in range(300)]
+    whole = train_text_tokenizer(captions, TextTokenizerConfig(vocab_size=300, user_defined_symbols=symbols))
+    ids, scene_tasks = caption_word_inputs(["chitchat", "scenes"], whole, "colour")
+    assert scene_tasks.tolist() == [False, True]
+    assert sorted(ids.tolist()) == sorted(int(whole.encode(f"a {colour}")[1]) for colour in COLOURS)
+    with pytest.raises(ValueError, match="yellow"):  # the shipped tokenizer splits "yellow" and "purple"
+        caption_word_inputs(["scenes"], TOKENIZER, "colour")
