@@ -87,7 +87,6 @@ def test_caption_scores_report_each_attribute():
     assert spoiled.attribute_accuracy == pytest.approx(sum(spoiled.per_attribute.values()) / 4)
 
 
-
 def test_caption_scores_split_the_shape_by_held_out_and_trained_pairs():
     """A caption that names each held-out pair's shape as a trained pair's scores 0 on the held-out pairs and
     stays perfect on the trained ones."""
@@ -98,6 +97,7 @@ def test_caption_scores_split_the_shape_by_held_out_and_trained_pairs():
     assert caption_scores([s.caption for s in scenes], scenes).shape_by_pair == {"held-out": 1.0, "trained": 1.0}
     split = caption_scores(guessed, scenes).shape_by_pair
     assert split["held-out"] == 0.0 and split["trained"] == 1.0
+
 
 LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
 
