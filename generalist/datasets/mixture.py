@@ -478,6 +478,18 @@ CAPTION_AND_TEXT_TASKS = (
 CAPTION_ATTRIBUTES = ("colour", "shape")  # the caption words `caption_word_targets` can mark
 
 
+def _caption_word_pieces(
+    tokenizer: TextTokenizer, attribute: str,
+) -> tuple[dict[str, list[int]], tuple[str, ...]]:
+    """Each word of a caption attribute (colour or shape) as the text ids it is written with after "a", and the
+    other attribute's words."""
+    if attribute not in CAPTION_ATTRIBUTES:
+        raise ValueError(f"unknown caption attribute {attribute!r}; expected one of {CAPTION_ATTRIBUTES}")
+    words, others = (COLOURS, SHAPES) if attribute == "colour" else (SHAPES, COLOURS)
+    after_a = len(tokenizer.encode("a"))
+    return {word: tokenizer.encode(f"a {word}")[after_a:].tolist() for word in words}, tuple(others)
+
+
 def caption_word_targets(
     tasks: Sequence[str], tokenizer: TextTokenizer, attribute: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -488,11 +500,8 @@ def caption_word_targets(
     of other caption words (purple's "le" ends "circle"), and a first piece that also occurs in captions without
     that attribute is left out, so that only the attribute's words weigh more.
     """
-    if attribute not in CAPTION_ATTRIBUTES:
-        raise ValueError(f"unknown caption attribute {attribute!r}; expected one of {CAPTION_ATTRIBUTES}")
-    words, others = (COLOURS, SHAPES) if attribute == "colour" else (SHAPES, COLOURS)
-    after_a = len(tokenizer.encode("a"))
-    first = {int(tokenizer.encode(f"a {word}")[after_a]) for word in words}
+    pieces, others = _caption_word_pieces(tokenizer, attribute)
+    first = {word_pieces[0] for word_pieces in pieces.values()}
     without = " and ".join(f"a {size} {other} {cell}," for size in SIZES for other in others for cell in CELL_PHRASES)
     ids = sorted(first - set(tokenizer.encode(without).tolist()))
     scene_tasks = torch.tensor([task in SCENE_TASK_STYLES for task in tasks], dtype=torch.bool)
@@ -506,13 +515,12 @@ def caption_word_inputs(
     scenes: the arguments of `batch.shuffle_word_inputs`. Each word must be one piece of the text model, used by
     no other caption word (a swap of first pieces would leave a word's tail behind): a ValueError otherwise."""
     ids, scene_tasks = caption_word_targets(tasks, tokenizer, attribute)
-    words = COLOURS if attribute == "colour" else SHAPES
-    after_a = len(tokenizer.encode("a"))
-    split = [word for word in words if len(tokenizer.encode(f"a {word}")) - after_a != 1]
-    if split or len(ids) != len(words):
+    pieces, _ = _caption_word_pieces(tokenizer, attribute)
+    split = [word for word, word_pieces in pieces.items() if len(word_pieces) != 1]
+    if split or len(ids) != len(pieces):
         raise ValueError(
             f"shuffling the {attribute} words needs each as one piece of the text model, its own; this one splits "
-            f"or shares {split or 'some of ' + repr(tuple(words))}"
+            f"or shares {split or 'some of ' + repr(tuple(pieces))}"
         )
     return ids, scene_tasks
 
