@@ -440,13 +440,17 @@ def control() -> RunConfig:
     )
 
 
-# The Pong specialist of issue 18 (docs/RESULTS.md): four gray frames a timestep, patches centred per image (what
-# made the frames readable), decisive steps weighted 5x and action shuffle (against copying NOOP), then rounds
-# driven by the agent alone at a tenth of the peak learning rate, their windows reading the actions that ran.
-PONG_TRAIN = {
-    "weights": {"pong": 1.0}, "frame_stack": 4, "frame_colour": "gray", "centre_patches": True,
-    "action_shuffle": 0.5, "decisive_weight": 5.0, "learner_share": 0.25,
-}
+# How every Atari frame is shown to the model (issue 18, docs/RESULTS.md): four gray frames a timestep (the ball's
+# motion), patches centred per image (what made the frames readable), and a colour-free foreground mask beside the
+# pixels (the 2-4-pixel ball as bright as a paddle: on the H200, on-policy agreement 8.5% -> 69.6% at 88M tokens).
+# The `full` preset's images are read the same way: captions are zero-padded to the frames' four channels.
+ATARI_FRAMES = {"frame_stack": 4, "frame_colour": "gray", "centre_patches": True, "patch_input": "pixels+mask"}
+
+# The Pong specialist of issue 18 (docs/RESULTS.md): the Atari frames above, decisive steps weighted 5x and action
+# shuffle (against copying NOOP), then rounds driven by the agent alone at a tenth of the peak learning rate, their
+# windows reading the actions that ran.
+PONG_TRAIN = {**ATARI_FRAMES, "weights": {"pong": 1.0}, "action_shuffle": 0.5, "decisive_weight": 5.0,
+              "learner_share": 0.25}
 PONG_ROUNDS = {
     "dagger_rounds": 3, "dagger_tasks": ("pong",), "dagger_beta": 0.0, "dagger_episodes": 16, "dagger_num_envs": 16,
     "dagger_learning_rate": 2e-4, "dagger_minutes": 10.0,
@@ -455,8 +459,10 @@ PONG_ROUNDS = {
 
 def pong() -> RunConfig:
     """The Pong specialist of issue 18: 30 minutes of behaviour cloning on 50 expert games, then three DAgger
-    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games. Measured, it does
-    not play yet: its cloning did not start reading the frames (docs/RESULTS.md, `pong-preset-amx`)."""
+    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games. It does not play
+    yet: on this machine its cloning (pixels, before the mask) did not start reading the frames
+    (docs/RESULTS.md, `pong-preset-amx`); on a lent H200, 5 minutes of cloning at 32 sequences a step (88M tokens)
+    read them, and with the mask the agent moves, but loses every game (-20.6, `pong-h200-b32-mask`)."""
     return RunConfig(
         preset="pong",
         train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
@@ -488,14 +494,15 @@ def language() -> RunConfig:
 
 def full() -> RunConfig:
     """The generalist: all nine tasks, 4,000 steps (about three hours here), then the control preset's four
-    DAgger rounds (about 75 minutes more), 50 episodes per task; patches centred per image (what made Pong's
-    frames and the captions readable; the vector tasks have no patches). The shipped checkpoint was trained by
-    this preset before it centred patches and had rounds."""
+    DAgger rounds (about 75 minutes more), 50 episodes per task; images read as the Pong specialist reads its
+    frames (`ATARI_FRAMES`: four gray frames a timestep, centred patches, a foreground mask beside the pixels; the
+    vector tasks have no patches). The shipped checkpoint was trained by this preset before it centred patches,
+    stacked frames and had rounds; with the frames stacked and the mask it is not measured yet."""
     return RunConfig(
         preset="full",
         train=TrainConfig(
             model="tiny", weights=FULL_WEIGHTS, steps=4000, max_minutes=180.0, learning_rate=2e-3,
-            warmup_steps=200, action_shuffle=0.5, centre_patches=True,
+            warmup_steps=200, action_shuffle=0.5, **ATARI_FRAMES,
         ),
         eval=EvalConfig(episodes=50, num_envs=50),
         record=RecordConfig(episodes=200, **CONTROL_ROUNDS),
@@ -524,7 +531,7 @@ def gpu() -> RunConfig:
         preset="gpu",
         train=TrainConfig(
             model="gato-79m", weights=FULL_WEIGHTS, steps=20_000, max_minutes=180.0, batch_size=32,
-            learning_rate=1e-3, warmup_steps=1000, action_shuffle=0.5, centre_patches=True,
+            learning_rate=1e-3, warmup_steps=1000, action_shuffle=0.5, **ATARI_FRAMES,
             num_workers=4, device="cuda",
         ),
         eval=EvalConfig(episodes=50, num_envs=50),

@@ -8,14 +8,18 @@ import pytest
 import torch
 
 from generalist.agent import Agent
-from generalist.config import CollectConfig
+from generalist.batch import collate
+from generalist.config import CollectConfig, full
 from generalist.datasets.mixture import ControlSource
 from generalist.datasets.recording import collect
+from generalist.datasets.scenes import generate_scene
 from generalist.datasets.storage import EpisodeDataset
 from generalist.diagnose import patch_spread
 from generalist.envs import get_task, make
 from generalist.model import Generalist, tiny
 from generalist.tokenizers import TextTokenizer, TokenLayout, stack_frames
+from generalist.tokenizers.stream import tokenize_caption
+from generalist.train import build_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py says why
 
@@ -129,3 +133,18 @@ def test_patch_spread_tells_a_model_whose_patches_all_look_alike(pong):
     assert patch_spread(model, "pong", data_dir) < 1e-6
     centred = Generalist(dataclasses.replace(config, centre_patches=True)).eval()
     assert patch_spread(centred, "pong", data_dir) == pytest.approx(1.0)
+
+
+def test_the_full_presets_images_read_caption_scenes_and_stacked_pong_frames_in_one_batch(pong):
+    tokenizer = TextTokenizer.default()
+    model = build_model(full().train, tokenizer)
+    layout = model.config.layout
+    assert (layout.frame_stack, layout.frame_colour, model.config.patch_input) == (4, "gray", "pixels+mask")
+    scene = generate_scene(0)
+    caption = tokenize_caption(scene.image, tokenizer.encode(scene.caption), layout)  # RGB, zero-padded to 4
+    window = ControlSource("pong", pong, layout).tokenize_window(0, 3, 12)
+    assert caption.patches.shape[1] == window.patches.shape[1] == 4
+    output = model(collate([caption, window], layout))
+    output.loss.backward()
+    assert torch.isfinite(output.loss) and model.embed.patches.stem.in_channels == 5  # four frames and the mask
+    assert model.embed.patches.stem.weight.grad.abs().sum() > 0
