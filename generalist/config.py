@@ -164,8 +164,8 @@ class TrainConfig:
     of pi 2^j u, j < this; 0: the id table alone, as Gato): neighbouring bins then mean neighbouring values, even
     bins training rarely saw (model.py)"""
     precision: str = "auto"
-    """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, or a CPU with
-    native bf16 that a start-up test finds faster), fp32 or bf16"""
+    """auto (bf16 autocast only where this machine runs it faster than fp32: a CUDA GPU with bf16, a CPU with AMX,
+    or a CPU with AVX-512 that a start-up matmul test finds faster), fp32 or bf16"""
     text_tokenizer: Path | None = None
     """a SentencePiece .model to train with (`generalist tokenizer train`); None: the shipped one. Saved in every
     checkpoint, which keeps it"""

@@ -136,17 +136,19 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# CPU flags under which bf16 matmuls are surely faster than fp32 (avx512_bf16 is not: it needs the test).
+NATIVE_BF16_FLAGS = ("amx_bf16",)
 
 
 def _auto_on_cpu(
     capability: str, measure: Callable[[torch.dtype], float], flags: set[str] | None = None
 ) -> Precision:
-    """fp32 without AVX-512; with it, bf16 where the CPU says it multiplies bf16 natively (AVX512_BF16, AMX),
-    else only if a matmul test finds bf16 BF16_MIN_SPEEDUP times faster.
+    """fp32 without AVX-512; with it, bf16 where the CPU has AMX tiles for bf16, else only if a matmul test finds
+    bf16 BF16_MIN_SPEEDUP times faster.
 
-    The flags come first because a timing on a shared machine is noisy (under load the same CPU measured 0.97x
-    and 16x): a run that chose differently when resumed would not continue bit for bit.
+    The AMX flag comes first because a timing on a shared machine is noisy (under load the same CPU measured 0.97x
+    and 16x). AVX512_BF16 alone decides nothing: an AMD EPYC with it trained 2x faster in bf16, an Intel Xeon
+    with it and no AMX 0.67x as fast (docs/BENCHMARKS.md). A resumed run keeps the precision it started with.
     """
     if "AVX512" not in capability:
         return Precision("fp32", f"CPU capability {capability}: no native bf16")
