@@ -442,8 +442,9 @@ def control() -> RunConfig:
 
 # How every Atari frame is shown to the model (issue 18, docs/RESULTS.md): four gray frames a timestep (the ball's
 # motion), patches centred per image (what made the frames readable), and a colour-free foreground mask beside the
-# pixels (the 2-4-pixel ball as bright as a paddle: on the H200, on-policy agreement 8.5% -> 69.6% at 88M tokens).
-# The `full` preset's images are read the same way: captions are zero-padded to the frames' four channels.
+# pixels (the 2-4-pixel ball as bright as a paddle: on a lent H200 at 88M tokens, on-policy agreement 8.5% -> 69.6%
+# in the diagnosed game, one seed each). The `full` preset's images are read the same way: captions are zero-padded
+# to the frames' four channels.
 ATARI_FRAMES = {"frame_stack": 4, "frame_colour": "gray", "centre_patches": True, "patch_input": "pixels+mask"}
 
 # The Pong specialist of issue 18 (docs/RESULTS.md): the Atari frames above, decisive steps weighted 5x and action
