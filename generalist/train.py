@@ -133,6 +133,16 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(rank, world_size, torch.device("cpu"))
 
 
+def check_same_frames(config: TrainConfig, model_config: ModelConfig, checkpoint: Path) -> None:
+    """Refuse to continue training a checkpoint on frames stacked otherwise than it was trained on."""
+    saved = (model_config.frame_stack, model_config.frame_colour)
+    asked = (config.frame_stack, config.frame_colour)
+    if saved != asked:
+        raise ValueError(f"{checkpoint}: the checkpoint reads {saved[0]} {saved[1]} frame(s) a timestep, the config "
+                         f"asks for {asked[0]} {asked[1]} (--frame-stack, --frame-colour): give the checkpoint's, or "
+                         "train a new model")
+
+
 def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     """The model of a training config, initialized from its seed (the same on every rank)."""
     torch.manual_seed(config.seed)
@@ -344,6 +354,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
         if model.config.context < config.sequence_length:
             raise ValueError(f"{config.init_from}: a context of {model.config.context} tokens cannot read "
                              f"sequences of {config.sequence_length}")
+        check_same_frames(config, model.config, config.init_from)
     else:
         model = build_model(config, tokenizer)
     precision = _agreed_precision(config.precision, where, read_precision(config.run_dir) if resume else None)

@@ -2,6 +2,7 @@
 training reads a recorded window and when the agent acts."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from generalist.envs import get_task, make
 from generalist.model import Generalist, tiny
 from generalist.tokenizers import TextTokenizer, TokenLayout, stack_frames
 from generalist.tokenizers.stream import tokenize_caption
-from generalist.train import build_model
+from generalist.train import build_model, check_same_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py says why
 
@@ -148,3 +149,13 @@ def test_the_full_presets_images_read_caption_scenes_and_stacked_pong_frames_in_
     output.loss.backward()
     assert torch.isfinite(output.loss) and model.embed.patches.stem.in_channels == 5  # four frames and the mask
     assert model.embed.patches.stem.weight.grad.abs().sum() > 0
+
+
+def test_continuing_a_checkpoint_on_frames_stacked_otherwise_is_refused():
+    four_gray = tiny(image_channels=4, frame_stack=4, frame_colour="gray")
+    check_same_frames(full().train, four_gray, Path("ckpt"))  # the full preset's frames: accepted
+    with pytest.raises(ValueError, match=r"ckpt: the checkpoint reads 4 gray frame\(s\) a timestep, the config asks "
+                                         r"for 2 gray \(--frame-stack, --frame-colour\)"):
+        check_same_frames(dataclasses.replace(full().train, frame_stack=2), four_gray, Path("ckpt"))
+    with pytest.raises(ValueError, match="reads 1 rgb frame"):  # the shipped model, continued by the pong preset
+        check_same_frames(full().train, tiny(), Path("ckpt"))
