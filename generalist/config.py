@@ -173,7 +173,8 @@ class TrainConfig:
     """seed of the model initialization and the data stream"""
     init_from: Path | None = None
     """start from this checkpoint's (or run directory's) weights instead of a fresh model, with a fresh optimizer
-    and schedule: continuing on new data, such as a DAgger round's (the model settings are the checkpoint's)"""
+    and schedule: continuing on new data, such as a DAgger round's (the model settings are the checkpoint's; a
+    frame_stack or frame_colour other than its own is an error)"""
     prompt_probability: float = 0.25
     """share of control sequences with a demonstration prompt (Gato: 0.25)"""
     action_shuffle: float = 0.0
