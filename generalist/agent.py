@@ -512,7 +512,8 @@ class Agent:
                                  f"frame (H, W, 3) per step; got shape {frame.shape}")
             self._frames[row] = [*self._frames[row], frame][-k:]
             history = np.stack(self._frames[row])
-            stacked.append({**observation, "image": stack_frames(history, k, colour, len(history) - 1)[0]})
+            image = stack_frames(history, k, colour, len(history) - 1, self.layout.frame_size)[0]
+            stacked.append({**observation, "image": image})
         return stacked
 
     def _engine(self) -> Engine:

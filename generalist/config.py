@@ -142,6 +142,10 @@ class TrainConfig:
     motion (1: the single recorded frame); stacked from the recorded frames, nothing is re-recorded"""
     frame_colour: str = "rgb"
     """colour of those frames: rgb or gray"""
+    frame_size: int = 0
+    """side in pixels of each of those frames, shrunk from the recorded frame by a block maximum so that a 1-pixel
+    ball stays bright (0: as recorded; 48 gives an 80x80 Atari frame 9 patches instead of 25: fewer tokens a
+    timestep)"""
     scene_size: int = 64
     """pixels per side of the caption scenes trained on and evaluated (the scene tasks): 64 (4x4 patches of
     16, so nearly every object straddles two to four patches) or 48 (3x3 patches, each cell of the scene's grid
@@ -174,7 +178,7 @@ class TrainConfig:
     init_from: Path | None = None
     """start from this checkpoint's (or run directory's) weights instead of a fresh model, with a fresh optimizer
     and schedule: continuing on new data, such as a DAgger round's (the model settings are the checkpoint's; a
-    frame_stack or frame_colour other than its own is an error)"""
+    frame_stack, frame_colour or frame_size other than its own is an error)"""
     prompt_probability: float = 0.25
     """share of control sequences with a demonstration prompt (Gato: 0.25)"""
     action_shuffle: float = 0.0

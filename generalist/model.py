@@ -116,6 +116,9 @@ class ModelConfig:
     single recorded frame; the Multi-Game Decision Transformer and JAT stack 4)."""
     frame_colour: str = "rgb"
     """Colour of the stacked frames: rgb (3 channels each) or gray (1 each, BT.601 luma)."""
+    frame_size: int = 0
+    """Side in pixels of each stacked frame, shrunk from the recorded one by a block maximum (0: as recorded;
+    48 turns an 80x80 Atari frame's 25 patches into 9)."""
     patch_size: int = PATCH_SIZE
     """Pixels per side of an image patch (Gato: 16)."""
     patch_channels: int = 64
@@ -163,12 +166,14 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if min(self.n_layer, self.d_ff, self.context, self.text_vocab_size, self.max_local_positions) < 1:
             raise ValueError("n_layer, d_ff, context, text_vocab_size and max_local_positions must be positive")
-        TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour)  # checks them
+        TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour,
+                    self.frame_size)  # checks them
 
     @property
     def layout(self) -> TokenLayout:
         """The token id layout this model reads and writes."""
-        return TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour)
+        return TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour,
+                           self.frame_size)
 
     @property
     def head_width(self) -> int:

@@ -135,12 +135,17 @@ def init_distributed(device: str) -> Distributed:
 
 def check_same_frames(config: TrainConfig, model_config: ModelConfig, checkpoint: Path) -> None:
     """Refuse to continue training a checkpoint on frames stacked otherwise than it was trained on."""
-    saved = (model_config.frame_stack, model_config.frame_colour)
-    asked = (config.frame_stack, config.frame_colour)
+    saved = (model_config.frame_stack, model_config.frame_colour, model_config.frame_size)
+    asked = (config.frame_stack, config.frame_colour, config.frame_size)
     if saved != asked:
-        raise ValueError(f"{checkpoint}: the checkpoint reads {saved[0]} {saved[1]} frame(s) a timestep, the config "
-                         f"asks for {asked[0]} {asked[1]} (--frame-stack, --frame-colour): give the checkpoint's, or "
-                         "train a new model")
+        raise ValueError(f"{checkpoint}: the checkpoint reads {frames_text(*saved)} a timestep, the config asks for "
+                         f"{frames_text(*asked)} (--frame-stack, --frame-colour, --frame-size): give the checkpoint's, "
+                         "or train a new model")
+
+
+def frames_text(stack: int, colour: str, size: int) -> str:
+    """How a timestep's frames read in an error: "4 gray frame(s) at 48 pixels"."""
+    return f"{stack} {colour} frame(s) " + (f"at {size} pixels" if size else "as recorded")
 
 
 def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
@@ -149,7 +154,8 @@ def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
     patch_stride = {} if config.patch_stride is None else {"patch_stride": config.patch_stride}
     model_config: ModelConfig = preset(
         config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
-        frame_stack=config.frame_stack, frame_colour=config.frame_colour, centre_patches=config.centre_patches,
+        frame_stack=config.frame_stack, frame_colour=config.frame_colour, frame_size=config.frame_size,
+        centre_patches=config.centre_patches,
         patch_input=config.patch_input, value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )

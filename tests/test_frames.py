@@ -19,6 +19,7 @@ from generalist.diagnose import patch_spread
 from generalist.envs import get_task, make
 from generalist.model import Generalist, tiny
 from generalist.tokenizers import TextTokenizer, TokenLayout, stack_frames
+from generalist.tokenizers.images import max_resize
 from generalist.tokenizers.stream import tokenize_caption
 from generalist.train import build_model, check_same_frames
 
@@ -62,6 +63,37 @@ def test_bad_stacking_is_an_error(frames, colour, error):
         stack_frames(images, frames, colour)
 
 
+def test_shrinking_a_frame_keeps_a_one_pixel_ball_at_full_brightness():
+    frames = np.full((2, 80, 80, 3), 40, np.uint8)
+    frames[1, 37, 52] = 236  # the ball, one pixel, in the second frame only
+    stacked = stack_frames(frames, frames=2, colour="gray", size=48)
+    assert stacked.shape == (2, 48, 48, 2)
+    newest = stacked[1, ..., 1]
+    assert newest.max() == 236 and np.count_nonzero(newest == 236) == 1
+    assert np.argwhere(newest == 236).tolist() == [[37 * 48 // 80, 52 * 48 // 80]]
+    assert stacked[1, ..., 0].max() == 40  # the older frame has no ball
+
+
+def test_shrinking_reads_every_pixel_once():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 80, 64, 1), dtype=np.uint8)
+    shrunk = max_resize(images, 48)
+    assert shrunk.shape == (3, 48, 48, 1)
+    assert shrunk.max(axis=(1, 2)).tolist() == images.max(axis=(1, 2)).tolist()
+    np.testing.assert_array_equal(max_resize(images[:, :64], 64), images[:, :64])  # the size itself: unchanged
+    np.testing.assert_array_equal(max_resize(images[:, :64], 32), images[:, :64].reshape(3, 32, 2, 32, 2, 1).max(
+        axis=(2, 4)))
+
+
+@pytest.mark.parametrize("size", [-1, 81, 100])
+def test_a_frame_size_outside_the_recorded_frame_is_an_error(size):
+    with pytest.raises(ValueError, match="size"):
+        if size < 0:
+            TokenLayout(3072, image_channels=4, frame_stack=4, frame_colour="gray", frame_size=size)
+        else:
+            stack_frames(_frames(2, size=80), frames=2, size=size)
+
+
 def test_a_layout_needs_channels_for_its_frames():
     assert TokenLayout(3072, image_channels=4, frame_stack=4, frame_colour="gray").stacks_frames
     with pytest.raises(ValueError, match="at least 12"):
@@ -75,9 +107,10 @@ def pong(tmp_path_factory):
     return EpisodeDataset(out / "pong")
 
 
-def test_a_recorded_episode_and_its_replay_through_the_env_give_the_agent_the_same_patches(pong):
+@pytest.mark.parametrize(("frame_size", "patches"), [(0, 25), (48, 9)])
+def test_a_recorded_episode_and_its_replay_through_the_env_give_the_agent_the_same_patches(pong, frame_size, patches):
     config = tiny(n_layer=1, d_model=32, n_head=2, d_ff=64, context=1024, image_channels=4, frame_stack=4,
-                  frame_colour="gray", text_vocab_size=TextTokenizer.default().vocab_size)
+                  frame_colour="gray", frame_size=frame_size, text_vocab_size=TextTokenizer.default().vocab_size)
     model = Generalist(config).eval()
     recorded = ControlSource("pong", pong, config.layout).tokenize_window(0, 3, 12)  # stacks read steps 0..2
     info = pong.episodes[0]
@@ -95,7 +128,7 @@ def test_a_recorded_episode_and_its_replay_through_the_env_give_the_agent_the_sa
     acted = agent.context(0)
     per_step = len(recorded) // 9
     replayed = acted.slice(3 * per_step, 12 * per_step)  # the same steps 3..11 of the agent's context
-    assert recorded.patches.shape[1] == 4
+    assert recorded.patches.shape[1] == 4 and len(recorded.patches) == 9 * patches
     np.testing.assert_array_equal(replayed.patches, recorded.patches)
 
 
@@ -154,8 +187,10 @@ def test_the_full_presets_images_read_caption_scenes_and_stacked_pong_frames_in_
 def test_continuing_a_checkpoint_on_frames_stacked_otherwise_is_refused():
     four_gray = tiny(image_channels=4, frame_stack=4, frame_colour="gray")
     check_same_frames(full().train, four_gray, Path("ckpt"))  # the full preset's frames: accepted
-    with pytest.raises(ValueError, match=r"ckpt: the checkpoint reads 4 gray frame\(s\) a timestep, the config asks "
-                                         r"for 2 gray \(--frame-stack, --frame-colour\)"):
+    with pytest.raises(ValueError, match=r"ckpt: the checkpoint reads 4 gray frame\(s\) as recorded a timestep, the "
+                                         r"config asks for 2 gray frame\(s\) as recorded \(--frame-stack"):
         check_same_frames(dataclasses.replace(full().train, frame_stack=2), four_gray, Path("ckpt"))
+    with pytest.raises(ValueError, match=r"asks for 4 gray frame\(s\) at 48 pixels"):
+        check_same_frames(dataclasses.replace(full().train, frame_size=48), four_gray, Path("ckpt"))
     with pytest.raises(ValueError, match="reads 1 rgb frame"):  # the shipped model, continued by the pong preset
         check_same_frames(full().train, tiny(), Path("ckpt"))

@@ -138,7 +138,7 @@ class ControlSource:
         observations = {key: value[history:] for key, value in read.items()}
         if "image" in read and self.layout.stacks_frames:
             observations["image"] = stack_frames(read["image"], self.layout.frame_stack, self.layout.frame_colour,
-                                                 history)
+                                                 history, self.layout.frame_size)
         actions = actions[history:]
         if shuffle_images is not None and "image" in observations:
             observations["image"] = observations["image"][shuffle_images.permutation(len(actions))]

@@ -134,12 +134,27 @@ def frame_channels(frames: int, colour: str) -> int:
     return frames * (3 if colour == "rgb" else 1)
 
 
-def stack_frames(images: npt.ArrayLike, frames: int, colour: str = "rgb", history: int = 0) -> np.ndarray:
-    """Consecutive RGB frames (T, H, W, 3) uint8 to stacked timesteps (T - history, H, W, frames x c) uint8.
+def max_resize(images: np.ndarray, size: int) -> np.ndarray:
+    """Images (..., H, W, C) to (..., size, size, C), each output pixel the largest of the block of input pixels
+    it covers (blocks of floor(H / size) or one more rows, likewise columns): a 1-pixel ball stays at full
+    brightness where an area average would dim it."""
+    height, width = images.shape[-3:-1]
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"max_resize: size {size} must lie in 1..{min(height, width)} for {height}x{width} images")
+    rows = np.arange(size) * height // size
+    cols = np.arange(size) * width // size
+    return np.maximum.reduceat(np.maximum.reduceat(images, rows, axis=-3), cols, axis=-2)
+
+
+def stack_frames(
+    images: npt.ArrayLike, frames: int, colour: str = "rgb", history: int = 0, size: int = 0
+) -> np.ndarray:
+    """Consecutive RGB frames (T, H, W, 3) uint8 to stacked timesteps (T - history, H', W', frames x c) uint8.
 
     Timestep t holds frames t-frames+1 .. t, oldest first, as the channels of its image (c = 3 for rgb, 1 for
     gray). The first `history` frames only feed the stacks of the others (a window read from the middle of an
-    episode); before the episode's first frame, that frame is repeated, as an episode's reset does. The same
+    episode); before the episode's first frame, that frame is repeated, as an episode's reset does. With `size`
+    each frame is first shrunk to size x size by `max_resize` (0: H' x W' = H x W, as recorded). The same
     function stacks recorded windows for training and the frames an agent sees while acting, so the two agree.
     """
     array = np.asarray(images)
@@ -150,6 +165,8 @@ def stack_frames(images: npt.ArrayLike, frames: int, colour: str = "rgb", histor
         raise ValueError(f"stack_frames: {history} history frames of {len(array)}")
     if colour == "gray":
         array = np.rint(array.astype(np.float32) @ LUMA).clip(0, 255).astype(np.uint8)[..., None]
+    if size:
+        array = max_resize(array, size)
     # Index of each stacked frame: (T, frames), clipped at the first frame.
     index = np.clip(np.arange(history, len(array))[:, None] + np.arange(1 - frames, 1)[None, :], 0, None)
     stacked = array[index]  # (T', frames, H, W, c)

@@ -29,13 +29,14 @@ TABLE_MULTIPLE = 64
 @dataclass(frozen=True)
 class TokenLayout:
     """Every id offset of the shared token table, derived from the text vocabulary size, and the shape of an
-    image token: the channels of its patches, and how many consecutive frames (in which colour) one timestep of
-    a control task's image stacks (`stack_frames`)."""
+    image token: the channels of its patches, and how many consecutive frames (in which colour, at which size:
+    0 is as recorded) one timestep of a control task's image stacks (`stack_frames`)."""
 
     text_vocab_size: int
     image_channels: int = 3
     frame_stack: int = 1
     frame_colour: str = "rgb"
+    frame_size: int = 0
 
     def __post_init__(self) -> None:
         if self.text_vocab_size < 1:
@@ -44,11 +45,13 @@ class TokenLayout:
         if self.image_channels < needed:
             raise ValueError(f"image_channels {self.image_channels} cannot hold {self.frame_stack} {self.frame_colour} "
                              f"frames or an RGB image: at least {needed} are needed")
+        if self.frame_size < 0:
+            raise ValueError(f"frame_size is a side in pixels (0: as recorded), got {self.frame_size}")
 
     @property
     def stacks_frames(self) -> bool:
         """Whether a control task's image timestep is more than its one recorded RGB frame."""
-        return self.frame_stack > 1 or self.frame_colour != "rgb"
+        return self.frame_stack > 1 or self.frame_colour != "rgb" or self.frame_size > 0
 
     @property
     def continuous_offset(self) -> int:
