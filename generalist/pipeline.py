@@ -172,9 +172,11 @@ def round_minutes(config: RunConfig) -> float | None:
 
 
 def dagger_tasks(config: RunConfig) -> list[str]:
-    """The control tasks DAgger rounds drive; naming one the mixture does not train on, or rounds without a
-    time to train for, is an error."""
-    if config.record.dagger_rounds and not round_minutes(config):
+    """The control tasks DAgger rounds drive (none without rounds); naming one the mixture does not train on, or
+    rounds without a time to train for, is an error."""
+    if not config.record.dagger_rounds:
+        return []  # a preset's driven tasks do not bind a run without rounds (`pong` with --weights breakout=1)
+    if not round_minutes(config):
         raise ValueError("DAgger rounds train for a time: give --record.dagger-minutes (or --max-minutes)")
     trained = control_tasks(config.train.weights)
     unknown = [task for task in config.record.dagger_tasks if task not in trained]
