@@ -192,6 +192,7 @@ def _loose_tokens(ids: torch.Tensor, kind: TokenKind) -> Batch:
         lengths=torch.ones(b, dtype=torch.long, device=ids.device),
         tasks=torch.full((b,), -1, dtype=torch.long, device=ids.device),
         targets=ids[:, None],
+        patch_colour_only=torch.zeros(0, dtype=torch.bool, device=ids.device),
     )
 
 

@@ -34,6 +34,7 @@ class Batch:
     lengths: torch.Tensor  # (B,) int64, tokens of each sequence before padding
     tasks: torch.Tensor  # (B,) int64, each row's task as an index into the mixture's tasks; -1 when none
     targets: torch.Tensor  # (B, T) int64, the ids the loss predicts: `ids` but where a sequence gave others
+    patch_colour_only: torch.Tensor  # (N,) bool, patches read by the colour route alone (`drop_shape_route`)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -109,6 +110,7 @@ def collate(
         lengths=torch.from_numpy(lengths),
         tasks=torch.full((n_rows,), -1, dtype=torch.int64) if tasks is None else torch.tensor(tasks, dtype=torch.int64),
         targets=torch.from_numpy(targets),
+        patch_colour_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
     )
 
 
@@ -223,3 +225,24 @@ def shuffle_word_inputs(
     shuffled = copy(batch)
     shuffled.ids = torch.where(chosen, words[(place + step) % len(words)], batch.ids)
     return shuffled
+
+
+def drop_shape_route(
+    batch: Batch, dropped_tasks: torch.Tensor, probability: float, generator: torch.Generator | None = None,
+) -> tuple[Batch, torch.Tensor]:
+    """The batch with each row whose task `dropped_tasks` (tasks,) bool marks chosen with `probability`, its
+    patches read by the colour route alone (`patch_colour_only`), and the chosen rows (B,) bool.
+
+    With `patch_input="mask+colour"` a patch's shape comes from its mask and its colour from a linear map of its
+    two mean colours; the transformer, reading both, learns to name the colour of the pairs it was shown from the
+    shape (a held-out blue triangle named purple, docs/RESULTS.md). In a row without the shape the colour word can
+    only be read from the colour, and the shape words cannot be read at all: give them no loss there.
+    """
+    rows = torch.zeros(batch.ids.shape[0], dtype=torch.bool, device=batch.ids.device)
+    if probability <= 0:
+        return batch, rows
+    in_task = (batch.tasks >= 0) & dropped_tasks.to(rows.device)[batch.tasks.clamp(min=0)]
+    rows = in_task & (torch.rand(rows.shape, generator=generator, device=rows.device) < probability)
+    dropped = copy(batch)
+    dropped.patch_colour_only = rows[batch.patch_batch_index]
+    return dropped, rows

@@ -208,6 +208,12 @@ class TrainConfig:
     the time; its own colour, 35%: docs/RESULTS.md). With `patch_input="mask+colour"` a held-out pair's shape is
     then named as often as a trained pair's (`lang48-maskcolour-colour2-shuffle5-s1`: 94.6 / 92.4%). Each colour
     word must be one piece of the text model"""
+    shape_dropout: float = 0.0
+    """share of the caption scenes' sequences whose patches the model reads by the colour route alone, without
+    the mask's shape, their shape words given no loss (`batch.drop_shape_route`; only with
+    `patch_input="mask+colour"`): against colours named from the shape, as the training pairs paired them (a
+    held-out blue triangle named purple by `lang48-maskcolour-colour2-shuffle5-s1`, docs/RESULTS.md); in those
+    rows the colour word can only be read from the colour"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

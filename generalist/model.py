@@ -339,10 +339,24 @@ class PatchEncoder(nn.Module):
         centred_mask = (mask - 0.5) * (2 * PIXEL_SCALE)  # the pixels' range, [-0.25, 0.25]
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
+        return self.block(centred_mask.to(patches.dtype)) + self._colour_route(pixels, background, mask, patches.dtype)
+
+    def colour_route(self, patches: torch.Tensor) -> torch.Tensor:
+        """With `patch_input="mask+colour"`, the part of `forward`'s output (n, d) that the patch's two mean
+        colours give, without the mask's shape."""
+        if self.colour is None:
+            raise ValueError(f"only patch_input='mask+colour' has a colour route, not {self.patch_input!r}")
+        pixels = patches.float()
+        background = border_colour(pixels)
+        return self._colour_route(pixels, background, foreground_mask(pixels, background), patches.dtype)
+
+    def _colour_route(
+        self, pixels: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
         weight = mask / mask.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # (n, 1, p, p)
         foreground = (pixels * weight).sum(dim=(2, 3))  # (n, C)
         colours = torch.cat([background, foreground], dim=1) / PIXEL_SCALE  # about [-1, 1]
-        return self.block(centred_mask.to(patches.dtype)) + self.colour(colours.to(patches.dtype))
+        return self.colour(colours.to(dtype))
 
     def block(self, x: torch.Tensor) -> torch.Tensor:
         """The strided stem, the residual block and the projection, on the stem's input channels."""
@@ -407,6 +421,9 @@ class TokenEmbedding(nn.Module):
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
         content = on_padded_rows(self.patches, batch.patches)  # GroupNorm: each patch normalized on its own
+        if batch.patch_colour_only.any():
+            colour_only = batch.patch_colour_only[:, None]
+            content = torch.where(colour_only, on_padded_rows(self.patches.colour_route, batch.patches), content)
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content

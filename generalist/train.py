@@ -42,6 +42,7 @@ from generalist.batch import (
     Batch,
     balanced_action_weights,
     decisive_actions,
+    drop_shape_route,
     shuffle_action_inputs,
     shuffle_word_inputs,
     word_weights,
@@ -173,6 +174,7 @@ def _optimizer_step(
     precision: Precision, balance: torch.Tensor | None = None,
     caption_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
     shuffled_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
+    shape_dropped: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -198,6 +200,11 @@ def _optimizer_step(
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
             for word_ids, scene_tasks, probability in shuffled_words:
                 inputs = shuffle_word_inputs(inputs, word_ids, scene_tasks, probability)
+            if shape_dropped is not None:
+                word_ids, scene_tasks, probability = shape_dropped
+                inputs, rows = drop_shape_route(inputs, scene_tasks, probability)
+                unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, 0.0), 1.0)
+                weights = unread if weights is None else weights * unread
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
@@ -296,6 +303,11 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"action_shuffle is a share of action tokens in [0, 1], got {config.action_shuffle}")
     if not 0.0 <= config.colour_shuffle <= 1.0:
         raise ValueError(f"colour_shuffle is a share of colour words in [0, 1], got {config.colour_shuffle}")
+    if not 0.0 <= config.shape_dropout <= 1.0:
+        raise ValueError(f"shape_dropout is a share of caption sequences in [0, 1], got {config.shape_dropout}")
+    if config.shape_dropout and config.patch_input != "mask+colour":
+        raise ValueError(f"shape_dropout needs patch_input='mask+colour' (a colour route apart from the shape), "
+                         f"got {config.patch_input!r}")
     positive = {name: getattr(config, name) for name in (
         "steps", "batch_size", "accumulation", "sequence_length", "checkpoint_every", "keep_checkpoints", "log_every",
         "frame_stack")}
@@ -391,6 +403,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
                      if weight != 1.0]
     shuffled_words = [(*caption_word_inputs(mixture.tasks, tokenizer, "colour"), config.colour_shuffle)
                       ] if config.colour_shuffle else []
+    shape_dropped = ((*caption_word_targets(mixture.tasks, tokenizer, "shape"), config.shape_dropout)
+                     if config.shape_dropout else None)
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -423,7 +437,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
             lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(
                 wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks),
-                precision, balance, caption_words, shuffled_words,
+                precision, balance, caption_words, shuffled_words, shape_dropped,
             )
             if where.world_size > 1:
                 dist.all_reduce(totals)

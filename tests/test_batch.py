@@ -8,6 +8,7 @@ from generalist.batch import (
     balanced_action_weights,
     collate,
     decisive_actions,
+    drop_shape_route,
     shuffle_action_inputs,
     shuffle_word_inputs,
     word_weights,
@@ -212,3 +213,21 @@ def test_about_the_given_share_of_words_is_shuffled_to_each_other_word_alike():
     assert torch.equal(shuffled.ids[~is_word], batch.ids[~is_word])
     from_five = shuffled.ids[(batch.ids == 5) & (shuffled.ids != 5)]
     assert 0.4 < (from_five == 6).float().mean().item() < 0.6 and set(from_five.tolist()) == {6, 7}
+
+
+def test_dropping_the_shape_route_flags_the_patches_of_chosen_rows_of_the_chosen_tasks_only():
+    caption = tokenize_caption(np.zeros((32, 32, 3), np.uint8), np.array([9, 10]), LAYOUT)  # 4 patches
+    batch = collate([caption, caption, tokenize_text(np.array([9, 10]), LAYOUT), caption], LAYOUT,
+                    tasks=[1, 1, 1, 0])
+    assert not batch.patch_colour_only.any() and len(batch.patch_colour_only) == 12
+    chosen_tasks = torch.tensor([False, True])
+    unchanged, none = drop_shape_route(batch, chosen_tasks, 0.0)
+    assert unchanged is batch and not none.any()
+    dropped, rows = drop_shape_route(batch, chosen_tasks, 1.0)
+    assert rows.tolist() == [True, True, True, False]  # the other task's row kept (the text row has no patches)
+    assert dropped.patch_colour_only.tolist() == [True] * 8 + [False] * 4
+    assert not batch.patch_colour_only.any()  # the batch itself is not changed
+    assert torch.equal(dropped.ids, batch.ids) and torch.equal(dropped.patches, batch.patches)
+    many = collate([caption] * 400, LAYOUT, tasks=[1] * 400)
+    _, some = drop_shape_route(many, chosen_tasks, 0.25, torch.Generator().manual_seed(0))
+    assert 0.19 < some.float().mean().item() < 0.31

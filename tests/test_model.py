@@ -206,6 +206,34 @@ def test_a_mask_and_colour_patch_block_reads_shape_apart_from_colour(patch_input
     assert float((red_square - red_circle).norm()) > 0.1  # the shape still changes the embedding
 
 
+def test_patches_read_by_the_colour_route_alone_lose_their_shape_and_keep_their_colour():
+    torch.manual_seed(0)
+    config = dataclasses.replace(CONFIG, patch_input="mask+colour")
+    model = _model(config)
+    square, circle = _square_and_circle()
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    images[:, :16, :16] = 28
+    images[0, :16, :16][square] = (220, 45, 45)  # a red square and a red circle in the top-left patch
+    images[1, :16, :16][circle] = (220, 45, 45)
+    batch = collate([tokenize_caption(image, TEXT.encode("a caption"), config.layout) for image in images],
+                    config.layout)
+    dropped = dataclasses.replace(batch, patch_colour_only=batch.patch_batch_index >= 0)
+    with torch.no_grad():
+        full, alone = model.embed.patch_content(batch), model.embed.patch_content(dropped)
+        route = model.embed.patches.colour_route(batch.patches)
+    torch.testing.assert_close(alone, route, rtol=0, atol=0)
+    square_patch, circle_patch = 0, 4  # each image's first patch
+    assert float((full[square_patch] - full[circle_patch]).norm()) > 0.1  # both routes: the shapes differ
+    torch.testing.assert_close(alone[square_patch], alone[circle_patch], rtol=0, atol=1e-4)  # colour alone: alike
+    model.train()
+    model(dropped).loss.backward()
+    assert model.embed.patches.stem.weight.grad is None or not model.embed.patches.stem.weight.grad.any()
+    assert model.embed.patches.colour.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="only patch_input='mask\\+colour' has a colour route"):
+        _model().embed.patches.colour_route(batch.patches)
+
+
 def test_every_patch_input_trains_through_the_model():
     rng = np.random.default_rng(3)
     batch = collate([_episode(rng, 4), tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),

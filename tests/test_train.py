@@ -18,9 +18,11 @@ import torch
 from generalist import train as train_module
 from generalist.checkpoint import latest_checkpoint, read_trainer_state
 from generalist.config import CollectConfig, EvalConfig, TrainConfig
+from generalist.datasets.mixture import caption_word_targets
 from generalist.datasets.recording import collect
 from generalist.datasets.storage import EpisodeDataset
 from generalist.flags import from_json_dict, load_json
+from generalist.model import Generalist
 from generalist.tokenizers import TextTokenizer, TokenKind
 from generalist.train import build_model, learning_rate, train
 
@@ -359,6 +361,32 @@ def test_colour_shuffle_swaps_only_the_scene_captions_colour_words_the_model_rea
         train(replace(TINY, run_dir=tmp_path / "split", steps=1, colour_shuffle=0.5))
     with pytest.raises(ValueError, match="colour_shuffle"):
         train(replace(base, run_dir=tmp_path / "bad", colour_shuffle=1.5))
+
+
+@pytest.mark.slow
+def test_shape_dropout_reads_scene_rows_by_colour_alone_and_gives_their_shape_words_no_loss(tmp_path, monkeypatch):
+    seen = []
+    drop = train_module.drop_shape_route
+    monkeypatch.setattr(train_module, "drop_shape_route", lambda *a: seen.append(drop(*a)) or seen[-1])
+    taken = []
+    forward = Generalist.forward
+    monkeypatch.setattr(Generalist, "forward", lambda self, batch, targets=None, weights=None, sigma=0.0: (
+        taken.append((batch, weights)) or forward(self, batch, targets, weights, sigma)))
+    base = replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", batch_size=4)
+    train(replace(base, run_dir=tmp_path / "dropped", shape_dropout=1.0))
+    (dropped, rows), = seen
+    (batch, weights), = taken
+    assert batch is dropped  # the model read the dropped batch
+    scene_rows = (batch.kinds == TokenKind.IMAGE).any(dim=1)
+    assert scene_rows.any() and torch.equal(rows, scene_rows)  # probability 1: every scene row, no dialogue row
+    assert torch.equal(batch.patch_colour_only, scene_rows[batch.patch_batch_index])
+    shape_ids, _ = caption_word_targets(["scenes"], TextTokenizer.default(), "shape")
+    unread = batch.loss_mask & torch.isin(batch.targets, shape_ids) & scene_rows[:, None]
+    assert unread.any() and (weights[unread] == 0).all() and (weights[~unread] == 1).all()
+    with pytest.raises(ValueError, match="shape_dropout needs patch_input='mask\\+colour'"):
+        train(replace(TINY, run_dir=tmp_path / "pixels", steps=1, shape_dropout=0.5))
+    with pytest.raises(ValueError, match="shape_dropout is a share"):
+        train(replace(base, run_dir=tmp_path / "bad", shape_dropout=1.5))
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with():
