@@ -454,9 +454,11 @@ def control() -> RunConfig:
 # How every Atari frame is shown to the model (issue 18, docs/RESULTS.md): four gray frames a timestep (the ball's
 # motion), patches centred per image (what made the frames readable), and a colour-free foreground mask beside the
 # pixels (the 2-4-pixel ball as bright as a paddle: on a lent H200 at 88M tokens, on-policy agreement 8.5% -> 69.6%
-# in the diagnosed game, one seed each). The `full` preset's images are read the same way: captions are zero-padded
-# to the frames' four channels.
-ATARI_FRAMES = {"frame_stack": 4, "frame_colour": "gray", "centre_patches": True, "patch_input": "pixels+mask"}
+# in the diagnosed game, one seed each), each frame shrunk to 48x48 by a block maximum (9 patches, 11 tokens a
+# timestep: in the same 60 minutes here on-policy agreement 7.2% -> 38.4%, `pong48-mask-acc4`, one seed). The
+# `full` preset's images are read the same way: captions are zero-padded to the frames' four channels.
+ATARI_FRAMES = {"frame_stack": 4, "frame_colour": "gray", "frame_size": 48, "centre_patches": True,
+                "patch_input": "pixels+mask"}
 
 # The Pong specialist of issue 18 (docs/RESULTS.md): the Atari frames above, decisive steps weighted 5x and action
 # shuffle (against copying NOOP), then rounds driven by the agent alone at a tenth of the peak learning rate, their
@@ -474,7 +476,9 @@ def pong() -> RunConfig:
     rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games. It does not play
     yet: on this machine its cloning (pixels, before the mask) did not start reading the frames
     (docs/RESULTS.md, `pong-preset-amx`); on a lent H200, 5 minutes of cloning at 32 sequences a step (88M tokens)
-    read them, and with the mask the agent moves, but loses every game (-20.6, `pong-h200-b32-mask`)."""
+    read them, and with the mask the agent moves, but loses every game (-20.6, `pong-h200-b32-mask`); here, 60
+    minutes of cloning on frames shrunk to 48 pixels moved it too (-20.5, `pong48-mask-acc4`); with its rounds at
+    48 pixels it is not measured yet."""
     return RunConfig(
         preset="pong",
         train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
