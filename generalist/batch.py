@@ -159,12 +159,17 @@ def balanced_action_weights(batch: Batch, table: torch.Tensor, discrete_ids: ran
     return weights
 
 
+def rows_of_tasks(batch: Batch, chosen_tasks: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the rows whose task `chosen_tasks` (tasks,) bool marks; a row labelled with no task is none's."""
+    return (batch.tasks >= 0) & chosen_tasks.to(batch.tasks.device)[batch.tasks.clamp(min=0)]
+
+
 def word_weights(batch: Batch, word_ids: torch.Tensor, weighted_tasks: torch.Tensor, weight: float) -> torch.Tensor:
     """(B, T) loss weights: `weight` on the targets among the ids `word_ids` in rows whose task `weighted_tasks`
     (tasks,) bool marks, every other token 1 (as are rows labelled with no task)."""
     device = batch.targets.device
     weights = torch.ones(batch.targets.shape, dtype=torch.float32, device=device)
-    in_task = (batch.tasks >= 0) & weighted_tasks.to(device)[batch.tasks.clamp(min=0)]
+    in_task = rows_of_tasks(batch, weighted_tasks)
     chosen = batch.loss_mask & in_task[:, None] & torch.isin(batch.targets, word_ids.to(device))
     weights[chosen] = weight
     return weights
@@ -216,7 +221,7 @@ def shuffle_word_inputs(
         return batch
     device = batch.ids.device
     words = word_ids.to(device).sort().values
-    in_task = (batch.tasks >= 0) & shuffled_tasks.to(device)[batch.tasks.clamp(min=0)]
+    in_task = rows_of_tasks(batch, shuffled_tasks)
     is_word = torch.isin(batch.ids, words) & (batch.kinds == TokenKind.TEXT) & in_task[:, None]
     chosen = is_word & (torch.rand(batch.ids.shape, generator=generator, device=device) < probability)
     # Another word, never the same: its place among the sorted words moved on by 1..n-1, cyclically.
@@ -238,11 +243,10 @@ def drop_shape_route(
     shape (a held-out blue triangle named purple, docs/RESULTS.md). In a row without the shape the colour word can
     only be read from the colour, and the shape words cannot be read at all: give them no loss there.
     """
-    rows = torch.zeros(batch.ids.shape[0], dtype=torch.bool, device=batch.ids.device)
     if probability <= 0:
-        return batch, rows
-    in_task = (batch.tasks >= 0) & dropped_tasks.to(rows.device)[batch.tasks.clamp(min=0)]
-    rows = in_task & (torch.rand(rows.shape, generator=generator, device=rows.device) < probability)
+        return batch, torch.zeros(batch.ids.shape[0], dtype=torch.bool, device=batch.ids.device)
+    chance = torch.rand(batch.ids.shape[0], generator=generator, device=batch.ids.device)
+    rows = rows_of_tasks(batch, dropped_tasks) & (chance < probability)
     dropped = copy(batch)
     dropped.patch_colour_only = rows[batch.patch_batch_index]
     return dropped, rows

@@ -422,8 +422,10 @@ class TokenEmbedding(nn.Module):
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
         content = on_padded_rows(self.patches, batch.patches)  # GroupNorm: each patch normalized on its own
         if batch.patch_colour_only.any():
-            colour_only = batch.patch_colour_only[:, None]
-            content = torch.where(colour_only, on_padded_rows(self.patches.colour_route, batch.patches), content)
+            # only the flagged patches' colour route: their mask's part is dropped, the others keep theirs
+            flagged = batch.patch_colour_only.nonzero(as_tuple=True)
+            colour = on_padded_rows(self.patches.colour_route, batch.patches[flagged])
+            content = content.index_put(flagged, colour.to(content.dtype))
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content
