@@ -166,8 +166,7 @@ class ModelConfig:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if min(self.n_layer, self.d_ff, self.context, self.text_vocab_size, self.max_local_positions) < 1:
             raise ValueError("n_layer, d_ff, context, text_vocab_size and max_local_positions must be positive")
-        TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour,
-                    self.frame_size)  # checks them
+        self.layout  # noqa: B018 -- building the layout checks the image and text settings
 
     @property
     def layout(self) -> TokenLayout:

@@ -134,9 +134,9 @@ def init_distributed(device: str) -> Distributed:
     return Distributed(rank, world_size, torch.device("cpu"))
 
 
-def check_same_frames(config: TrainConfig, model_config: ModelConfig, checkpoint: Path) -> None:
+def check_same_frames(config: TrainConfig, saved_model: ModelConfig, checkpoint: Path) -> None:
     """Refuse to continue training a checkpoint on frames stacked otherwise than it was trained on."""
-    saved = (model_config.frame_stack, model_config.frame_colour, model_config.frame_size)
+    saved = (saved_model.frame_stack, saved_model.frame_colour, saved_model.frame_size)
     asked = (config.frame_stack, config.frame_colour, config.frame_size)
     if saved != asked:
         raise ValueError(f"{checkpoint}: the checkpoint reads {frames_text(*saved)} a timestep, the config asks for "
@@ -144,23 +144,43 @@ def check_same_frames(config: TrainConfig, model_config: ModelConfig, checkpoint
                          "or train a new model")
 
 
+def check_same_model(config: TrainConfig, saved: ModelConfig, checkpoint: Path) -> None:
+    """Refuse to continue training a checkpoint whose model the config would build otherwise: its frames, sizes and
+    patch block are the checkpoint's, so a setting asked for and not had is an error, never silently dropped."""
+    check_same_frames(config, saved, checkpoint)
+    if saved.context < config.sequence_length:
+        raise ValueError(f"{checkpoint}: a context of {saved.context} tokens cannot read sequences of "
+                         f"{config.sequence_length}")
+    asked = model_config(config, saved.text_vocab_size)
+    # The context may be longer than the sequences; the text vocabulary is the checkpoint's own tokenizer's.
+    differ = [f"{f.name} {getattr(saved, f.name)!r} (config: {getattr(asked, f.name)!r})" for f in fields(ModelConfig)
+              if f.name not in ("context", "text_vocab_size") and getattr(saved, f.name) != getattr(asked, f.name)]
+    if differ:
+        raise ValueError(f"{checkpoint}: the checkpoint's model has {', '.join(differ)}: give the checkpoint's "
+                         "settings (--model, --patch-input, --dropout, ...) or train a new model")
+
+
 def frames_text(stack: int, colour: str, size: int) -> str:
     """How a timestep's frames read in an error: "4 gray frame(s) at 48 pixels"."""
     return f"{stack} {colour} frame(s) " + (f"at {size} pixels" if size else "as recorded")
 
 
-def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
-    """The model of a training config, initialized from its seed (the same on every rank)."""
-    torch.manual_seed(config.seed)
+def model_config(config: TrainConfig, text_vocab_size: int) -> ModelConfig:
+    """The model a training config asks for, for a text tokenizer of `text_vocab_size` pieces."""
     patch_stride = {} if config.patch_stride is None else {"patch_stride": config.patch_stride}
-    model_config: ModelConfig = preset(
-        config.model, text_vocab_size=tokenizer.vocab_size, context=config.sequence_length, dropout=config.dropout,
+    return preset(
+        config.model, text_vocab_size=text_vocab_size, context=config.sequence_length, dropout=config.dropout,
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, frame_size=config.frame_size,
         centre_patches=config.centre_patches,
         patch_input=config.patch_input, value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )
-    return Generalist(model_config)
+
+
+def build_model(config: TrainConfig, tokenizer: TextTokenizer) -> Generalist:
+    """The model of a training config, initialized from its seed (the same on every rank)."""
+    torch.manual_seed(config.seed)
+    return Generalist(model_config(config, tokenizer.vocab_size))
 
 
 def _seed_micro_batch(config: TrainConfig, step: int, shard: int, n_shards: int) -> None:
@@ -369,10 +389,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
         tokenizer = load_text_tokenizer(checkpoint)
     elif config.init_from is not None:
         model, tokenizer = load_model(config.init_from)
-        if model.config.context < config.sequence_length:
-            raise ValueError(f"{config.init_from}: a context of {model.config.context} tokens cannot read "
-                             f"sequences of {config.sequence_length}")
-        check_same_frames(config, model.config, config.init_from)
+        check_same_model(config, model.config, config.init_from)
     else:
         model = build_model(config, tokenizer)
     precision = _agreed_precision(config.precision, where, read_precision(config.run_dir) if resume else None)

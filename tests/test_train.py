@@ -24,7 +24,7 @@ from generalist.datasets.storage import EpisodeDataset
 from generalist.flags import from_json_dict, load_json
 from generalist.model import Generalist
 from generalist.tokenizers import TextTokenizer, TokenKind
-from generalist.train import build_model, learning_rate, train
+from generalist.train import build_model, check_same_model, learning_rate, model_config, train
 
 # Caption and text tasks need no recorded data; scenes put image patches (and their sampled positions) in play.
 TINY = TrainConfig(
@@ -407,6 +407,22 @@ def test_a_run_can_start_from_another_checkpoints_weights(tmp_path):
     for name, tensor in weights_of(first).items():
         torch.testing.assert_close(weights_of(second)[name], tensor, rtol=0, atol=0, msg=name)
     assert read_trainer_state(second)["step"] == 1
+
+
+def test_starting_from_a_checkpoint_whose_model_the_config_would_build_otherwise_is_refused():
+    saved = model_config(TINY, 1000)
+    check_same_model(TINY, saved, Path("ckpt"))  # the config's own model: accepted
+    check_same_model(TINY, replace(saved, context=4 * TINY.sequence_length), Path("ckpt"))  # longer context: fine
+    with pytest.raises(ValueError, match=r"ckpt: the checkpoint's model has patch_input 'pixels\+mask' "
+                                         r"\(config: 'pixels'\): give the checkpoint's settings"):
+        check_same_model(TINY, replace(saved, patch_input="pixels+mask"), Path("ckpt"))
+    with pytest.raises(ValueError, match=r"n_layer 4 \(config: 6\), n_head 4 \(config: 6\), "
+                                         r"d_model 256 \(config: 384\)"):
+        check_same_model(replace(TINY, model="small"), saved, Path("ckpt"))
+    with pytest.raises(ValueError, match="dropout 0.0 \\(config: 0.1\\)"):
+        check_same_model(replace(TINY, dropout=0.1), saved, Path("ckpt"))
+    with pytest.raises(ValueError, match="a context of 16 tokens cannot read sequences of"):
+        check_same_model(TINY, replace(saved, context=16), Path("ckpt"))
 
 
 @pytest.mark.slow
