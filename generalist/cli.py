@@ -142,6 +142,9 @@ def _add_baselines(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=1_000_000, help="seed of the first episode")
     parser.add_argument("--out", default=None, help="JSON file to update (default: the package's baselines.json)")
     parser.add_argument("--workers", type=int, default=2, help="processes measuring in parallel")
+    parser.add_argument("--max-episode-steps", type=int, default=None,
+                        help="cut episodes at this many steps and store the result beside the full baseline: the "
+                        "reference of evaluations cut the same way (--eval.max-episode-steps)")
     parser.set_defaults(run=_run_baselines)
 
 
@@ -155,7 +158,7 @@ def _run_baselines(args: argparse.Namespace) -> int:
         raise ValueError("gym: and minari: tasks are measured into a file of your own (--out FILE), not into the "
                          "package's baselines; normalize their scores with evaluate's --reference-min/--reference-max")
     out = Path(args.out) if args.out else BASELINES_PATH
-    data = run_baselines(BaselineConfig(tasks, args.episodes, args.seed, out, args.workers))
+    data = run_baselines(BaselineConfig(tasks, args.episodes, args.seed, out, args.workers, args.max_episode_steps))
     print(format_table(data))
     return 0
 

@@ -50,6 +50,10 @@ class EvalConfig:
     """environments stepped together per task: more rows per forward pass make each step cheaper"""
     seed: int = DEFAULT_EVAL_SEED
     """first evaluation seed: the episodes play seeds seed .. seed + episodes - 1"""
+    max_episode_steps: int | None = None
+    """cut episodes at this many steps where a task's own cap is longer (an Atari agent that plays like the expert
+    plays Pong games of about 25,000 steps); their scores are normalized by the baselines cut the same way
+    (`generalist baselines --max-episode-steps N`), and the human-normalized score is not given"""
     prompt: str = "demonstration"
     """demonstration: open each episode with the end of a recorded expert episode; none: with nothing"""
     prompt_tokens: int | None = None
@@ -508,6 +512,12 @@ def language() -> RunConfig:
     )
 
 
+# Atari games in the `full` and `gpu` evaluations are cut where the recordings are (`RecordConfig.atari_max_steps`):
+# an agent that plays like the expert plays Pong games of about 25,000 steps, 50 of which cost hours
+# (docs/BENCHMARKS.md, "Evaluating Atari"); scores are normalized by the expert's and random's games cut the same way.
+ATARI_EVAL_STEPS = 2000
+
+
 def full() -> RunConfig:
     """The generalist: all nine tasks, 4,000 steps (about three hours here), then the control preset's four
     DAgger rounds (about 75 minutes more), 50 episodes per task; images read as the Pong specialist reads its
@@ -520,7 +530,7 @@ def full() -> RunConfig:
             model="tiny", weights=FULL_WEIGHTS, steps=4000, max_minutes=180.0, learning_rate=2e-3,
             warmup_steps=200, action_shuffle=0.5, **ATARI_FRAMES,
         ),
-        eval=EvalConfig(episodes=50, num_envs=50),
+        eval=EvalConfig(episodes=50, num_envs=50, max_episode_steps=ATARI_EVAL_STEPS),
         record=RecordConfig(episodes=200, **CONTROL_ROUNDS),
         report=ReportConfig(curve_points=8, curve_episodes=5, curve_scenes=50, prompt_ablation=True),
     )
@@ -550,7 +560,7 @@ def gpu() -> RunConfig:
             learning_rate=1e-3, warmup_steps=1000, action_shuffle=0.5, **ATARI_FRAMES,
             num_workers=4, device="cuda",
         ),
-        eval=EvalConfig(episodes=50, num_envs=50),
+        eval=EvalConfig(episodes=50, num_envs=50, max_episode_steps=ATARI_EVAL_STEPS),
         record=RecordConfig(episodes=500, atari_episodes=100),
         report=ReportConfig(curve_points=8, curve_episodes=5, curve_scenes=50, prompt_ablation=True),
     )

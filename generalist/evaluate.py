@@ -39,7 +39,7 @@ from generalist.datasets.emoji import emoji_accuracy, emoji_classes, render_emoj
 from generalist.datasets.mixture import ControlSource, episode_source
 from generalist.datasets.scenes import HELD_OUT_PAIRS, IMAGE_SIZE, generate_scene, parse_caption
 from generalist.datasets.text import ASSISTANT_MARKER, CHAT_MARKERS, USER_MARKER, format_chat, words
-from generalist.envs import TASKS, Task, expert_normalized, get_task, human_normalized, make, make_vector
+from generalist.envs import TASKS, Task, expert_normalized, get_task, human_normalized, make, make_vector, step_cap
 from generalist.envs.contract import Observation
 from generalist.envs.external import GYM_PREFIX, MINARI_PREFIX
 from generalist.envs.rollout import Actions, rollout, seed_sequences, single_env, unbatch
@@ -58,6 +58,7 @@ class TaskResult:
     # Episodes the no-reward limit ended (Breakout: games in which the agent stopped serving the ball; it must
     # press FIRE after each lost life).
     stalled: int = 0
+    capped_at: int | None = None  # the step cap that cut the episodes, where shorter than the task's own
     normalized: float = math.nan  # expert-normalized mean return
     human_normalized: float | None = None  # Atari only
     prompted: bool = True
@@ -181,8 +182,11 @@ def evaluate_task(
         # Each env plays a fixed share, so the episodes are always the same seeds: keeping the first `episodes` to
         # finish would favour short episodes.
         quotas = config.episodes // n + (np.arange(n) < config.episodes % n)
+        result.capped_at = step_cap(task, config.max_episode_steps)
+        if result.capped_at is not None:
+            normalized_score(spec, 0.0, config)  # a missing cut baseline is an error before minutes of play
         actor = agent_actor(model, task, config, demonstrations, text_tokenizer)
-        env = make_vector(task, n, autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        env = make_vector(task, n, autoreset_mode=gym.vector.AutoresetMode.DISABLED, max_episode_steps=result.capped_at)
         try:
             with acting_precision(model, config):
                 ends = rollout(env, actor, seed_sequences(config.seed, n), quotas.tolist())
@@ -194,7 +198,7 @@ def evaluate_task(
         finally:
             env.close()
         result.normalized = normalized_score(spec, result.mean_return, config)
-        if spec.human_scores is not None:
+        if spec.human_scores is not None and result.capped_at is None:  # human scores are of whole games
             result.human_normalized = human_normalized(task, result.mean_return)
     except Exception as error:  # one bad task must not end an evaluation of many
         result.error = f"{type(error).__name__}: {error}"
@@ -203,14 +207,15 @@ def evaluate_task(
 
 def normalized_score(task: Task, score: float, config: EvalConfig) -> float:
     """`score` normalized so that 0 is the random policy and 1 the expert: by the config's reference scores when
-    given, else the task's own (a Minari dataset's), else the measured baselines of a registered task; NaN when
-    a task outside the registry has none."""
+    given, else the task's own (a Minari dataset's), else the measured baselines of a registered task (cut at the
+    config's step cap); NaN when a task outside the registry has none."""
     low, high = config.reference_scores() or task.reference_scores or (None, None)
     if low is not None and high is not None:
         if high == low:
             raise ValueError(f"{task.name}: the reference scores are equal ({low}); nothing to normalize by")
         return (score - low) / (high - low)
-    return expert_normalized(task.name, score) if task.name in TASKS else math.nan
+    return expert_normalized(task.name, score, max_episode_steps=config.max_episode_steps) if task.name in TASKS \
+        else math.nan
 
 
 @torch.no_grad()
@@ -272,6 +277,8 @@ def format_table(results: Sequence[TaskResult]) -> str:
         value = "" if not r.returns else f"{r.mean_return:.1f} ± {r.std_return:.1f}"
         prompt = "demo" if r.prompted else "none"
         episodes = f"{len(r.returns)} ({r.stalled} stalled)" if r.stalled else str(len(r.returns))
+        if r.capped_at is not None:
+            episodes += f", cut at {r.capped_at:,} steps"
         lines.append(f"| {r.task} | {prompt} | {episodes} | {value} | {score} | {human} | {r.error or ''} |")
     return "\n".join(lines)
 

@@ -299,7 +299,7 @@ def _cache_key(task: str, config: EvalConfig) -> str:
     key = f"{task}|episodes={config.episodes}|seed={config.seed}|prompt={config.prompt}"
     defaults = EvalConfig()
     for name in ("prompt_tokens", "temperature", "continuous_decoding", "keep_prompt", "slide_fraction",
-                 "reference_min", "reference_max"):
+                 "reference_min", "reference_max", "max_episode_steps"):
         if getattr(config, name) != getattr(defaults, name):  # keys of runs evaluated with the defaults stay valid
             key += f"|{name}={getattr(config, name)}"
     return key

@@ -92,6 +92,18 @@ def test_the_table_names_the_games_that_stalled():
     assert "| breakout | demo | 3 (2 stalled) | 1.0 ± 1.4 |" in format_table([result])
 
 
+def test_a_step_cap_cuts_the_episodes_and_normalizes_by_baselines_cut_the_same_way(model, data_dir):
+    config = EvalConfig(episodes=3, seed=7, data_dir=data_dir, num_envs=2, max_episode_steps=5)
+    unmeasured = evaluate_task(model, "cartpole", config)
+    assert "--max-episode-steps 5" in unmeasured.error and not unmeasured.returns  # refused before playing
+    cut = evaluate_task(model, "cartpole", replace(config, reference_min=0.0, reference_max=10.0))
+    assert cut.error is None and cut.lengths == [5, 5, 5] and cut.returns == [5.0, 5.0, 5.0]  # none falls in 5
+    assert cut.capped_at == 5 and cut.normalized == pytest.approx(0.5)
+    assert "| cartpole | demo | 3, cut at 5 steps | 5.0 ± 0.0 | 50.0% |" in format_table([cut])
+    whole = evaluate_task(model, "cartpole", replace(config, max_episode_steps=500))  # CartPole's own cap
+    assert whole.error is None and whole.capped_at is None and max(whole.lengths) > 5
+
+
 @pytest.mark.slow
 def test_evaluate_command(tmp_path, model, data_dir):
     checkpoint = save_model(model, tmp_path / "ckpt", TextTokenizer.default())

@@ -12,6 +12,7 @@ from generalist import train as train_module
 from generalist.checkpoint import read_trainer_state
 from generalist.config import RUN_PRESETS, RecordConfig, RunConfig, TrainConfig, full, language, run_preset, smoke
 from generalist.datasets.storage import EpisodeDataset
+from generalist.envs import TASKS, expert_normalized, load_baselines, step_cap
 from generalist.evaluate import TaskResult
 from generalist.pipeline import (
     control_tasks,
@@ -49,6 +50,18 @@ def test_the_full_preset_trains_every_task():
 def test_the_full_preset_keeps_the_text_share_its_text_only_baselines_were_trained_for():
     weights = full().train.weights
     assert (weights["dialogue"] + weights["prose"]) / sum(weights.values()) == pytest.approx(0.45 / 12.6)
+
+
+def test_every_presets_cut_atari_games_have_baselines_cut_the_same_way():
+    baselines = load_baselines()
+    cut = {name: preset().eval.max_episode_steps for name, preset in RUN_PRESETS.items()}
+    assert cut["full"] == cut["gpu"] == 2000 and cut["pong"] is None  # the specialist's target is whole games
+    for name, steps in cut.items():
+        for task in [t for t in run_preset(name).train.weights if t in TASKS and TASKS[t].is_atari]:
+            entry = baselines["tasks"][task]
+            reference = entry if step_cap(task, steps) is None else entry["capped"][str(steps)]
+            assert reference["expert"]["mean"] > reference["random"]["mean"], (name, task)
+            assert expert_normalized(task, reference["expert"]["mean"], max_episode_steps=steps) == pytest.approx(1)
 
 
 def test_a_run_trains_its_own_text_tokenizer_once_and_trains_with_it(tmp_path, monkeypatch):

@@ -1,6 +1,6 @@
 """Environments with one observation contract, their scripted experts and their score baselines."""
 
-from generalist.envs.baselines import expert_normalized, human_normalized, load_baselines
+from generalist.envs.baselines import expert_normalized, human_normalized, load_baselines, step_cap
 from generalist.envs.contract import OBSERVATION_KEYS, Observation, check_observation
 from generalist.envs.policies import Action, Policy, RandomPolicy
 from generalist.envs.registry import (
@@ -38,5 +38,6 @@ __all__ = [
     "make_vector",
     "rollout",
     "run_episode",
+    "step_cap",
     "task_list",
 ]

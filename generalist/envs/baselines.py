@@ -13,6 +13,10 @@ Design choices:
   entry carries its own seeds and versions. The runs (task x random/expert) are spread over worker
   processes, longest first; each run is seeded, so the numbers do not depend on the number of workers.
 - The file is written to a temporary name and moved into place, so an interrupted run never leaves half a file.
+- Evaluations cut at fewer steps than a task's own cap (`--eval.max-episode-steps`: a Pong expert's game lasts
+  about 25,000 steps, too long to evaluate 50 of) are normalized by baselines cut the same way, measured with
+  `generalist baselines --max-episode-steps N` and stored in the task's entry under ``capped[N]``, so that the
+  0% and the 100% are what the random policy and the expert score within the same steps.
 """
 
 from __future__ import annotations
@@ -55,6 +59,18 @@ class BaselineConfig:
     """the JSON file to update"""
     workers: int = 2
     """processes measuring in parallel (one task's random or expert runs each)"""
+    max_episode_steps: int | None = None
+    """cut episodes at this many steps (tasks whose own cap is not longer keep it) and store the result beside the
+    task's full baseline, as the reference of evaluations cut the same way; the full baseline must exist"""
+
+
+def step_cap(task: str, max_episode_steps: int | None) -> int | None:
+    """`max_episode_steps` where it cuts `task`'s episodes shorter than the task's own cap does, else None."""
+    if max_episode_steps is None:
+        return None
+    if max_episode_steps < 1:
+        raise ValueError(f"max_episode_steps must be at least 1, got {max_episode_steps}")
+    return max_episode_steps if max_episode_steps < get_task(task).max_episode_steps else None
 
 
 def package_versions(names: Iterable[str] = PACKAGES) -> dict[str, str]:
@@ -82,25 +98,30 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, Any]:
     }
 
 
-def measure_policy(task: str, policy: str, episodes: int, first_seed: int) -> dict[str, Any]:
-    """Summary of `policy` ("random" or "expert") over the seeded episodes of `task`."""
+def measure_policy(
+    task: str, policy: str, episodes: int, first_seed: int, max_episode_steps: int | None = None
+) -> dict[str, Any]:
+    """Summary of `policy` ("random" or "expert") over the seeded episodes of `task`, cut at `max_episode_steps`
+    (None: the task's own cap)."""
     spec = get_task(task)
     player = RandomPolicy(spec.action_space()) if policy == "random" else spec.expert()
-    env = make(task)
+    env = make(task, max_episode_steps=max_episode_steps)
     played = [run_episode(env, player, seed) for seed in range(first_seed, first_seed + episodes)]
     env.close()
     return summarize(played)
 
 
 def task_entry(
-    task: str, episodes: int, first_seed: int, random: dict[str, Any], expert: dict[str, Any] | None
+    task: str, episodes: int, first_seed: int, random: dict[str, Any], expert: dict[str, Any] | None,
+    max_episode_steps: int | None = None,
 ) -> dict[str, Any]:
-    """The stored entry of one task: how it was measured, and the random and expert summaries."""
+    """The stored entry of one task: how it was measured (cut at `max_episode_steps`, None: the task's own cap),
+    and the random and expert summaries."""
     spec = get_task(task)
     entry: dict[str, Any] = {
         "env_id": spec.env_id,
         "env_kwargs": dict(spec.env_kwargs),
-        "max_episode_steps": spec.max_episode_steps,
+        "max_episode_steps": max_episode_steps or spec.max_episode_steps,
         "expert_name": spec.expert_name(),
         "seeds": {"first": first_seed, "count": episodes},
         "packages": package_versions(),
@@ -117,15 +138,31 @@ def task_policies(task: str) -> tuple[str, ...]:
     return POLICIES if get_task(task).expert_name() != "none" else ("random",)
 
 
-def measure_task(task: str, episodes: int, first_seed: int) -> dict[str, Any]:
-    """The entry of one task, measured in this process."""
-    results = {policy: measure_policy(task, policy, episodes, first_seed) for policy in task_policies(task)}
-    return task_entry(task, episodes, first_seed, results["random"], results.get("expert"))
+def measure_task(task: str, episodes: int, first_seed: int, max_episode_steps: int | None = None) -> dict[str, Any]:
+    """The entry of one task, measured in this process (cut at `max_episode_steps`, None: the task's own cap)."""
+    cap = step_cap(task, max_episode_steps)
+    results = {policy: measure_policy(task, policy, episodes, first_seed, cap) for policy in task_policies(task)}
+    return task_entry(task, episodes, first_seed, results["random"], results.get("expert"), cap)
+
+
+def store_entry(data: dict[str, Any], task: str, entry: dict[str, Any], cap: int | None) -> None:
+    """Put a measured entry in `data`: a full one replaces the task's (keeping its cut ones), a cut one goes
+    under the task's ``capped``."""
+    kept = data["tasks"].get(task, {})
+    if cap is None:
+        data["tasks"][task] = {**entry, **({"capped": kept["capped"]} if "capped" in kept else {})}
+    else:
+        kept.setdefault("capped", {})[str(cap)] = entry
 
 
 def run_baselines(config: BaselineConfig) -> dict[str, Any]:
     """Measure the configured tasks in `config.workers` processes; update the file as each task completes."""
     data = load_baselines(config.out) if config.out.exists() else _empty()
+    caps = {task: step_cap(task, config.max_episode_steps) for task in config.tasks}
+    missing = [task for task, cap in caps.items() if cap is not None and task not in data["tasks"]]
+    if missing:
+        raise ValueError(f"{config.out}: no full baseline of {', '.join(missing)} to store the cut ones beside: "
+                         f"measure them first without --max-episode-steps")
     # Longest runs first (long episodes, the expert before random) so that the workers finish together.
     jobs = sorted(
         ((task, policy) for task in config.tasks for policy in task_policies(task)),
@@ -134,7 +171,7 @@ def run_baselines(config: BaselineConfig) -> dict[str, Any]:
     results: dict[str, dict[str, Any]] = {task: {} for task in config.tasks}
     with ProcessPoolExecutor(config.workers) as pool, tqdm(total=len(jobs), unit="run") as bar:
         futures = {
-            pool.submit(measure_policy, task, policy, config.episodes, config.first_seed): (task, policy)
+            pool.submit(measure_policy, task, policy, config.episodes, config.first_seed, caps[task]): (task, policy)
             for task, policy in jobs
         }
         for future in as_completed(futures):
@@ -143,19 +180,22 @@ def run_baselines(config: BaselineConfig) -> dict[str, Any]:
             bar.set_postfix_str(f"{task} {policy} {results[task][policy]['mean']:.1f}")
             bar.update()
             if len(results[task]) == len(task_policies(task)):
-                data["tasks"][task] = task_entry(task, config.episodes, config.first_seed, results[task]["random"],
-                                                 results[task].get("expert"))
+                entry = task_entry(task, config.episodes, config.first_seed, results[task]["random"],
+                                   results[task].get("expert"), caps[task])
+                store_entry(data, task, entry, caps[task])
                 write_baselines(data, config.out)
     return data
 
 
 def format_table(data: Mapping[str, Any]) -> str:
-    """The stored baselines as a plain-text table: task, random and expert mean +- std (n)."""
-    lines = [f"{'task':<24}{'random':>24}{'expert':>24}"]
-    for name, entry in data["tasks"].items():
-        cells = [f"{entry[p]['mean']:.1f} +- {entry[p]['std']:.1f} ({entry[p]['n']})" if entry.get(p) else "none"
-                 for p in ("random", "expert")]
-        lines.append(f"{name:<24}{cells[0]:>24}{cells[1]:>24}")
+    """The stored baselines as a plain-text table: task (and the cut ones), random and expert mean +- std (n)."""
+    lines = [f"{'task':<28}{'random':>24}{'expert':>24}"]
+    for name, full in data["tasks"].items():
+        rows = [(name, full)] + [(f"{name} ({cap} steps)", cut) for cap, cut in full.get("capped", {}).items()]
+        for label, entry in rows:
+            cells = [f"{entry[p]['mean']:.1f} +- {entry[p]['std']:.1f} ({entry[p]['n']})" if entry.get(p) else "none"
+                     for p in ("random", "expert")]
+            lines.append(f"{label:<28}{cells[0]:>24}{cells[1]:>24}")
     return "\n".join(lines)
 
 
@@ -182,12 +222,19 @@ def load_baselines(path: Path = BASELINES_PATH) -> dict[str, Any]:
     return data
 
 
-def _task_entry(task: str, baselines: Mapping[str, Any] | None) -> Mapping[str, Any]:
+def _task_entry(task: str, baselines: Mapping[str, Any] | None, cap: int | None = None) -> Mapping[str, Any]:
     data = load_baselines() if baselines is None else baselines
     try:
-        return data["tasks"][task]
+        entry = data["tasks"][task]
     except KeyError:
         raise KeyError(f"no baseline for task {task!r}; run `generalist baselines --tasks {task}`") from None
+    if cap is None:
+        return entry
+    try:
+        return entry["capped"][str(cap)]
+    except KeyError:
+        raise KeyError(f"no baseline for task {task!r} cut at {cap} steps; run `generalist baselines --tasks {task} "
+                       f"--max-episode-steps {cap}`") from None
 
 
 def expert_mean(task: str, baselines: Mapping[str, Any] | None = None) -> float:
@@ -195,9 +242,12 @@ def expert_mean(task: str, baselines: Mapping[str, Any] | None = None) -> float:
     return float(_task_entry(task, baselines)["expert"]["mean"])
 
 
-def expert_normalized(task: str, score: float, baselines: Mapping[str, Any] | None = None) -> float:
-    """(score - random) / (expert - random) with the measured means: 0 is random, 1 is the expert."""
-    entry = _task_entry(task, baselines)
+def expert_normalized(
+    task: str, score: float, baselines: Mapping[str, Any] | None = None, max_episode_steps: int | None = None
+) -> float:
+    """(score - random) / (expert - random) with the measured means: 0 is random, 1 is the expert; for episodes cut
+    at `max_episode_steps`, the means of episodes cut the same way (the full ones where it cuts nothing)."""
+    entry = _task_entry(task, baselines, step_cap(task, max_episode_steps))
     random, expert = entry["random"]["mean"], entry["expert"]["mean"]
     return (score - random) / (expert - random)
 

@@ -1,0 +1,70 @@
+"""What evaluating Atari costs: the agent's steps per second in `evaluate_task`, and 50 games projected from them.
+
+Run from the repository root: `python -m bench.atari_eval --checkpoint runs/RUN --tasks pong,breakout` (`--quick`
+for a smoke run). For each task it plays `--episodes` games on `--num-envs` environments at once (greedy, fp32,
+prompted from `--data-dir`, cut at `--max-episode-steps` where given), and prints the games' steps, the wall time
+and the agent steps per second, then what 50 games would take at that rate if every game lasted as long as the
+expert's (its mean game length in the stored baselines, cut the same way): the cost of evaluating an agent that
+plays, which a model that loses in a few hundred steps does not show. An acting step costs the same whatever the
+weights, once the context is full, so any checkpoint of the same shape measures it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from generalist.checkpoint import load_model
+from generalist.config import EvalConfig
+from generalist.envs import load_baselines, step_cap
+from generalist.evaluate import evaluate_task
+
+PROJECTED_GAMES = 50
+
+
+def expert_game_length(task: str, max_episode_steps: int | None) -> float:
+    """The expert's mean game length in the stored baselines, cut at `max_episode_steps` (None: uncut)."""
+    entry = load_baselines()["tasks"][task]
+    cap = step_cap(task, max_episode_steps)
+    if cap is not None:
+        entry = entry.get("capped", {}).get(str(cap), {"expert": {"mean_length": float(cap)}})  # at most the cap
+    return float(entry["expert"]["mean_length"])
+
+
+def main() -> None:
+    """Print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint or run directory that plays")
+    parser.add_argument("--tasks", default="pong,breakout", help="comma-separated Atari tasks")
+    parser.add_argument("--episodes", type=int, default=50, help="games played per task")
+    parser.add_argument("--num-envs", type=int, default=50, help="games played at once")
+    parser.add_argument("--max-episode-steps", type=int, default=None, help="cut games at this many steps")
+    parser.add_argument("--data-dir", type=Path, default=Path("data"), help="expert recordings for the prompts")
+    parser.add_argument("--quick", action="store_true", help="2 games of pong on 2 envs, cut at 100 steps")
+    args = parser.parse_args()
+    tasks, episodes, num_envs, cap = args.tasks.split(","), args.episodes, args.num_envs, args.max_episode_steps
+    if args.quick:
+        tasks, episodes, num_envs, cap = ["pong"], 2, 2, 100
+    model, tokenizer = load_model(args.checkpoint)
+    config = EvalConfig(episodes=episodes, num_envs=num_envs, data_dir=args.data_dir, max_episode_steps=cap,
+                        reference_min=0.0, reference_max=1.0)  # the scores are not this bench's business
+    print(f"checkpoint {args.checkpoint}, {episodes} games on {num_envs} envs, cut at {cap or 'the task cap'}\n")
+    print(f"| task | games | agent steps | wall time (s) | agent steps/s | expert's game (steps) | "
+          f"{PROJECTED_GAMES} expert-length games (min) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for task in tasks:
+        start = time.perf_counter()
+        result = evaluate_task(model, task, config, text_tokenizer=tokenizer)
+        seconds = time.perf_counter() - start
+        if result.error is not None:
+            raise SystemExit(f"{task}: {result.error}")
+        steps = sum(result.lengths)
+        length = expert_game_length(task, cap)
+        projected = PROJECTED_GAMES * length / (steps / seconds) / 60
+        print(f"| {task} | {len(result.lengths)} | {steps:,} | {seconds:.1f} | {steps / seconds:.0f} | {length:,.0f} | "
+              f"{projected:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
