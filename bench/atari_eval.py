@@ -4,9 +4,9 @@ Run from the repository root: `python -m bench.atari_eval --checkpoint runs/RUN 
 for a smoke run). For each task it plays `--episodes` games on `--num-envs` environments at once (greedy, fp32,
 prompted from `--data-dir`, cut at `--max-episode-steps` where given), and prints the games' steps, the wall time
 and the agent steps per second, then what 50 games would take at that rate if every game lasted as long as the
-expert's (its mean game length in the stored baselines, cut the same way): the cost of evaluating an agent that
-plays, which a model that loses in a few hundred steps does not show. An acting step costs the same whatever the
-weights, once the context is full, so any checkpoint of the same shape measures it.
+expert's (its mean game length in the stored baselines), whole and cut at `--max-episode-steps`: the cost of
+evaluating an agent that plays, which a model that loses in a few hundred steps does not show. An acting step
+costs the same whatever the weights once the context is full, so any checkpoint of the same shape measures it.
 """
 
 from __future__ import annotations
@@ -24,12 +24,10 @@ PROJECTED_GAMES = 50
 
 
 def expert_game_length(task: str, max_episode_steps: int | None) -> float:
-    """The expert's mean game length in the stored baselines, cut at `max_episode_steps` (None: uncut)."""
+    """The expert's mean game length in the stored baselines, cut at `max_episode_steps` (None: whole games)."""
     entry = load_baselines()["tasks"][task]
     cap = step_cap(task, max_episode_steps)
-    if cap is not None:
-        entry = entry.get("capped", {}).get(str(cap), {"expert": {"mean_length": float(cap)}})  # at most the cap
-    return float(entry["expert"]["mean_length"])
+    return float((entry if cap is None else entry["capped"][str(cap)])["expert"]["mean_length"])
 
 
 def main() -> None:
@@ -41,17 +39,18 @@ def main() -> None:
     parser.add_argument("--num-envs", type=int, default=50, help="games played at once")
     parser.add_argument("--max-episode-steps", type=int, default=None, help="cut games at this many steps")
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="expert recordings for the prompts")
-    parser.add_argument("--quick", action="store_true", help="2 games of pong on 2 envs, cut at 100 steps")
+    parser.add_argument("--quick", action="store_true", help="2 games of pong on 2 envs, cut at 2,000 steps")
     args = parser.parse_args()
     tasks, episodes, num_envs, cap = args.tasks.split(","), args.episodes, args.num_envs, args.max_episode_steps
     if args.quick:
-        tasks, episodes, num_envs, cap = ["pong"], 2, 2, 100
+        tasks, episodes, num_envs, cap = ["pong"], 2, 2, 2000
     model, tokenizer = load_model(args.checkpoint)
     config = EvalConfig(episodes=episodes, num_envs=num_envs, data_dir=args.data_dir, max_episode_steps=cap,
                         reference_min=0.0, reference_max=1.0)  # the scores are not this bench's business
     print(f"checkpoint {args.checkpoint}, {episodes} games on {num_envs} envs, cut at {cap or 'the task cap'}\n")
-    print(f"| task | games | agent steps | wall time (s) | agent steps/s | expert's game (steps) | "
-          f"{PROJECTED_GAMES} expert-length games (min) |")
+    cut = f"cut at {cap:,}" if cap else "cut (no cap given)"
+    print(f"| task | games | agent steps | wall time (s) | agent steps/s | expert's game, whole / {cut} (steps) | "
+          f"{PROJECTED_GAMES} expert-length games, whole / {cut} (min) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for task in tasks:
         start = time.perf_counter()
@@ -60,10 +59,11 @@ def main() -> None:
         if result.error is not None:
             raise SystemExit(f"{task}: {result.error}")
         steps = sum(result.lengths)
-        length = expert_game_length(task, cap)
-        projected = PROJECTED_GAMES * length / (steps / seconds) / 60
-        print(f"| {task} | {len(result.lengths)} | {steps:,} | {seconds:.1f} | {steps / seconds:.0f} | {length:,.0f} | "
-              f"{projected:.1f} |", flush=True)
+        rate = steps / seconds
+        lengths = [expert_game_length(task, None), expert_game_length(task, cap)]
+        minutes = [PROJECTED_GAMES * length / rate / 60 for length in lengths]
+        print(f"| {task} | {len(result.lengths)} | {steps:,} | {seconds:.1f} | {rate:.0f} | "
+              f"{lengths[0]:,.0f} / {lengths[1]:,.0f} | {minutes[0]:.1f} / {minutes[1]:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
