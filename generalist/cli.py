@@ -591,6 +591,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `generalist` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from generalist.precision import flush_denormals  # here: `--help` and bad flags need no torch
+
+    flush_denormals()
     try:
         return args.run(args)
     except (ValueError, OSError) as error:

@@ -15,6 +15,10 @@ bf16 matmul ran at 0.8 GFLOP/s against 99 GFLOP/s in fp32, and training was 29x 
 - A training run resolves "auto" once and records the choice (train.py); a resumed run keeps it, so that it
   continues bit for bit whatever a timing on a busy machine would say now.
 - Nothing is cached: callers resolve once per run and pass the `Precision` along.
+- Denormal floats are flushed to zero on the CPU (`flush_denormals`, called first by every command): a trained
+  Pong model's gradients hold enough of them that a training step took twice as long as a fresh model's on this
+  machine's Xeon, which handles each one in microcode (docs/BENCHMARKS.md, "Denormal floats"); their values
+  (below 1.2e-38) change nothing a model computes.
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ from pathlib import Path
 import torch
 
 from generalist.config import DEVICES, PRECISIONS
+
+
+def flush_denormals() -> bool:
+    """Treat denormal floats as zero on this CPU (False where it cannot): before the first parallel operation, so
+    that every thread of the pool inherits it (it is a per-thread setting)."""
+    return torch.set_flush_denormal(True)
 
 
 def resolve_device(requested: str) -> torch.device:

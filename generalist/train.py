@@ -74,7 +74,7 @@ from generalist.flags import save_json
 from generalist.lock import exclusive
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
 from generalist.model import PATCH_INPUTS, Generalist, ModelConfig, preset
-from generalist.precision import Precision, resolve_device, resolve_precision
+from generalist.precision import Precision, flush_denormals, resolve_device, resolve_precision
 from generalist.tokenizers import TextTokenizer, frame_channels
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -373,6 +373,7 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
 
 def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) -> Path:
     check_config(config)
+    flush_denormals()  # the CLI did already; for callers of `train` (the pool's threads inherit it if still unmade)
     where = init_distributed(config.device)
     tokenizer = TextTokenizer.default() if config.text_tokenizer is None else TextTokenizer.load(config.text_tokenizer)
     start_step, tokens_seen, minutes_before = 0, 0, 0.0
