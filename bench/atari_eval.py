@@ -15,11 +15,12 @@ import argparse
 import time
 from pathlib import Path
 
+import torch
+
 from generalist.checkpoint import load_model
 from generalist.config import EvalConfig
 from generalist.envs import load_baselines, step_cap
 from generalist.evaluate import evaluate_task
-from generalist.precision import flush_denormals
 
 PROJECTED_GAMES = 50
 
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="expert recordings for the prompts")
     parser.add_argument("--quick", action="store_true", help="2 games of pong on 2 envs, cut at 2,000 steps")
     args = parser.parse_args()
-    flush_denormals()  # as every `generalist` command does
+    torch.set_flush_denormal(True)  # as every `generalist` command does
     tasks, episodes, num_envs, cap = args.tasks.split(","), args.episodes, args.num_envs, args.max_episode_steps
     if args.quick:
         tasks, episodes, num_envs, cap = ["pong"], 2, 2, 2000

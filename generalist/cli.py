@@ -591,11 +591,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `generalist` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    from generalist.precision import flush_denormals  # here: `--help` and bad flags need no torch
+    from generalist.precision import denormals_flushed  # here: `--help` and bad flags need no torch
 
-    flush_denormals()
     try:
-        return args.run(args)
+        with denormals_flushed():
+            return args.run(args)
     except (ValueError, OSError) as error:
         # Bad input (a value, a path that is a file or a loop) or a machine that refused (a full disk): one line,
         # not a traceback.

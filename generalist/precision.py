@@ -15,7 +15,7 @@ bf16 matmul ran at 0.8 GFLOP/s against 99 GFLOP/s in fp32, and training was 29x 
 - A training run resolves "auto" once and records the choice (train.py); a resumed run keeps it, so that it
   continues bit for bit whatever a timing on a busy machine would say now.
 - Nothing is cached: callers resolve once per run and pass the `Precision` along.
-- Denormal floats are flushed to zero on the CPU (`flush_denormals`, called first by every command): a trained
+- Denormal floats are flushed to zero on the CPU (`denormals_flushed`, around every command and `train`): a trained
   Pong model's gradients hold enough of them that a training step took 1.8 times as long as a fresh model's on
   this machine's Xeon, which handles each one in microcode (docs/BENCHMARKS.md, "Denormal floats"); values below
   1.2e-38 are far below anything a loss or an action depends on.
@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,10 +35,16 @@ import torch
 from generalist.config import DEVICES, PRECISIONS
 
 
-def flush_denormals() -> bool:
-    """Treat denormal floats as zero on this CPU (False where it cannot): before the first parallel operation, so
-    that every thread of the pool inherits it (it is a per-thread setting)."""
-    return torch.set_flush_denormal(True)
+@contextlib.contextmanager
+def denormals_flushed() -> Iterator[bool]:
+    """Denormal floats treated as zero on this CPU inside the block (yields False where it cannot), off again after
+    it (torch's default; it has no getter). A per-thread setting: the thread pool, made at the first parallel
+    operation, inherits it when that happens inside the block, so enter it first."""
+    flushed = torch.set_flush_denormal(True)
+    try:
+        yield flushed
+    finally:
+        torch.set_flush_denormal(False)
 
 
 def resolve_device(requested: str) -> torch.device:

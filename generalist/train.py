@@ -74,7 +74,7 @@ from generalist.flags import save_json
 from generalist.lock import exclusive
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
 from generalist.model import PATCH_INPUTS, Generalist, ModelConfig, preset
-from generalist.precision import Precision, flush_denormals, resolve_device, resolve_precision
+from generalist.precision import Precision, denormals_flushed, resolve_device, resolve_precision
 from generalist.tokenizers import TextTokenizer, frame_channels
 
 # ------------------------------------------------------------------------------------------------ schedule
@@ -365,15 +365,15 @@ def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | N
     `eval_config` sets the evaluations inside training (`eval_every`); they use the defaults without it. One
     process at a time trains into a run directory (under torchrun, rank 0 holds the lock).
     """
-    if int(os.environ.get("RANK", "0")) != 0:
-        return _train(config, resume, eval_config)
-    with exclusive(config.run_dir, "a training run"):
-        return _train(config, resume, eval_config)
+    with denormals_flushed():  # the CLI's already; here for callers of `train`
+        if int(os.environ.get("RANK", "0")) != 0:
+            return _train(config, resume, eval_config)
+        with exclusive(config.run_dir, "a training run"):
+            return _train(config, resume, eval_config)
 
 
 def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) -> Path:
     check_config(config)
-    flush_denormals()  # the CLI did already; for callers of `train` (the pool's threads inherit it if still unmade)
     where = init_distributed(config.device)
     tokenizer = TextTokenizer.default() if config.text_tokenizer is None else TextTokenizer.load(config.text_tokenizer)
     start_step, tokens_seen, minutes_before = 0, 0, 0.0

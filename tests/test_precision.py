@@ -5,7 +5,14 @@ import math
 import pytest
 import torch
 
-from generalist.precision import PRECISIONS, Precision, flush_denormals, matmul_flops, resolve_device, resolve_precision
+from generalist.precision import (
+    PRECISIONS,
+    Precision,
+    denormals_flushed,
+    matmul_flops,
+    resolve_device,
+    resolve_precision,
+)
 
 
 class FakeMeasure:
@@ -134,13 +141,13 @@ def test_auto_device_is_the_cpu_without_a_gpu_and_an_absent_gpu_is_a_clear_error
         resolve_device("tpu")
 
 
-def test_denormal_floats_are_flushed_to_zero_where_the_cpu_can():
-    denormal = torch.tensor([1e-39])  # below float32's smallest normal, 1.2e-38
-    try:
-        torch.set_flush_denormal(False)
-        assert (denormal * 1.0).item() > 0.0
-        if not flush_denormals():
-            pytest.skip("this CPU cannot flush denormals")
-        assert (denormal * 1.0).item() == 0.0 and (torch.tensor([1e-37]) * 1.0).item() > 0.0  # normals stay
-    finally:
-        torch.set_flush_denormal(False)
+def test_denormal_floats_are_flushed_to_zero_inside_the_block_only():
+    def denormal() -> float:  # made and multiplied here: a float made while flushing is already 0
+        return (torch.tensor([1e-39]) * 1.0).item()  # below float32's smallest normal, 1.2e-38
+
+    torch.set_flush_denormal(False)
+    assert denormal() > 0.0
+    with denormals_flushed() as flushed:
+        if flushed:
+            assert denormal() == 0.0 and (torch.tensor([1e-37]) * 1.0).item() > 0.0  # normals stay
+    assert denormal() > 0.0  # off again: hypothesis, for one, refuses to run with subnormals flushed
