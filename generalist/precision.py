@@ -37,14 +37,15 @@ from generalist.config import DEVICES, PRECISIONS
 
 @contextlib.contextmanager
 def denormals_flushed() -> Iterator[bool]:
-    """Denormal floats treated as zero on this CPU inside the block (yields False where it cannot), off again after
-    it (torch's default; it has no getter). A per-thread setting: the thread pool, made at the first parallel
-    operation, inherits it when that happens inside the block, so enter it first."""
+    """Denormal floats treated as zero on this CPU inside the block (yields False where it cannot), as before it
+    after it (a nested block leaves the outer one's on). A per-thread setting: the thread pool, made at the first
+    parallel operation, inherits it when that happens inside the block, so enter it first."""
+    before = (torch.tensor([1e-39]) * 1.0).item() == 0.0  # already flushing (torch has no getter)
     flushed = torch.set_flush_denormal(True)
     try:
         yield flushed
     finally:
-        torch.set_flush_denormal(False)
+        torch.set_flush_denormal(before)
 
 
 def resolve_device(requested: str) -> torch.device:

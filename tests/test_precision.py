@@ -150,4 +150,7 @@ def test_denormal_floats_are_flushed_to_zero_inside_the_block_only():
     with denormals_flushed() as flushed:
         if flushed:
             assert denormal() == 0.0 and (torch.tensor([1e-37]) * 1.0).item() > 0.0  # normals stay
+            with denormals_flushed():  # `run` trains inside its command's block
+                pass
+            assert denormal() == 0.0  # the outer block's still on
     assert denormal() > 0.0  # off again: hypothesis, for one, refuses to run with subnormals flushed
