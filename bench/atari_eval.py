@@ -19,17 +19,10 @@ import torch
 
 from generalist.checkpoint import load_model
 from generalist.config import EvalConfig
-from generalist.envs import load_baselines, step_cap
+from generalist.envs import baseline_entry
 from generalist.evaluate import evaluate_task
 
 PROJECTED_GAMES = 50
-
-
-def expert_game_length(task: str, max_episode_steps: int | None) -> float:
-    """The expert's mean game length in the stored baselines, cut at `max_episode_steps` (None: whole games)."""
-    entry = load_baselines()["tasks"][task]
-    cap = step_cap(task, max_episode_steps)
-    return float((entry if cap is None else entry["capped"][str(cap)])["expert"]["mean_length"])
 
 
 def main() -> None:
@@ -63,7 +56,7 @@ def main() -> None:
             raise SystemExit(f"{task}: {result.error}")
         steps = sum(result.lengths)
         rate = steps / seconds
-        lengths = [expert_game_length(task, None), expert_game_length(task, cap)]
+        lengths = [baseline_entry(task, max_episode_steps=steps)["expert"]["mean_length"] for steps in (None, cap)]
         minutes = [PROJECTED_GAMES * length / rate / 60 for length in lengths]
         print(f"| {task} | {len(result.lengths)} | {steps:,} | {seconds:.1f} | {rate:.0f} | "
               f"{lengths[0]:,.0f} / {lengths[1]:,.0f} | {minutes[0]:.1f} / {minutes[1]:.1f} |", flush=True)

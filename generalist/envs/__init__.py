@@ -1,6 +1,6 @@
 """Environments with one observation contract, their scripted experts and their score baselines."""
 
-from generalist.envs.baselines import expert_normalized, human_normalized, load_baselines, step_cap
+from generalist.envs.baselines import baseline_entry, expert_normalized, human_normalized, load_baselines, step_cap
 from generalist.envs.contract import OBSERVATION_KEYS, Observation, check_observation
 from generalist.envs.policies import Action, Policy, RandomPolicy
 from generalist.envs.registry import (
@@ -27,6 +27,7 @@ __all__ = [
     "Policy",
     "RandomPolicy",
     "Task",
+    "baseline_entry",
     "check_observation",
     "control_tasks",
     "evaluated_tasks",

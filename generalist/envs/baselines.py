@@ -222,8 +222,13 @@ def load_baselines(path: Path = BASELINES_PATH) -> dict[str, Any]:
     return data
 
 
-def _task_entry(task: str, baselines: Mapping[str, Any] | None, cap: int | None = None) -> Mapping[str, Any]:
+def baseline_entry(
+    task: str, baselines: Mapping[str, Any] | None = None, max_episode_steps: int | None = None
+) -> Mapping[str, Any]:
+    """The stored random and expert summaries of `task` (the package's file without `baselines`), of episodes cut
+    at `max_episode_steps` where that cuts them (the whole ones otherwise); a missing one names its command."""
     data = load_baselines() if baselines is None else baselines
+    cap = step_cap(task, max_episode_steps)
     try:
         entry = data["tasks"][task]
     except KeyError:
@@ -239,7 +244,7 @@ def _task_entry(task: str, baselines: Mapping[str, Any] | None, cap: int | None 
 
 def expert_mean(task: str, baselines: Mapping[str, Any] | None = None) -> float:
     """The expert's mean return on `task`, from the stored baselines."""
-    return float(_task_entry(task, baselines)["expert"]["mean"])
+    return float(baseline_entry(task, baselines)["expert"]["mean"])
 
 
 def expert_normalized(
@@ -247,7 +252,7 @@ def expert_normalized(
 ) -> float:
     """(score - random) / (expert - random) with the measured means: 0 is random, 1 is the expert; for episodes cut
     at `max_episode_steps`, the means of episodes cut the same way (the full ones where it cuts nothing)."""
-    entry = _task_entry(task, baselines, step_cap(task, max_episode_steps))
+    entry = baseline_entry(task, baselines, max_episode_steps)
     random, expert = entry["random"]["mean"], entry["expert"]["mean"]
     return (score - random) / (expert - random)
 
