@@ -223,7 +223,8 @@ def _optimizer_step(
             if shape_dropped is not None:
                 word_ids, scene_tasks, probability = shape_dropped
                 inputs, rows = drop_shape_route(inputs, scene_tasks, probability)
-                unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, 0.0), 1.0)
+                unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks,
+                                                                 config.dropped_shape_weight), 1.0)
                 weights = unread if weights is None else weights * unread
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
@@ -336,7 +337,7 @@ def check_config(config: TrainConfig) -> None:
             raise ValueError(f"{name} must be at least 1, got {value}")
     for name in ("warmup_steps", "eval_every", "num_workers", "learning_rate", "weight_decay", "grad_clip",
                  "min_lr_ratio", "decisive_weight", "colour_weight", "shape_weight",
-                 "action_sigma", "action_balance"):
+                 "dropped_shape_weight", "action_sigma", "action_balance"):
         if getattr(config, name) < 0:
             raise ValueError(f"{name} must not be negative, got {getattr(config, name)}")
     for name in ("max_minutes", "checkpoint_minutes", "interim_minutes"):

@@ -364,7 +364,7 @@ def test_colour_shuffle_swaps_only_the_scene_captions_colour_words_the_model_rea
 
 
 @pytest.mark.slow
-def test_shape_dropout_reads_scene_rows_by_colour_alone_and_gives_their_shape_words_no_loss(tmp_path, monkeypatch):
+def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_words_as_told(tmp_path, monkeypatch):
     seen = []
     drop = train_module.drop_shape_route
     monkeypatch.setattr(train_module, "drop_shape_route", lambda *a: seen.append(drop(*a)) or seen[-1])
@@ -383,6 +383,13 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_gives_their_shape_wo
     shape_ids, _ = caption_word_targets(["scenes"], TextTokenizer.default(), "shape")
     unread = batch.loss_mask & torch.isin(batch.targets, shape_ids) & scene_rows[:, None]
     assert unread.any() and (weights[unread] == 0).all() and (weights[~unread] == 1).all()
+    train(replace(base, run_dir=tmp_path / "kept", shape_dropout=1.0, dropped_shape_weight=0.5))
+    (batch, weights) = taken[-1]
+    scene_rows = (batch.kinds == TokenKind.IMAGE).any(dim=1)
+    unread = batch.loss_mask & torch.isin(batch.targets, shape_ids) & scene_rows[:, None]
+    assert unread.any() and (weights[unread] == 0.5).all() and (weights[~unread] == 1).all()
+    with pytest.raises(ValueError, match="dropped_shape_weight"):
+        train(replace(base, run_dir=tmp_path / "negative", shape_dropout=1.0, dropped_shape_weight=-1.0))
     with pytest.raises(ValueError, match="shape_dropout needs patch_input='mask\\+colour'"):
         train(replace(TINY, run_dir=tmp_path / "pixels", steps=1, shape_dropout=0.5))
     with pytest.raises(ValueError, match="shape_dropout is a share"):
