@@ -15,12 +15,11 @@ import argparse
 import time
 from pathlib import Path
 
-import torch
-
 from generalist.checkpoint import load_model
 from generalist.config import EvalConfig
 from generalist.envs import baseline_entry
 from generalist.evaluate import evaluate_task
+from generalist.precision import denormals_flushed
 
 PROJECTED_GAMES = 50
 
@@ -36,7 +35,6 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="expert recordings for the prompts")
     parser.add_argument("--quick", action="store_true", help="2 games of pong on 2 envs, cut at 2,000 steps")
     args = parser.parse_args()
-    torch.set_flush_denormal(True)  # as every `generalist` command does
     tasks, episodes, num_envs, cap = args.tasks.split(","), args.episodes, args.num_envs, args.max_episode_steps
     if args.quick:
         tasks, episodes, num_envs, cap = ["pong"], 2, 2, 2000
@@ -63,4 +61,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with denormals_flushed():  # as every `generalist` command is
+        main()
