@@ -19,12 +19,39 @@ Design choices:
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from generalist.checkpoint import TRAINER_STATE, demonstrations_dir, load_model, read_trainer_state, resolve
 from generalist.config import CollectConfig, EvalConfig
 from generalist.datasets.recording import Driver
+from generalist.datasets.storage import EpisodeDataset
 from generalist.evaluate import agent_actor, prompt_dir
 from generalist.precision import resolve_device
+
+
+def driven_games(dataset: EpisodeDataset) -> dict[str, Any]:
+    """What the agent did in a learner-driven recording: its games' count, mean length and return and, for
+    discrete actions, the share of steps whose action that ran was the expert's label (`agreement`) and each
+    action id's share among the actions that ran (`ran`, the expert's own where beta chose it) and among the
+    labels (`asked`)."""
+    infos = list(dataset)
+    summary: dict[str, Any] = {
+        "episodes": len(infos),
+        "mean_length": float(np.mean([info.length for info in infos])) if infos else 0.0,
+        "mean_return": float(np.mean([info.episode_return for info in infos])) if infos else 0.0,
+    }
+    spec = dataset.action_spec
+    if spec.kind != "discrete" or not infos:
+        return summary
+    ran = np.concatenate([dataset.executed_actions(e).reshape(-1) for e in range(len(infos))])
+    asked = np.concatenate([dataset.actions(e).reshape(-1) for e in range(len(infos))])
+    return summary | {
+        "agreement": float((ran == asked).mean()),
+        "ran": {int(a): float(share) for a, share in enumerate(np.bincount(ran, minlength=spec.n) / len(ran))},
+        "asked": {int(a): float(share) for a, share in enumerate(np.bincount(asked, minlength=spec.n) / len(asked))},
+    }
 
 
 def learner_driver(checkpoint: str | Path, task: str, config: CollectConfig) -> Driver:

@@ -284,7 +284,8 @@ def _nats(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.3f}"
 
 
-def _shares(shares: dict[int, float], task: str) -> str:
+def format_shares(shares: dict[int, float], task: str) -> str:
+    """Action shares as "NAME: 12%, ..." by action id, named where the task is registered."""
     named = TASKS.get(task)  # registered tasks name their actions; others show ids
     return ", ".join(f"{named.action_name(action) if named else action}: {share:.0%}"
                      for action, share in sorted(shares.items()))
@@ -296,5 +297,5 @@ def format_diagnosis(d: Diagnosis) -> str:
                                    d.decisive_frames_shuffled)),
              _nats(d.decisive_loss), _nats(d.decisive_loss_frames_shuffled),
              *map(_share, (d.patch_spread, d.on_policy_agreement, d.agent_repeats, d.expert_repeats)),
-             str(d.steps), _shares(d.agent_actions, d.task), _shares(d.expert_actions, d.task)]
+             str(d.steps), format_shares(d.agent_actions, d.task), format_shares(d.expert_actions, d.task)]
     return "| " + " | ".join(cells) + " |"

@@ -44,7 +44,7 @@ from generalist.config import (
     RunConfig,
     TrainConfig,
 )
-from generalist.dagger import learner_driver
+from generalist.dagger import driven_games, learner_driver
 from generalist.datasets.captions import skimage_samples
 from generalist.datasets.mixture import SCENE_TASK_STYLES
 from generalist.datasets.recording import collect, episodes_on_disk
@@ -222,8 +222,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
         rounds.append({
             "round": k, "driver": str(driver), "checkpoint": str(checkpoint),
             "steps": read_trainer_state(checkpoint)["step"],
-            "driven_return": {task: float(np.mean([e.episode_return for e in data])) for task, data in driven.items()},
-            "episodes": {task: len(data) for task, data in driven.items()},
+            "driven": {task: driven_games(data) for task, data in driven.items()},
         })
     return checkpoint, rounds
 

@@ -20,7 +20,7 @@ import numpy as np
 
 from generalist.config import DIAGNOSIS_SEED, RunConfig, run_preset
 from generalist.datasets.captions import skimage_samples
-from generalist.diagnose import DIAGNOSIS_HEADER, Diagnosis, format_diagnosis
+from generalist.diagnose import DIAGNOSIS_HEADER, Diagnosis, format_diagnosis, format_shares
 from generalist.evaluate import CAPTION_ATTRIBUTES, CaptionScores, TaskResult, format_table
 from generalist.flags import leaf_fields
 from generalist.metrics import TASK_LOSS_PREFIX, read_metrics
@@ -331,16 +331,23 @@ def write_report(
             "## DAgger rounds",
             "",
             "Each round: the previous checkpoint's agent drove episodes of every control task while the expert "
-            "labelled each step; training then continued from it on the expert and these recordings.",
+            "labelled each step; training then continued from it on the expert and these recordings. For discrete "
+            "actions: the share of the driven steps whose action that ran was the expert's label, and the actions "
+            f"that ran (those the expert ran itself, with probability {config.record.dagger_beta:g}, among them) "
+            "against the labels.",
             "",
-            "| round | driven by | episodes | return while the agent drove | steps trained | checkpoint |",
-            "| --- | --- | --- | --- | ---: | --- |",
+            "| round | driven by | task | episodes | mean length | return while the agent drove | ran = label | "
+            "actions that ran | expert's labels | steps trained | checkpoint |",
+            "| --- | --- | --- | ---: | ---: | ---: | ---: | --- | --- | ---: | --- |",
         ]
         for entry in results.dagger:
-            episodes = ", ".join(f"{t} {n}" for t, n in entry["episodes"].items())
-            returns = ", ".join(f"{t} {r:.1f}" for t, r in entry["driven_return"].items())
-            lines.append(f"| {entry['round']} | `{entry['driver']}` | {episodes} | {returns} | {entry['steps']:,} | "
-                         f"`{entry['checkpoint']}` |")
+            for task, games in entry["driven"].items():
+                agreement = f"{games['agreement']:.1%}" if "agreement" in games else "-"
+                ran, asked = (format_shares(games[key], task) if key in games else "-" for key in ("ran", "asked"))
+                lines.append(
+                    f"| {entry['round']} | `{entry['driver']}` | {task} | {games['episodes']} | "
+                    f"{games['mean_length']:,.0f} | {games['mean_return']:.1f} | {agreement} | {ran} | {asked} | "
+                    f"{entry['steps']:,} | `{entry['checkpoint']}` |")
         lines.append("")
     if results.diagnoses:
         lines += [

@@ -9,7 +9,7 @@ import pytest
 
 from generalist.checkpoint import save_model
 from generalist.config import CollectConfig
-from generalist.dagger import learner_driver
+from generalist.dagger import driven_games, learner_driver
 from generalist.datasets import storage
 from generalist.datasets.mixture import (
     ControlSource,
@@ -59,7 +59,14 @@ def test_the_agent_drives_and_the_expert_labels_every_step(checkpoint, cartpole_
         executed.append(np.load(shard / storage.EXECUTED)[info.offset : info.offset + info.length])
         labels.append(window["actions"])
         np.testing.assert_array_equal(data.executed_actions(number), executed[-1])
-    assert not np.array_equal(np.concatenate(executed), np.concatenate(labels))  # an untrained agent drove
+    ran, asked = np.concatenate(executed).reshape(-1), np.concatenate(labels).reshape(-1)
+    assert not np.array_equal(ran, asked)  # an untrained agent drove
+    games = driven_games(data)  # what the report's DAgger table says of it
+    assert games["agreement"] == pytest.approx((ran == asked).mean()) and 0 < games["agreement"] < 1
+    assert [games["ran"][a] for a in (0, 1)] == pytest.approx([(ran == a).mean() for a in (0, 1)])
+    assert [games["asked"][a] for a in (0, 1)] == pytest.approx([(asked == a).mean() for a in (0, 1)])
+    assert games["episodes"] == len(data) and games["mean_length"] == len(ran) / len(data)
+    assert games["mean_return"] == pytest.approx(np.mean([info.episode_return for info in data]))
     expert = EpisodeDataset(cartpole_data / "cartpole")  # recorded by the expert: it ran what it recorded
     np.testing.assert_array_equal(expert.executed_actions(1), expert.window(1)["actions"])
 
@@ -68,6 +75,7 @@ def test_with_beta_one_the_expert_executes_every_step(checkpoint, cartpole_data,
     data = EpisodeDataset(_record(checkpoint, _config(tmp_path / "learner", cartpole_data, beta=1.0)))
     shard = data.directory / data.index["shards"][0]["name"]
     np.testing.assert_array_equal(np.load(shard / storage.EXECUTED), np.load(shard / storage.ACTIONS))
+    assert driven_games(data)["agreement"] == 1.0
 
 
 def test_a_killed_learner_driven_recording_resumes_without_losing_or_repeating_a_seed(

@@ -93,6 +93,20 @@ def test_the_report_names_the_preset_and_the_flags_that_differ_from_it():
     assert _command(smoke()) == "generalist run --preset smoke"
 
 
+def test_the_report_shows_what_each_rounds_agent_did_with_named_actions(tmp_path):
+    from generalist.report import RunResults, write_report
+
+    driven = {"episodes": 16, "mean_length": 825.4, "mean_return": -20.875, "agreement": 0.115,
+              "ran": {0: 0.87, 1: 0.0, 2: 0.10, 3: 0.03}, "asked": {0: 0.09, 1: 0.0, 2: 0.19, 3: 0.72}}
+    results = RunResults(checkpoint="c", step=1, tokens=1, train_minutes=1.0, control=[], control_unprompted=[],
+                         captions=None, chat=None, dagger=[{"round": 1, "driver": "d", "checkpoint": "c", "steps": 315,
+                                                            "driven": {"pong": driven}}])
+    report = write_report(tmp_path, results, replace(smoke(), runs_dir=tmp_path), "machine").read_text()
+    (row,) = [line for line in report.splitlines() if line.startswith("| 1 | `d` | pong |")]
+    assert "| 16 | 825 | -20.9 | 11.5% | NOOP: 87%, FIRE: 0%, UP: 10%, DOWN: 3% |" in row
+    assert "| NOOP: 9%, FIRE: 0%, UP: 19%, DOWN: 72% | 315 |" in row
+
+
 def _smoke(tmp_path: Path, **train: object) -> RunConfig:
     base = smoke()
     return replace(base, name="r", runs_dir=tmp_path, train=replace(
@@ -260,7 +274,15 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     # The round's warm-up and cosine span its minutes, whatever the first training's schedule.
     assert (trained.schedule, trained.warmup_steps) == ("time", record.dagger_warmup_steps)
     assert (first_trained.schedule, first_trained.warmup_steps) == ("steps", 1)
-    assert rounds[0]["episodes"] == {"cartpole": 2} and rounds[0]["driver"] == str(first)
+    assert rounds[0]["driver"] == str(first)
+    games = rounds[0]["driven"]["cartpole"]  # what the agent did, read back from the recording
+    ran = np.concatenate([learner.executed_actions(e) for e in range(2)]).reshape(-1)
+    asked = np.concatenate([learner.actions(e) for e in range(2)]).reshape(-1)
+    assert games["episodes"] == 2 and games["mean_length"] == len(ran) / 2
+    assert games["agreement"] == pytest.approx((ran == asked).mean())
+    assert games["ran"][1] == pytest.approx((ran == 1).mean())
+    assert games["asked"][1] == pytest.approx((asked == 1).mean())
+    assert sum(games["ran"].values()) == pytest.approx(1.0)
     assert not (config.run_dir / "dagger-1" / "acrobot").exists()  # trained on, but not one of the round's tasks
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
     assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2

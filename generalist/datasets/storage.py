@@ -321,6 +321,12 @@ class EpisodeDataset:
             "rewards": np.array(shard.rewards[rows]),
         }
 
+    def actions(self, episode: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """The recorded actions of rows [start, stop) of one episode (a learner-driven recording's expert labels),
+        without reading its observations."""
+        info = self.episodes[episode]
+        return np.array(self._shard(info.shard).actions[self._rows(episode, start, stop)])
+
     def executed_actions(self, episode: int, start: int = 0, stop: int | None = None) -> np.ndarray:
         """The actions the env ran in rows [start, stop) of one episode: those stored beside the labels where a
         learner drove (`EXECUTED`), else the recorded actions themselves."""
