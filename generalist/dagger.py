@@ -47,11 +47,11 @@ def driven_games(dataset: EpisodeDataset) -> dict[str, Any]:
         return summary
     ran = np.concatenate([dataset.executed_actions(e).reshape(-1) for e in range(len(infos))])
     asked = np.concatenate([dataset.actions(e).reshape(-1) for e in range(len(infos))])
-    return summary | {
-        "agreement": float((ran == asked).mean()),
-        "ran": {int(a): float(share) for a, share in enumerate(np.bincount(ran, minlength=spec.n) / len(ran))},
-        "asked": {int(a): float(share) for a, share in enumerate(np.bincount(asked, minlength=spec.n) / len(asked))},
-    }
+
+    def shares(ids: np.ndarray) -> dict[int, float]:
+        return {int(a): float(share) for a, share in enumerate(np.bincount(ids, minlength=spec.n) / len(ids))}
+
+    return summary | {"agreement": float((ran == asked).mean()), "ran": shares(ran), "asked": shares(asked)}
 
 
 def learner_driver(checkpoint: str | Path, task: str, config: CollectConfig) -> Driver:

@@ -299,9 +299,8 @@ class EpisodeDataset:
         if spec.kind != "discrete":
             raise DatasetError(f"{self.directory}: action counts need discrete actions, these are {spec.kind}")
         counts = np.zeros(spec.n, np.int64)
-        for episode, info in enumerate(self.episodes):
-            actions = np.asarray(self._shard(info.shard).actions[self._rows(episode, 0, None)]).reshape(-1)
-            counts += np.bincount(actions, minlength=spec.n)[: spec.n]
+        for episode in range(len(self.episodes)):
+            counts += np.bincount(self.actions(episode).reshape(-1), minlength=spec.n)[: spec.n]
         return counts
 
     def read(self, episode: int, start: int, stop: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -335,7 +334,7 @@ class EpisodeDataset:
         entry = self.index["shards"][info.shard]
         path = self.directory / entry["name"] / EXECUTED
         if not path.exists():
-            return np.array(self._shard(info.shard).actions[rows])
+            return self.actions(episode, start, stop)
         return np.array(open_array(path, int(entry["steps"]), self.action_array)[rows])
 
     def _rows(self, episode: int, start: int, stop: int | None) -> slice:
