@@ -340,6 +340,9 @@ class RecordConfig:
     """peak learning rate of each DAgger round's training, which starts a fresh warm-up and cosine from the last
     checkpoint (None: the first training's): at that peak a round can erase what the model had only begun to
     read (a Pong round at 2e-3 did, docs/RESULTS.md)"""
+    dagger_accumulation: int | None = None
+    """micro-batches per update in each DAgger round's training (None: the first training's `accumulation`), so
+    that a recipe can clone on large batches and keep its rounds' many small updates"""
     text_corpus: str | None = None
     """train the run's own text tokenizer on this corpus ("shipped", or "chitchat": it plus the chit-chat train
     conversations) into `<data_dir>/tokenizers/` when it is missing and train.text_tokenizer names none (None:

@@ -216,6 +216,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k
             learning_rate=config.record.dagger_learning_rate or config.train.learning_rate,
+            accumulation=config.record.dagger_accumulation or config.train.accumulation,
             schedule="time", steps=TIME_BUDGET_STEPS, warmup_steps=config.record.dagger_warmup_steps,
             max_minutes=round_minutes(config)))
         checkpoint = train_stage(round_config)

@@ -258,7 +258,7 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
 
     config = _smoke(tmp_path, steps=2)
     record = RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2, dagger_learning_rate=3e-4,
-                          dagger_minutes=0.05, dagger_tasks=("cartpole",))
+                          dagger_minutes=0.05, dagger_accumulation=2, dagger_tasks=("cartpole",))
     config = replace(config, record=record, train=replace(config.train, weights={"cartpole": 1.0, "acrobot": 1.0}))
     record_missing(config)
     first = train_stage(config)
@@ -269,8 +269,9 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     trained = read_trainer_state(last)["train_config"]
     assert trained.init_from == first and trained.learner_data_dir == config.run_dir
     first_trained = read_trainer_state(first)["train_config"]
-    assert (trained.learning_rate, trained.max_minutes) == (3e-4, 0.05)
-    assert first_trained.learning_rate != 3e-4 and first_trained.max_minutes != 0.05
+    assert (trained.learning_rate, trained.max_minutes, trained.accumulation) == (3e-4, 0.05, 2)
+    assert (first_trained.learning_rate, first_trained.max_minutes, first_trained.accumulation) == (
+        config.train.learning_rate, config.train.max_minutes, 1)
     # The round's warm-up and cosine span its minutes, whatever the first training's schedule.
     assert (trained.schedule, trained.warmup_steps) == ("time", record.dagger_warmup_steps)
     assert (first_trained.schedule, first_trained.warmup_steps) == ("steps", 1)
