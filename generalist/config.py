@@ -220,8 +220,8 @@ class TrainConfig:
     rows the colour word can only be read from the colour"""
     dropped_shape_weight: float = 0.0
     """loss weight of the shape words in the rows `shape_dropout` reads by the colour route alone (0: no loss, the
-    shape unreadable there). Against `lang48-maskcolour-colour2-shuffle5-drop25-s1`, whose held-out pairs' shapes
-    fell to 68% (docs/RESULTS.md): with no loss there, nothing keeps the shape word apart from the colour word"""
+    shape unreadable there). Measured at 1 against 0 (docs/RESULTS.md, `...-drop25-keep-s1`): worse, the held-out
+    pairs' shapes 54% against 68% and the size 76% against 100%, since there the shape can only be guessed"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""
