@@ -193,6 +193,7 @@ def _loose_tokens(ids: torch.Tensor, kind: TokenKind) -> Batch:
         tasks=torch.full((b,), -1, dtype=torch.long, device=ids.device),
         targets=ids[:, None],
         patch_colour_only=torch.zeros(0, dtype=torch.bool, device=ids.device),
+        patch_shape_only=torch.zeros(0, dtype=torch.bool, device=ids.device),
     )
 
 

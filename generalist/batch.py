@@ -34,7 +34,8 @@ class Batch:
     lengths: torch.Tensor  # (B,) int64, tokens of each sequence before padding
     tasks: torch.Tensor  # (B,) int64, each row's task as an index into the mixture's tasks; -1 when none
     targets: torch.Tensor  # (B, T) int64, the ids the loss predicts: `ids` but where a sequence gave others
-    patch_colour_only: torch.Tensor  # (N,) bool, patches read by the colour route alone (`drop_shape_route`)
+    patch_colour_only: torch.Tensor  # (N,) bool, patches read by the colour route alone (`drop_patch_routes`)
+    patch_shape_only: torch.Tensor  # (N,) bool, patches read by the mask's shape alone (`drop_patch_routes`)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -111,6 +112,7 @@ def collate(
         tasks=torch.full((n_rows,), -1, dtype=torch.int64) if tasks is None else torch.tensor(tasks, dtype=torch.int64),
         targets=torch.from_numpy(targets),
         patch_colour_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
+        patch_shape_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
     )
 
 
@@ -232,21 +234,32 @@ def shuffle_word_inputs(
     return shuffled
 
 
-def drop_shape_route(
-    batch: Batch, dropped_tasks: torch.Tensor, probability: float, generator: torch.Generator | None = None,
-) -> tuple[Batch, torch.Tensor]:
-    """The batch with each row whose task `dropped_tasks` (tasks,) bool marks chosen with `probability`, its
-    patches read by the colour route alone (`patch_colour_only`), and the chosen rows (B,) bool.
+def drop_patch_routes(
+    batch: Batch, dropped_tasks: torch.Tensor, shape_probability: float, colour_probability: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[Batch, torch.Tensor, torch.Tensor]:
+    """The batch with each row whose task `dropped_tasks` (tasks,) bool marks read by one patch route alone: with
+    `shape_probability` by the colour route (`patch_colour_only`), else with `colour_probability` by the mask's
+    shape (`patch_shape_only`); and those rows (B,) bool, without the shape, then without the colour.
 
     With `patch_input="mask+colour"` a patch's shape comes from its mask and its colour from a linear map of its
     two mean colours; the transformer, reading both, learns to name the colour of the pairs it was shown from the
-    shape (a held-out blue triangle named purple, docs/RESULTS.md). In a row without the shape the colour word can
-    only be read from the colour, and the shape words cannot be read at all: give them no loss there.
+    shape (a held-out blue triangle named purple, docs/RESULTS.md), or the shape from the colour word before it.
+    In a row with one route the other's words can only be read from that route, and the dropped route's words
+    cannot be read at all: give them no loss there. One draw per row, so no row loses both routes.
     """
-    if probability <= 0:
-        return batch, torch.zeros(batch.ids.shape[0], dtype=torch.bool, device=batch.ids.device)
-    chance = torch.rand(batch.ids.shape[0], generator=generator, device=batch.ids.device)
-    rows = rows_of_tasks(batch, dropped_tasks) & (chance < probability)
+    rows = batch.ids.shape[0]
+    if shape_probability < 0 or colour_probability < 0 or shape_probability + colour_probability > 1:
+        raise ValueError(f"the two route dropouts are shares of rows summing to at most 1, got {shape_probability} "
+                         f"and {colour_probability}")
+    if shape_probability + colour_probability == 0:
+        none = torch.zeros(rows, dtype=torch.bool, device=batch.ids.device)
+        return batch, none, none
+    chance = torch.rand(rows, generator=generator, device=batch.ids.device)
+    in_tasks = rows_of_tasks(batch, dropped_tasks)
+    without_shape = in_tasks & (chance < shape_probability)
+    without_colour = in_tasks & ~without_shape & (chance < shape_probability + colour_probability)
     dropped = copy(batch)
-    dropped.patch_colour_only = rows[batch.patch_batch_index]
-    return dropped, rows
+    dropped.patch_colour_only = without_shape[batch.patch_batch_index]
+    dropped.patch_shape_only = without_colour[batch.patch_batch_index]
+    return dropped, without_shape, without_colour

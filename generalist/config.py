@@ -222,6 +222,12 @@ class TrainConfig:
     """loss weight of the shape words in the rows `shape_dropout` reads by the colour route alone (0: no loss, the
     shape unreadable there). Measured at 1 against 0 (docs/RESULTS.md, `...-drop25-keep-s1`): worse, the held-out
     pairs' shapes 54% against 68% and the size 76% against 100%, since there the shape can only be guessed"""
+    colour_dropout: float = 0.0
+    """share of the caption scenes' sequences whose patches the model reads by the mask's shape alone, without the
+    colour route, their colour words given no loss (`batch.drop_patch_routes`; only with
+    `patch_input="mask+colour"`, rows apart from `shape_dropout`'s): in those rows the shape word can only be
+    read from the mask, not named from the colour word before it (`...-drop25-s1`'s held-out pairs' shapes,
+    docs/RESULTS.md)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

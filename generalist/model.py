@@ -308,6 +308,11 @@ def foreground_mask(patches: torch.Tensor, background: torch.Tensor) -> torch.Te
     return distance / distance.amax(dim=(2, 3), keepdim=True).clamp_min(MASK_FLOOR)
 
 
+def centred(mask: torch.Tensor) -> torch.Tensor:
+    """A foreground mask in [0, 1] moved to the pixels' range, [-0.25, 0.25], as the stem reads it."""
+    return (mask - 0.5) * (2 * PIXEL_SCALE)
+
+
 class PatchEncoder(nn.Module):
     """Image patches (n, C, p, p) to (n, d): a strided stem, one pre-activation ResNet-v2 block, a projection; what
     the stem reads is set by `ModelConfig.patch_input`."""
@@ -335,10 +340,19 @@ class PatchEncoder(nn.Module):
         pixels = patches.float()
         background = border_colour(pixels)  # (n, C)
         mask = foreground_mask(pixels, background)  # (n, 1, p, p)
-        centred_mask = (mask - 0.5) * (2 * PIXEL_SCALE)  # the pixels' range, [-0.25, 0.25]
+        centred_mask = centred(mask)
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
         return self.block(centred_mask.to(patches.dtype)) + self._colour_route(pixels, background, mask, patches.dtype)
+
+    def shape_route(self, patches: torch.Tensor) -> torch.Tensor:
+        """With `patch_input="mask+colour"`, the part of `forward`'s output (n, d) that the mask's shape gives,
+        without the patch's colours."""
+        if self.colour is None:
+            raise ValueError(f"only patch_input='mask+colour' has a shape route apart, not {self.patch_input!r}")
+        pixels = patches.float()
+        mask = foreground_mask(pixels, border_colour(pixels))
+        return self.block(centred(mask).to(patches.dtype))
 
     def colour_route(self, patches: torch.Tensor) -> torch.Tensor:
         """With `patch_input="mask+colour"`, the part of `forward`'s output (n, d) that the patch's two mean
@@ -420,11 +434,12 @@ class TokenEmbedding(nn.Module):
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
         content = on_padded_rows(self.patches, batch.patches)  # GroupNorm: each patch normalized on its own
-        if batch.patch_colour_only.any():
-            # only the flagged patches' colour route: their mask's part is dropped, the others keep theirs
-            flagged = batch.patch_colour_only.nonzero(as_tuple=True)
-            colour = on_padded_rows(self.patches.colour_route, batch.patches[flagged])
-            content = content.index_put(flagged, colour.to(content.dtype))
+        # Flagged patches keep one route (the other's part dropped), the others both.
+        for flags, route in ((batch.patch_colour_only, self.patches.colour_route),
+                             (batch.patch_shape_only, self.patches.shape_route)):
+            if flags.any():
+                flagged = flags.nonzero(as_tuple=True)
+                content = content.index_put(flagged, on_padded_rows(route, batch.patches[flagged]).to(content.dtype))
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content

@@ -42,7 +42,7 @@ from generalist.batch import (
     Batch,
     balanced_action_weights,
     decisive_actions,
-    drop_shape_route,
+    drop_patch_routes,
     shuffle_action_inputs,
     shuffle_word_inputs,
     word_weights,
@@ -194,7 +194,7 @@ def _optimizer_step(
     precision: Precision, balance: torch.Tensor | None = None,
     caption_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
     shuffled_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
-    shape_dropped: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    route_words: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -220,12 +220,14 @@ def _optimizer_step(
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
             for word_ids, scene_tasks, probability in shuffled_words:
                 inputs = shuffle_word_inputs(inputs, word_ids, scene_tasks, probability)
-            if shape_dropped is not None:
-                word_ids, scene_tasks, probability = shape_dropped
-                inputs, rows = drop_shape_route(inputs, scene_tasks, probability)
-                unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks,
-                                                                 config.dropped_shape_weight), 1.0)
-                weights = unread if weights is None else weights * unread
+            if route_words is not None:  # (scene tasks, shape word ids, colour word ids)
+                scene_tasks, shape_ids, colour_ids = route_words
+                inputs, without_shape, without_colour = drop_patch_routes(
+                    inputs, scene_tasks, config.shape_dropout, config.colour_dropout)
+                for rows, word_ids, weight in ((without_shape, shape_ids, config.dropped_shape_weight),
+                                               (without_colour, colour_ids, 0.0)):
+                    unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, weight), 1.0)
+                    weights = unread if weights is None else weights * unread
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
@@ -326,8 +328,11 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"colour_shuffle is a share of colour words in [0, 1], got {config.colour_shuffle}")
     if not 0.0 <= config.shape_dropout <= 1.0:
         raise ValueError(f"shape_dropout is a share of caption sequences in [0, 1], got {config.shape_dropout}")
-    if config.shape_dropout and config.patch_input != "mask+colour":
-        raise ValueError(f"shape_dropout needs patch_input='mask+colour' (a colour route apart from the shape), "
+    if not (0.0 <= config.colour_dropout <= 1.0 and config.shape_dropout + config.colour_dropout <= 1.0):
+        raise ValueError(f"colour_dropout is a share of caption sequences in [0, 1 - shape_dropout], got "
+                         f"{config.colour_dropout} beside shape_dropout {config.shape_dropout}")
+    if (config.shape_dropout or config.colour_dropout) and config.patch_input != "mask+colour":
+        raise ValueError(f"shape_dropout and colour_dropout need patch_input='mask+colour' (two routes apart), "
                          f"got {config.patch_input!r}")
     positive = {name: getattr(config, name) for name in (
         "steps", "batch_size", "accumulation", "sequence_length", "checkpoint_every", "keep_checkpoints", "log_every",
@@ -422,8 +427,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
                      if weight != 1.0]
     shuffled_words = [(*caption_word_inputs(mixture.tasks, tokenizer, "colour"), config.colour_shuffle)
                       ] if config.colour_shuffle else []
-    shape_dropped = ((*caption_word_targets(mixture.tasks, tokenizer, "shape"), config.shape_dropout)
-                     if config.shape_dropout else None)
+    route_words = _route_words(mixture.tasks, tokenizer) if config.shape_dropout or config.colour_dropout else None
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -456,7 +460,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
             lr = learning_rate(step, config, elapsed_minutes())
             totals = _optimizer_step(
                 wrapped, model, optimizer, next(steps), config, lr, step, shards, n_shards, where, len(mixture.tasks),
-                precision, balance, caption_words, shuffled_words, shape_dropped,
+                precision, balance, caption_words, shuffled_words, route_words,
             )
             if where.world_size > 1:
                 dist.all_reduce(totals)
@@ -523,6 +527,14 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     if where.world_size > 1:
         dist.barrier()
     return last_checkpoint or latest_checkpoint(config.run_dir)
+
+
+def _route_words(tasks: Sequence[str], tokenizer: TextTokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which of `tasks` are caption scenes, and the text ids of their shape and of their colour words: what
+    `drop_patch_routes`' rows leave unread."""
+    shape_ids, scene_tasks = caption_word_targets(tasks, tokenizer, "shape")
+    colour_ids, _ = caption_word_targets(tasks, tokenizer, "colour")
+    return scene_tasks, shape_ids, colour_ids
 
 
 PRECISION_FILE = "precision.json"

@@ -8,7 +8,7 @@ from generalist.batch import (
     balanced_action_weights,
     collate,
     decisive_actions,
-    drop_shape_route,
+    drop_patch_routes,
     shuffle_action_inputs,
     shuffle_word_inputs,
     word_weights,
@@ -215,19 +215,33 @@ def test_about_the_given_share_of_words_is_shuffled_to_each_other_word_alike():
     assert 0.4 < (from_five == 6).float().mean().item() < 0.6 and set(from_five.tolist()) == {6, 7}
 
 
-def test_dropping_the_shape_route_flags_the_patches_of_chosen_rows_of_the_chosen_tasks_only():
+def test_dropping_a_patch_route_flags_the_patches_of_chosen_rows_of_the_chosen_tasks_only():
     caption = tokenize_caption(np.zeros((32, 32, 3), np.uint8), np.array([9, 10]), LAYOUT)  # 4 patches
     batch = collate([caption, caption, tokenize_text(np.array([9, 10]), LAYOUT), caption], LAYOUT,
                     tasks=[1, 1, 1, 0])
-    assert not batch.patch_colour_only.any() and len(batch.patch_colour_only) == 12
+    assert not (batch.patch_colour_only.any() or batch.patch_shape_only.any()) and len(batch.patch_colour_only) == 12
     chosen_tasks = torch.tensor([False, True])
-    unchanged, none = drop_shape_route(batch, chosen_tasks, 0.0)
-    assert unchanged is batch and not none.any()
-    dropped, rows = drop_shape_route(batch, chosen_tasks, 1.0)
-    assert rows.tolist() == [True, True, True, False]  # the other task's row kept (the text row has no patches)
-    assert dropped.patch_colour_only.tolist() == [True] * 8 + [False] * 4
-    assert not batch.patch_colour_only.any()  # the batch itself is not changed
-    assert torch.equal(dropped.ids, batch.ids) and torch.equal(dropped.patches, batch.patches)
+    unchanged, none, neither = drop_patch_routes(batch, chosen_tasks, 0.0)
+    assert unchanged is batch and not none.any() and not neither.any()
+    for shape, colour in ((1.0, 0.0), (0.0, 1.0)):
+        dropped, without_shape, without_colour = drop_patch_routes(batch, chosen_tasks, shape, colour)
+        rows = without_shape if shape else without_colour
+        assert rows.tolist() == [True, True, True, False]  # the other task's row kept (the text row: no patches)
+        assert not (without_colour if shape else without_shape).any()
+        flags, other = ((dropped.patch_colour_only, dropped.patch_shape_only) if shape else
+                        (dropped.patch_shape_only, dropped.patch_colour_only))
+        assert flags.tolist() == [True] * 8 + [False] * 4 and not other.any()
+        assert not (batch.patch_colour_only.any() or batch.patch_shape_only.any())  # the batch itself unchanged
+        assert torch.equal(dropped.ids, batch.ids) and torch.equal(dropped.patches, batch.patches)
     many = collate([caption] * 400, LAYOUT, tasks=[1] * 400)
-    _, some = drop_shape_route(many, chosen_tasks, 0.25, torch.Generator().manual_seed(0))
+    _, some, _ = drop_patch_routes(many, chosen_tasks, 0.25, 0.0, torch.Generator().manual_seed(0))
     assert 0.19 < some.float().mean().item() < 0.31
+    dropped, without_shape, without_colour = drop_patch_routes(many, chosen_tasks, 0.25, 0.5,
+                                                               torch.Generator().manual_seed(0))
+    assert torch.equal(without_shape, some)  # the same draw: a colour dropout beside leaves these rows as they were
+    assert not (without_shape & without_colour).any()  # no row loses both routes
+    assert 0.44 < without_colour.float().mean().item() < 0.56
+    assert torch.equal(dropped.patch_shape_only, without_colour[many.patch_batch_index])
+    for shape, colour in ((-0.1, 0.0), (0.6, 0.5)):
+        with pytest.raises(ValueError, match="summing to at most 1"):
+            drop_patch_routes(many, chosen_tasks, shape, colour)

@@ -232,6 +232,21 @@ def test_patches_read_by_the_colour_route_alone_lose_their_shape_and_keep_their_
     assert model.embed.patches.colour.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="only patch_input='mask\\+colour' has a colour route"):
         _model().embed.patches.colour_route(batch.patches)
+    model.zero_grad()
+    shape_only = dataclasses.replace(batch, patch_shape_only=batch.patch_batch_index >= 0)
+    recoloured = batch.patches.flip(1)  # the channels swapped: other colours, the same mask (distances keep)
+    with torch.no_grad():
+        by_shape = model.embed.patch_content(shape_only)
+        by_shape_recoloured = model.embed.patch_content(dataclasses.replace(shape_only, patches=recoloured))
+        route = model.embed.patches.shape_route(batch.patches)
+    torch.testing.assert_close(by_shape, route, rtol=0, atol=1e-5)  # padded to another row count: float noise
+    torch.testing.assert_close(by_shape, by_shape_recoloured, rtol=0, atol=1e-5)  # the colours not read
+    assert float((by_shape[square_patch] - by_shape[circle_patch]).norm()) > 0.1  # the shapes still are
+    model(shape_only).loss.backward()
+    assert model.embed.patches.colour.weight.grad is None or not model.embed.patches.colour.weight.grad.any()
+    assert model.embed.patches.stem.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="only patch_input='mask\\+colour' has a shape route"):
+        _model().embed.patches.shape_route(batch.patches)
 
 
 def test_every_patch_input_trains_through_the_model():

@@ -369,15 +369,16 @@ def test_colour_shuffle_swaps_only_the_scene_captions_colour_words_the_model_rea
 @pytest.mark.slow
 def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_words_as_told(tmp_path, monkeypatch):
     seen = []
-    drop = train_module.drop_shape_route
-    monkeypatch.setattr(train_module, "drop_shape_route", lambda *a: seen.append(drop(*a)) or seen[-1])
+    drop = train_module.drop_patch_routes
+    monkeypatch.setattr(train_module, "drop_patch_routes", lambda *a: seen.append(drop(*a)) or seen[-1])
     taken = []
     forward = Generalist.forward
     monkeypatch.setattr(Generalist, "forward", lambda self, batch, targets=None, weights=None, sigma=0.0: (
         taken.append((batch, weights)) or forward(self, batch, targets, weights, sigma)))
     base = replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", batch_size=4)
     train(replace(base, run_dir=tmp_path / "dropped", shape_dropout=1.0))
-    (dropped, rows), = seen
+    (dropped, rows, no_rows), = seen
+    assert not no_rows.any()  # no colour dropout asked for
     (batch, weights), = taken
     assert batch is dropped  # the model read the dropped batch
     scene_rows = (batch.kinds == TokenKind.IMAGE).any(dim=1)
@@ -393,10 +394,35 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_w
     assert unread.any() and (weights[unread] == 0.5).all() and (weights[~unread] == 1).all()
     with pytest.raises(ValueError, match="dropped_shape_weight"):
         train(replace(base, run_dir=tmp_path / "negative", shape_dropout=1.0, dropped_shape_weight=-1.0))
-    with pytest.raises(ValueError, match="shape_dropout needs patch_input='mask\\+colour'"):
+    with pytest.raises(ValueError, match="shape_dropout and colour_dropout need patch_input='mask\\+colour'"):
         train(replace(TINY, run_dir=tmp_path / "pixels", steps=1, shape_dropout=0.5))
     with pytest.raises(ValueError, match="shape_dropout is a share"):
         train(replace(base, run_dir=tmp_path / "bad", shape_dropout=1.5))
+    with pytest.raises(ValueError, match="colour_dropout is a share"):
+        train(replace(base, run_dir=tmp_path / "both", shape_dropout=0.5, colour_dropout=0.6))
+
+
+@pytest.mark.slow
+def test_colour_dropout_reads_scene_rows_by_shape_alone_and_gives_their_colour_words_no_loss(tmp_path, monkeypatch):
+    seen = []
+    drop = train_module.drop_patch_routes
+    monkeypatch.setattr(train_module, "drop_patch_routes", lambda *a: seen.append(drop(*a)) or seen[-1])
+    taken = []
+    forward = Generalist.forward
+    monkeypatch.setattr(Generalist, "forward", lambda self, batch, targets=None, weights=None, sigma=0.0: (
+        taken.append((batch, weights)) or forward(self, batch, targets, weights, sigma)))
+    train(replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", batch_size=4,
+                  run_dir=tmp_path / "dropped", colour_dropout=1.0))
+    (dropped, no_rows, rows), = seen
+    (batch, weights), = taken
+    assert batch is dropped and not no_rows.any()
+    scene_rows = (batch.kinds == TokenKind.IMAGE).any(dim=1)
+    assert scene_rows.any() and torch.equal(rows, scene_rows)  # probability 1: every scene row, no dialogue row
+    assert torch.equal(batch.patch_shape_only, scene_rows[batch.patch_batch_index])
+    assert not batch.patch_colour_only.any()
+    colour_ids, _ = caption_word_targets(["scenes"], TextTokenizer.default(), "colour")
+    unread = batch.loss_mask & torch.isin(batch.targets, colour_ids) & scene_rows[:, None]
+    assert unread.any() and (weights[unread] == 0).all() and (weights[~unread] == 1).all()
 
 
 def test_a_resumed_run_keeps_the_precision_it_started_with():
