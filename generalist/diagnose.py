@@ -9,7 +9,9 @@ from compounding error or a bug, per task:
   task's valid tokens) with the true action history in context;
 - the same with the history's actions shuffled (`shuffle_action_inputs`): what the observations alone explain;
 - on-policy agreement: the share of the agent's own steps where its action tokens equal what the expert would
-  do in the same state (the expert labels the states the agent visits);
+  do in the same state (the expert labels the states the agent visits), and the mean probability the agent gave
+  the expert's action there (its first token, over the valid ones): an action the agent rates below its argmax,
+  and so never takes greedily (Breakout's serve), shows there;
 - how often the agent and the expert repeat their previous action.
 
 For a policy that acts seldom differently from its last step (Pong's expert repeats 87% of its actions), the
@@ -64,6 +66,7 @@ class Diagnosis:
     patch_spread: float = float("nan")  # mean distance of a patch embedding from its image's mean, over its norm
     agent_actions: dict[int, float] = field(default_factory=dict)  # on-policy share of each discrete action
     expert_actions: dict[int, float] = field(default_factory=dict)  # the expert's labels on the same states
+    expert_probability: float = float("nan")  # on-policy: the agent's mean probability of the expert's action
 
 
 @dataclass
@@ -173,6 +176,7 @@ class OnPolicy:
     agent: np.ndarray  # (steps, slots) the agent's action ids
     expert: np.ndarray  # (steps, slots) the expert's action ids
     starts: list[int]  # the first step of each episode
+    expert_probability: np.ndarray  # (steps,) the agent's probability of the expert's first action token
 
     @property
     def agreement(self) -> float:
@@ -199,13 +203,16 @@ def on_policy(
     spec = get_task(task)
     layout, action_spec = model.config.layout, spec.action_spec()
     env = make(task)
-    actor = LabelledActor(agent_actor(model, task, config, demonstrations),
-                          ScriptedActor([spec.expert()], env.action_space))
-    agent_ids, expert_ids, starts = [], [], []
+    driver = agent_actor(model, task, config, demonstrations)
+    actor = LabelledActor(driver, ScriptedActor([spec.expert()], env.action_space))
+    valid = torch.as_tensor(action_spec.valid_id_mask(layout)[0])  # the first action token's valid ids
+    agent_ids, expert_ids, starts, probabilities = [], [], [], []
 
     def keep(step: Transition) -> None:
         agent_ids.append(tokenize_actions(step.actions.executed[:1], action_spec, layout)[0])
         expert_ids.append(tokenize_actions(step.actions.labels[:1], action_spec, layout)[0])
+        logits = driver.last.logits[0, 0].float().cpu().masked_fill(~valid, float("-inf"))
+        probabilities.append(float(torch.softmax(logits, dim=-1)[int(expert_ids[-1][0])]))
 
     try:
         with acting_precision(model, config):
@@ -214,7 +221,7 @@ def on_policy(
                     on_step=keep)
     finally:
         env.close()
-    return OnPolicy(np.stack(agent_ids), np.stack(expert_ids), starts[: config.episodes])
+    return OnPolicy(np.stack(agent_ids), np.stack(expert_ids), starts[: config.episodes], np.array(probabilities))
 
 
 def repeat_rate(ids: np.ndarray, episode_starts: list[int]) -> float:
@@ -265,14 +272,16 @@ def diagnose(
         patch_spread=patch_spread(model, task, data_dir) if has_images else float("nan"),
         agent_actions=action_shares(acted.agent, layout),
         expert_actions=action_shares(acted.expert, layout),
+        expert_probability=float(acted.expert_probability.mean()),
     )
 
 
 DIAGNOSIS_HEADER = (
     "| task | teacher-forced | with shuffled history | decisive steps | decisive, frames shuffled | "
-    "decisive loss | decisive loss, frames shuffled | patch spread | on-policy agreement | agent repeats | "
-    "expert repeats | steps | agent's actions | expert's actions |\n"
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
+    "decisive loss | decisive loss, frames shuffled | patch spread | on-policy agreement | "
+    "on-policy probability of the expert's action | agent repeats | expert repeats | steps | agent's actions | "
+    "expert's actions |\n"
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"
 )
 
 
@@ -296,6 +305,7 @@ def format_diagnosis(d: Diagnosis) -> str:
     cells = [d.task, *map(_share, (d.teacher_forced, d.teacher_forced_shuffled, d.decisive,
                                    d.decisive_frames_shuffled)),
              _nats(d.decisive_loss), _nats(d.decisive_loss_frames_shuffled),
-             *map(_share, (d.patch_spread, d.on_policy_agreement, d.agent_repeats, d.expert_repeats)),
+             *map(_share, (d.patch_spread, d.on_policy_agreement, d.expert_probability, d.agent_repeats,
+                           d.expert_repeats)),
              str(d.steps), format_shares(d.agent_actions, d.task), format_shares(d.expert_actions, d.task)]
     return "| " + " | ".join(cells) + " |"

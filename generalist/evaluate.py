@@ -32,7 +32,7 @@ import sacrebleu
 import torch
 from PIL import Image
 
-from generalist.agent import Agent, generate
+from generalist.agent import ActionStep, Agent, generate
 from generalist.batch import collate
 from generalist.config import EvalConfig
 from generalist.datasets.emoji import emoji_accuracy, emoji_classes, render_emoji
@@ -118,6 +118,7 @@ class AgentActor:
 
     def __init__(self, agent: Agent, new_prompt: Callable[[], TokenizedSequence | None]) -> None:
         self.agent, self.new_prompt = agent, new_prompt
+        self.last: ActionStep | None = None  # the latest step's choice, its logits kept (diagnose reads them)
 
     def start(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
         """Give the rows' new episodes their prompts (drawn in row order)."""
@@ -126,8 +127,8 @@ class AgentActor:
 
     def act(self, observations: Observation, infos: Sequence[dict[str, Any]]) -> Actions:
         """The agent's actions for every row (executed, and its own labels)."""
-        actions = self.agent.act(unbatch(observations))
-        return Actions(actions, actions)
+        self.last = self.agent.step(unbatch(observations))
+        return Actions(self.last.actions, self.last.actions)
 
 
 def agent_actor(

@@ -110,6 +110,7 @@ def test_run_records_trains_evaluates_and_reports(tmp_path):
     assert "## Diagnosis" in report and "| cloning, step 2 | cartpole | " in report
     [diagnosis] = results["diagnoses"]["cloning, step 2"]
     assert diagnosis["task"] == "cartpole" and diagnosis["steps"] > 0 and 0 <= diagnosis["teacher_forced"] <= 1
+    assert 0 < diagnosis["expert_probability"] < 1
     assert set(results["curves"]["cartpole/normalized"]) == {"1", "2"}
     # The mixture holds dialogue: every kept checkpoint's held-out chat perplexity, written as a number, not a %.
     perplexity = results["curves"]["chat/perplexity"]

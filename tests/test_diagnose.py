@@ -15,10 +15,12 @@ from generalist.diagnose import (
     action_shares,
     diagnose,
     format_diagnosis,
+    on_policy,
     repeat_rate,
     teacher_forced,
     teacher_forced_accuracy,
 )
+from generalist.envs import get_task
 from generalist.model import Generalist, preset
 from generalist.tokenizers import TextTokenizer
 
@@ -120,6 +122,22 @@ def test_shorter_windows_score_the_middle_steps_asked_for(data_dir):
             diagnose(model, "cartpole", EvalConfig(episodes=1, data_dir=data_dir), window_steps=bad)
 
 
+def test_on_policy_gives_the_probability_the_agent_gave_the_experts_action_among_the_valid_ones(data_dir):
+    model = _model()
+    with torch.no_grad():
+        model.norm.weight.zero_()
+        model.norm.bias.normal_(0.0, 30.0)  # each step's logits: output_logits(bias), the same, far from uniform
+        logits = model.output_logits(model.norm.bias)
+    valid = torch.as_tensor(get_task("cartpole").action_spec().valid_id_mask(model.config.layout)[0])
+    probability = torch.softmax(logits.masked_fill(~valid, float("-inf")), dim=-1)
+    # Sampled, so that the games wander and the expert asks for both actions.
+    acted = on_policy(model, "cartpole", EvalConfig(episodes=2, data_dir=data_dir, temperature=1.0), max_steps=40)
+    asked = acted.expert[:, 0]
+    assert len(np.unique(asked)) == 2 and acted.expert_probability.shape == asked.shape
+    np.testing.assert_allclose(acted.expert_probability, probability[torch.as_tensor(asked)].numpy(), rtol=1e-5)
+    assert not np.allclose(acted.expert_probability, 0.5, atol=1e-3)  # the two actions' probabilities differ
+
+
 def test_action_shares_count_discrete_actions_only():
     layout = _model().config.layout
     ids = layout.discrete_ids(np.array([[2], [2], [0], [2]]))
@@ -146,11 +164,11 @@ def test_diagnose_command_prints_a_row_per_task(data_dir, tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [line for line in result.stdout.splitlines() if line.startswith("| cartpole")]
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    shares = [float(cell.rstrip("%")) for cell in cells[1:5] + cells[7:11] if cell]
+    shares = [float(cell.rstrip("%")) for cell in cells[1:5] + cells[7:12] if cell]
     # CartPole has no images to shuffle or spread
-    assert len(shares) == 6 and cells[4] == cells[6] == cells[7] == "" and float(cells[5]) > 0
-    assert all(0 <= share <= 100 for share in shares) and int(cells[11]) > 2
-    agent = dict(item.split(": ") for item in cells[12].split(", "))
+    assert len(shares) == 7 and cells[4] == cells[6] == cells[7] == "" and float(cells[5]) > 0
+    assert all(0 <= share <= 100 for share in shares) and int(cells[12]) > 2
+    agent = dict(item.split(": ") for item in cells[13].split(", "))
     assert "decisive steps in the 2 recorded windows: cartpole " in result.stdout
     assert set(agent) <= {"LEFT", "RIGHT"}
     assert sum(float(v.rstrip("%")) for v in agent.values()) == pytest.approx(100, abs=1)
