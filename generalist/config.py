@@ -225,9 +225,9 @@ class TrainConfig:
     colour_dropout: float = 0.0
     """share of the caption scenes' sequences whose patches the model reads by the mask's shape alone, without the
     colour route, their colour words given no loss (`batch.drop_patch_routes`; only with
-    `patch_input="mask+colour"`, rows apart from `shape_dropout`'s): in those rows the shape word can only be
-    read from the mask, not named from the colour word before it (`...-drop25-s1`'s held-out pairs' shapes,
-    docs/RESULTS.md)"""
+    `patch_input="mask+colour"`, rows apart from `shape_dropout`'s): in those rows the shape word is read from
+    the mask or the colour word before it (shuffled at `colour_shuffle`), never from the patch's colours
+    (against `...-drop25-s1`'s held-out pairs' shapes named from their colour, docs/RESULTS.md)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""
