@@ -206,7 +206,7 @@ def test_a_mask_and_colour_patch_block_reads_shape_apart_from_colour(patch_input
     assert float((red_square - red_circle).norm()) > 0.1  # the shape still changes the embedding
 
 
-def test_patches_read_by_the_colour_route_alone_lose_their_shape_and_keep_their_colour():
+def test_patches_read_by_one_route_alone_lose_what_the_other_route_reads():
     torch.manual_seed(0)
     config = dataclasses.replace(CONFIG, patch_input="mask+colour")
     model = _model(config)
