@@ -497,7 +497,7 @@ def pong() -> RunConfig:
     read them, and with the mask the agent moves, but loses every game (-20.6, `pong-h200-b32-mask`); here, 60
     minutes of cloning on frames shrunk to 48 pixels moved it too (-20.5, `pong48-mask-acc4`); with its rounds at
     48 pixels it wins a point or two a game (-19.2 ± 1.5 over 20, `pong48-preset-flush2`), and with its cloning on
-    4 x 8 sequences an update four (-17.1 ± 1.8, on-policy agreement 58.7%, `pong48-preset-acc4`)."""
+    4 x 8 sequences an update about four (-17.1 ± 1.8, on-policy agreement 58.7%, `pong48-preset-acc4`)."""
     return RunConfig(
         preset="pong",
         train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
