@@ -366,8 +366,8 @@ def test_colour_shuffle_swaps_only_the_scene_captions_colour_words_the_model_rea
         train(replace(base, run_dir=tmp_path / "bad", colour_shuffle=1.5))
 
 
-@pytest.mark.slow
-def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_words_as_told(tmp_path, monkeypatch):
+def _watch_route_dropout(monkeypatch) -> tuple[list, list]:
+    """What each training step's `drop_patch_routes` returned, and each forward's (batch, loss weights)."""
     seen = []
     drop = train_module.drop_patch_routes
     monkeypatch.setattr(train_module, "drop_patch_routes", lambda *a: seen.append(drop(*a)) or seen[-1])
@@ -375,6 +375,12 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_w
     forward = Generalist.forward
     monkeypatch.setattr(Generalist, "forward", lambda self, batch, targets=None, weights=None, sigma=0.0: (
         taken.append((batch, weights)) or forward(self, batch, targets, weights, sigma)))
+    return seen, taken
+
+
+@pytest.mark.slow
+def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_words_as_told(tmp_path, monkeypatch):
+    seen, taken = _watch_route_dropout(monkeypatch)
     base = replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", batch_size=4)
     train(replace(base, run_dir=tmp_path / "dropped", shape_dropout=1.0))
     (dropped, rows, no_rows), = seen
@@ -404,13 +410,7 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_w
 
 @pytest.mark.slow
 def test_colour_dropout_reads_scene_rows_by_shape_alone_and_gives_their_colour_words_no_loss(tmp_path, monkeypatch):
-    seen = []
-    drop = train_module.drop_patch_routes
-    monkeypatch.setattr(train_module, "drop_patch_routes", lambda *a: seen.append(drop(*a)) or seen[-1])
-    taken = []
-    forward = Generalist.forward
-    monkeypatch.setattr(Generalist, "forward", lambda self, batch, targets=None, weights=None, sigma=0.0: (
-        taken.append((batch, weights)) or forward(self, batch, targets, weights, sigma)))
+    seen, taken = _watch_route_dropout(monkeypatch)
     train(replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", batch_size=4,
                   run_dir=tmp_path / "dropped", colour_dropout=1.0))
     (dropped, no_rows, rows), = seen
