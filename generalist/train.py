@@ -224,10 +224,13 @@ def _optimizer_step(
                 scene_tasks, shape_ids, colour_ids = route_words
                 inputs, without_shape, without_colour = drop_patch_routes(
                     inputs, scene_tasks, config.shape_dropout, config.colour_dropout)
-                for rows, word_ids, weight in ((without_shape, shape_ids, config.dropped_shape_weight),
-                                               (without_colour, colour_ids, 0.0)):
-                    unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, weight), 1.0)
-                    weights = unread if weights is None else weights * unread
+                for share, rows, word_ids, weight in (
+                    (config.shape_dropout, without_shape, shape_ids, config.dropped_shape_weight),
+                    (config.colour_dropout, without_colour, colour_ids, 0.0),
+                ):
+                    if share:  # a route never dropped has no rows to weigh
+                        unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, weight), 1.0)
+                        weights = unread if weights is None else weights * unread
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
