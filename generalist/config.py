@@ -491,13 +491,14 @@ PONG_ROUNDS = {
 
 def pong() -> RunConfig:
     """The Pong specialist of issue 18: 30 minutes of behaviour cloning on 50 expert games, then three DAgger
-    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games. It does not play
-    yet: on this machine its cloning (pixels, before the mask) did not start reading the frames
+    rounds of 10 minutes, each on 16 games the latest agent plays alone; 20 evaluation games. It returns the
+    ball and still loses: on this machine its cloning (pixels, before the mask) did not start reading the frames
     (docs/RESULTS.md, `pong-preset-amx`); on a lent H200, 5 minutes of cloning at 32 sequences a step (88M tokens)
     read them, and with the mask the agent moves, but loses every game (-20.6, `pong-h200-b32-mask`); here, 60
     minutes of cloning on frames shrunk to 48 pixels moved it too (-20.5, `pong48-mask-acc4`); with its rounds at
     48 pixels it wins a point or two a game (-19.2 ± 1.5 over 20, `pong48-preset-flush2`), and with its cloning on
-    4 x 8 sequences an update about four (-17.1 ± 1.8, on-policy agreement 58.7%, `pong48-preset-acc4`)."""
+    4 x 8 sequences an update about four (-17.1 ± 1.8, on-policy agreement 58.7%, `pong48-preset-acc4`; training
+    seed 1: -13.0 ± 3.4, 72.0%, `pong48-preset-acc4-s1`)."""
     return RunConfig(
         preset="pong",
         train=replace(cpu().train, max_minutes=30.0, **PONG_TRAIN),
