@@ -164,6 +164,10 @@ class TrainConfig:
     """what the patch block reads: pixels; pixels+mask (a colour-free foreground mask beside them); or
     mask+colour (the mask through the block, the patch's background and foreground colours beside it, so shape
     features cannot depend on colour) (model.py)"""
+    mask_background: str = "median"
+    """what the foreground mask measures each pixel from: median (the patch border's median colour, robust to an
+    object crossing the border, as Atari's do) or nearest (the border's nearest colours, so that striped and
+    checked backgrounds read as background) (model.py)"""
     patch_stride: int | None = None
     """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
     patch as a (16/stride)^2 grid, finer at a smaller stride and dearer (model.py)"""

@@ -25,6 +25,12 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   models read a held-out colour-shape pair's shape through its colour (docs/RESULTS.md, issue 20). Measured:
   "mask+colour" lost the colour (training shrank the linear colour map until every object read purple), so it
   stays a setting, not a recipe.
+- `mask_background` says what the mask measures a pixel from. "median", one colour per patch (the border's
+  median), keeps an object that crosses the patch's border (Atari's paddles) but fails on a background of two
+  colours: on stripes and checks one of them reads as foreground, and a linear probe of a trained shape route
+  named the shapes of scenes on such backgrounds 57.5% right against 96.4% on plain ones. "nearest" measures
+  each pixel from its nearest border colours (`MASK_NEAREST_K`): the same probe, on the same trained block,
+  92.2% (docs/RESULTS.md, issue 20).
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
   costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
@@ -133,6 +139,11 @@ class ModelConfig:
     patch_input: str = "pixels"
     """What the patch block reads (`PATCH_INPUTS`): the pixels; the pixels and a colour-free foreground mask; or
     the mask through the block and the patch's two mean colours beside it (see the module docstring)."""
+    mask_background: str = "median"
+    """What the foreground mask measures a pixel's distance from (`MASK_BACKGROUNDS`, with a mask in
+    `patch_input`): "median", the median colour of the patch's border, robust to an object crossing the border
+    (Atari's paddles and ball); "nearest", the nearest border colours, so that a background of two colours
+    (stripes, checks) reads as background too (see the module docstring)."""
     value_frequencies: int = 0
     """Add to each continuous-value token's id embedding a learned linear map of smooth features of its bin's
     centre u in [-1, 1]: u, and the sine and cosine of pi 2^j u for j < value_frequencies (0: the id table
@@ -159,6 +170,8 @@ class ModelConfig:
             raise ValueError(f"patch_channels {self.patch_channels} must split into {self.patch_groups} groups")
         if self.patch_input not in PATCH_INPUTS:
             raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {self.patch_input!r}")
+        if self.mask_background not in MASK_BACKGROUNDS:
+            raise ValueError(f"mask_background must be one of {MASK_BACKGROUNDS}, got {self.mask_background!r}")
         if not 0 <= self.value_frequencies <= 10:
             raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
                              f"got {self.value_frequencies}")
@@ -290,21 +303,45 @@ MASK_FLOOR = 0.05
 """The least a patch's largest distance counts as when dividing by it (pixels span 0.5 after scaling, RGB
 distances up to 0.87; 0.05 is about 25 of 255): a patch of flat background or faint noise keeps a faint mask
 instead of its noise blown up to 1."""
+MASK_BACKGROUNDS = ("median", "nearest")
+MASK_NEAREST_K = 8
+"""With `mask_background="nearest"`, which nearest border colour a pixel is measured from: an object may cover up
+to k - 1 of a 16-pixel patch's 60 border pixels and keep its outline."""
+
+
+def border_pixels(patches: torch.Tensor) -> torch.Tensor:
+    """Per patch (n, C, p, p), the colours (n, C, 4p - 4) of its border pixels, once each."""
+    return torch.cat([patches[..., 0, :], patches[..., -1, :], patches[..., 1:-1, 0], patches[..., 1:-1, -1]], dim=-1)
 
 
 def border_colour(patches: torch.Tensor) -> torch.Tensor:
     """Per patch (n, C, p, p), the median colour (n, C) of its border pixels: mostly background."""
-    border = torch.cat([patches[..., 0, :], patches[..., -1, :], patches[..., 1:-1, 0], patches[..., 1:-1, -1]],
-                       dim=-1)  # (n, C, 4p - 4)
-    return border.median(dim=-1).values
+    return border_pixels(patches).median(dim=-1).values
 
 
-def foreground_mask(patches: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+def nearest_border_distance(patches: torch.Tensor, k: int = MASK_NEAREST_K) -> torch.Tensor:
+    """Per patch (n, C, p, p), each pixel's RGB distance (n, 1, p, p) from the k-th nearest colour among the
+    patch's border pixels: about 0 on a background of any colours that also cross the border (stripes, checks),
+    large on an object, unless the object covers k or more border pixels."""
+    n, _, p, _ = patches.shape
+    # Exact differences, not cdist's matrix-product shortcut: a flat patch must give 0 everywhere, as the median's
+    # mask does (its colour route then reads no foreground), not rounding noise that the mask's division scales up.
+    pixels, border = patches.flatten(2).transpose(1, 2), border_pixels(patches).transpose(1, 2)  # (n, p*p | 4p-4, C)
+    distances = torch.cdist(pixels, border, compute_mode="donot_use_mm_for_euclid_dist")  # (n, p*p, 4p-4)
+    return distances.kthvalue(k, dim=-1).values.view(n, 1, p, p)
+
+
+def foreground_mask(patches: torch.Tensor, background: torch.Tensor, mask_background: str = "median") -> torch.Tensor:
     """Per patch (n, C, p, p), a colour-free outline (n, 1, p, p) in [0, 1]: each pixel's distance from the
-    patch's background colour (n, C), over the patch's largest distance (at least `MASK_FLOOR`). A flat object
-    on a flat background gives 1 on the object and 0 elsewhere, whatever the two colours."""
-    # Not .norm(dim=1): on this CPU torch reduces across channels 25x slower that way (docs/BENCHMARKS.md).
-    distance = (patches - background[..., None, None]).square().sum(dim=1, keepdim=True).sqrt()  # (n, 1, p, p)
+    patch's background, over the patch's largest distance (at least `MASK_FLOOR`). The background is the colour
+    `background` (n, C) with `mask_background="median"`, the patch's border colours with "nearest"
+    (`nearest_border_distance`). A flat object on a flat background gives 1 on the object and 0 elsewhere,
+    whatever the two colours."""
+    if mask_background == "nearest":
+        distance = nearest_border_distance(patches)
+    else:
+        # Not .norm(dim=1): on this CPU torch reduces across channels 25x slower that way (docs/BENCHMARKS.md).
+        distance = (patches - background[..., None, None]).square().sum(dim=1, keepdim=True).sqrt()  # (n, 1, p, p)
     return distance / distance.amax(dim=(2, 3), keepdim=True).clamp_min(MASK_FLOOR)
 
 
@@ -321,6 +358,7 @@ class PatchEncoder(nn.Module):
         super().__init__()
         c, s, g = config.patch_channels, config.patch_stride, config.patch_groups
         self.patch_input = config.patch_input
+        self.mask_background = config.mask_background
         stem_channels = {"pixels": config.image_channels, "pixels+mask": config.image_channels + 1,
                          "mask+colour": 1}[config.patch_input]
         # background and foreground mean colours, beside the mask's shape
@@ -339,7 +377,7 @@ class PatchEncoder(nn.Module):
             return self.block(patches)
         pixels = patches.float()
         background = border_colour(pixels)  # (n, C)
-        mask = foreground_mask(pixels, background)  # (n, 1, p, p)
+        mask = foreground_mask(pixels, background, self.mask_background)  # (n, 1, p, p)
         centred_mask = centred(mask)
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
@@ -351,7 +389,7 @@ class PatchEncoder(nn.Module):
         if self.colour is None:
             raise ValueError(f"only patch_input='mask+colour' has a shape route apart, not {self.patch_input!r}")
         pixels = patches.float()
-        mask = foreground_mask(pixels, border_colour(pixels))
+        mask = foreground_mask(pixels, border_colour(pixels), self.mask_background)
         return self.block(centred(mask).to(patches.dtype))
 
     def colour_route(self, patches: torch.Tensor) -> torch.Tensor:
@@ -361,7 +399,8 @@ class PatchEncoder(nn.Module):
             raise ValueError(f"only patch_input='mask+colour' has a colour route, not {self.patch_input!r}")
         pixels = patches.float()
         background = border_colour(pixels)
-        return self._colour_route(pixels, background, foreground_mask(pixels, background), patches.dtype)
+        mask = foreground_mask(pixels, background, self.mask_background)
+        return self._colour_route(pixels, background, mask, patches.dtype)
 
     def _colour_route(
         self, pixels: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype

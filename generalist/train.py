@@ -73,7 +73,7 @@ from generalist.evaluate import evaluate
 from generalist.flags import save_json
 from generalist.lock import exclusive
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
-from generalist.model import PATCH_INPUTS, Generalist, ModelConfig, preset
+from generalist.model import MASK_BACKGROUNDS, PATCH_INPUTS, Generalist, ModelConfig, preset
 from generalist.precision import Precision, denormals_flushed, resolve_device, resolve_precision
 from generalist.tokenizers import TextTokenizer, frame_channels
 
@@ -172,7 +172,8 @@ def model_config(config: TrainConfig, text_vocab_size: int) -> ModelConfig:
         config.model, text_vocab_size=text_vocab_size, context=config.sequence_length, dropout=config.dropout,
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, frame_size=config.frame_size,
         centre_patches=config.centre_patches,
-        patch_input=config.patch_input, value_frequencies=config.value_frequencies,
+        patch_input=config.patch_input, mask_background=config.mask_background,
+        value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )
 
@@ -366,6 +367,11 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {config.caption_order!r}")
     if config.patch_input not in PATCH_INPUTS:
         raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {config.patch_input!r}")
+    if config.mask_background not in MASK_BACKGROUNDS:
+        raise ValueError(f"mask_background must be one of {MASK_BACKGROUNDS}, got {config.mask_background!r}")
+    if config.mask_background != "median" and config.patch_input == "pixels":
+        raise ValueError(f"mask_background {config.mask_background!r} needs a mask: give a patch_input other than "
+                         "'pixels'")
 
 
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:

@@ -190,6 +190,35 @@ def test_the_foreground_mask_outlines_an_object_whatever_its_colour():
     assert 0.1 < foreground_mask(faint, border_colour(faint)).max() < 0.5
 
 
+def test_a_mask_from_the_nearest_border_colours_outlines_an_object_on_stripes():
+    # On stripes of two colours the border's median is one of them, so the other stripe reads as foreground;
+    # measured from the border's nearest colours both stripes are background, and the object keeps its outline.
+    square, circle = _square_and_circle()
+    rows = (np.arange(16) // 3) % 2 == 0
+    stripes = np.where(rows[:, None, None], (200, 180, 40), (30, 60, 150)) * np.ones((16, 16, 3))
+    patches = _object_patches([square, circle], [(220, 45, 45), (240, 240, 240)], stripes.astype(np.uint8))
+    expected = torch.from_numpy(np.repeat(np.stack([square, circle]), 2, axis=0)).float()
+    nearest = foreground_mask(patches, border_colour(patches), "nearest")[:, 0]
+    torch.testing.assert_close(nearest, expected, rtol=0, atol=0.01)
+    assert foreground_mask(patches, border_colour(patches))[:, 0][expected == 0].max() > 0.9  # a stripe as object
+    flat = _object_patches([square, circle], [(220, 45, 45)])
+    torch.testing.assert_close(foreground_mask(flat, border_colour(flat), "nearest"),
+                               foreground_mask(flat, border_colour(flat)), rtol=0, atol=0.01)
+    bar = np.zeros((16, 16), bool)
+    bar[:6, 6:11] = True  # crosses the top border on 5 pixels, fewer than MASK_NEAREST_K
+    crossing = _object_patches([bar], [(220, 45, 45)])
+    assert foreground_mask(crossing, border_colour(crossing), "nearest")[0, 0][torch.from_numpy(bar)].min() > 0.99
+    config = dataclasses.replace(CONFIG, patch_input="mask+colour", mask_background="nearest")
+    encoder = PatchEncoder(config).eval()
+    with torch.no_grad():
+        on_stripes, on_flat = encoder.shape_route(patches[:1]), encoder.shape_route(flat[:1])
+    assert float((on_stripes - on_flat).norm() / on_flat.norm()) < 0.01  # the shape read as on a flat background
+    with pytest.raises(ValueError, match="mask_background must be one of"):
+        dataclasses.replace(CONFIG, mask_background="mean")
+    saved_before = {k: v for k, v in CONFIG.to_dict().items() if k != "mask_background"}
+    assert ModelConfig.from_dict(saved_before).mask_background == "median"  # checkpoints from before the setting
+
+
 @pytest.mark.parametrize("patch_input", ["pixels", "pixels+mask", "mask+colour"])
 def test_a_mask_and_colour_patch_block_reads_shape_apart_from_colour(patch_input):
     # With "mask+colour", recolouring an object moves its embedding by the same vector whatever its shape, so a
@@ -253,8 +282,8 @@ def test_every_patch_input_trains_through_the_model():
     rng = np.random.default_rng(3)
     batch = collate([_episode(rng, 4), tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8),
                                                         TEXT.encode("a caption"), LAYOUT)], LAYOUT)
-    for patch_input in PATCH_INPUTS:
-        model = _model(dataclasses.replace(CONFIG, patch_input=patch_input)).train()
+    for patch_input, mask_background in [(p, "median") for p in PATCH_INPUTS] + [("mask+colour", "nearest")]:
+        model = _model(dataclasses.replace(CONFIG, patch_input=patch_input, mask_background=mask_background)).train()
         model(batch).loss.backward()
         stem = model.embed.patches.stem.weight
         assert stem.shape[1] == {"pixels": 3, "pixels+mask": 4, "mask+colour": 1}[patch_input]
