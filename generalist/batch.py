@@ -123,9 +123,9 @@ def action_slots(kinds: torch.Tensor) -> torch.Tensor:
     return index - last_separator - 1
 
 
-def decisive_actions(batch: Batch, discrete_ids: range) -> torch.Tensor:
+def decisive_actions(batch: Batch, discrete_ids: range, after_ran: bool = False) -> torch.Tensor:
     """(B, T) bool: the discrete action tokens whose target differs from the same slot's one timestep earlier in
-    the row.
+    the row (with `after_ran`, from the action the row reads there: the one that ran, in a driven game's row).
 
     Where the expert changes its action is what predicting "as before" gets wrong (Pong's expert keeps its
     action at 87% of its steps); a row's first timestep is never decisive (nothing before it to differ from).
@@ -143,7 +143,8 @@ def decisive_actions(batch: Batch, discrete_ids: range) -> torch.Tensor:
     order = ((rows * (int(slots.max()) + 1) + slots) * width + columns).argsort()
     rows, slots, columns = rows[order], slots[order], columns[order]
     ids = batch.targets[rows, columns]
-    changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (ids[1:] != ids[:-1])
+    before = batch.ids[rows, columns] if after_ran else ids  # an expert's row reads its labels: the same there
+    changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (ids[1:] != before[:-1])
     decisive[rows[1:][changed], columns[1:][changed]] = True
     return decisive
 

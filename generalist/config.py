@@ -196,6 +196,11 @@ class TrainConfig:
     """loss weight of the discrete action targets where the expert changes its action (1: no extra weight);
     against learning only the action frequencies where the expert mostly keeps its action (Pong: 87% of steps).
     Continuous actions keep weight 1: their bins change at nearly every step"""
+    decisive_after_ran: bool = False
+    """count a step as decisive where its label differs from the action that ran the step before, not from the
+    label before it: the same on the expert's recordings; on a driven game's, every step at which the expert
+    would act otherwise than the agent just did (each FIRE label of a Breakout stall the agent holds with NOOP,
+    of which only the first changes the label)"""
     action_balance: float = 0.0
     """exponent b of the class weights of discrete action targets: an action that is the share p of its task's
     recorded expert actions weighs p^-b, scaled so that the expert's actions weigh 1 on average (0: every action

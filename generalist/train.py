@@ -210,7 +210,7 @@ def _optimizer_step(
         with sync, precision.autocast(where.device.type):
             weights = None
             if config.decisive_weight != 1.0:
-                decisive = decisive_actions(batch, model.config.layout.discrete_range)
+                decisive = decisive_actions(batch, model.config.layout.discrete_range, config.decisive_after_ran)
                 weights = 1.0 + (config.decisive_weight - 1.0) * decisive.float()
             if balance is not None:
                 balanced = balanced_action_weights(batch, balance, model.config.layout.discrete_range)
@@ -369,6 +369,9 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {config.patch_input!r}")
     if config.mask_background not in MASK_BACKGROUNDS:
         raise ValueError(f"mask_background must be one of {MASK_BACKGROUNDS}, got {config.mask_background!r}")
+    if config.decisive_after_ran and config.decisive_weight == 1.0:
+        raise ValueError("decisive_after_ran chooses which steps decisive_weight weighs: give a decisive_weight "
+                         "other than 1")
     if config.mask_background != "median" and config.patch_input == "pixels":
         raise ValueError(f"mask_background {config.mask_background!r} needs a mask: give a patch_input other than "
                          "'pixels'")

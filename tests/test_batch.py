@@ -158,6 +158,10 @@ def test_rows_carry_their_targets_and_decisive_steps_are_where_the_targets_chang
     actions = batch.kinds == TokenKind.ACTION
     # The labels change once (2 -> 1), the ids read at every step: decisive follows the labels.
     assert decisive_actions(batch, LAYOUT.discrete_range)[0][actions[0]].tolist() == [False, False, True, False]
+    # Against the actions that ran (0, 1, 0, 1) before each label (2, 2, 1, 1): steps 1 and 3 differ.
+    after_ran = decisive_actions(batch, LAYOUT.discrete_range, after_ran=True)
+    assert after_ran[0][actions[0]].tolist() == [False, True, False, True]
+    assert torch.equal(after_ran[1:], decisive_actions(batch, LAYOUT.discrete_range)[1:])  # the expert's: the same
 
 
 def test_balanced_weights_follow_each_rows_task_and_action():
