@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -416,21 +417,26 @@ class Agent:
         slide_fraction: float = 0.25,
         generator: torch.Generator | None = None,
         continuous_decoding: str = "mode",
+        change_penalty: float = 1.0,
     ) -> None:
         if not 0.0 <= slide_fraction < 1.0:
             raise ValueError(f"slide_fraction must lie in [0, 1), got {slide_fraction}")
         if continuous_decoding not in CONTINUOUS_DECODINGS:
             raise ValueError(f"continuous_decoding must be one of {CONTINUOUS_DECODINGS}, got {continuous_decoding!r}")
+        if not (math.isfinite(change_penalty) and change_penalty > 0.0):
+            raise ValueError(f"change_penalty must be a positive number, got {change_penalty}")
         # The expectation over bins exists only for continuous slots; discrete actions decode as always.
         self.expected_value = continuous_decoding == "mean" and spec.kind == "continuous"
         self.model, self.spec, self.text_tokenizer = model, spec, text_tokenizer
         self.layout = model.config.layout
         self.temperature, self.keep_prompt, self.slide_fraction = temperature, keep_prompt, slide_fraction
         self.generator = generator
+        self.log_change_penalty = math.log(change_penalty)
         self.engine: Engine | None = None
         self.n_slides = 0  # slides so far (for benchmarks and tests)
         self._steps: list[int] = []
         self._frames: list[list[np.ndarray]] = []  # each episode's last `frame_stack` RGB frames
+        self._previous: torch.Tensor | None = None  # (B, size) each episode's previous action ids (-1: none yet)
         device = next(model.parameters()).device
         self._allowed = torch.as_tensor(spec.valid_id_mask(self.layout), device=device)  # (size, v)
 
@@ -444,6 +450,7 @@ class Agent:
             self.engine = Engine(self.model, len(prompts))
             self._steps = [0] * len(prompts)
             self._frames = [[] for _ in prompts]
+            self._previous = torch.full((len(prompts), self.spec.size), -1, device=self._allowed.device)
             episodes = range(len(prompts))
         elif self.engine is None:
             raise ValueError("reset(prompts) all episodes before restarting some of them")
@@ -454,6 +461,7 @@ class Agent:
             self.engine.set_context(row, units, n_protected)
             self._steps[row] = 0
             self._frames[row] = []
+            self._previous[row] = -1
 
     def context(self, episode: int) -> TokenizedSequence:
         """The tokens episode `episode` conditions on now (its kept prompt and timesteps)."""
@@ -485,17 +493,30 @@ class Agent:
                 values.append(value)
                 ids = value_to_bin(value) + self.layout.continuous_offset
             else:
-                ids = sample_tokens(logits, self._allowed[slot], self.temperature, None, self.generator)  # (B,)
+                ids = sample_tokens(self._penalize_changes(logits, slot), self._allowed[slot], self.temperature, None,
+                                    self.generator)  # (B,)
             chosen.append(ids)
             if slot + 1 < self.spec.size:
                 logits = engine.feed_loose(ids, TokenKind.ACTION)
-        ids = torch.stack(chosen, dim=1).cpu().numpy()  # (B, size)
+        self._previous = torch.stack(chosen, dim=1)
+        ids = self._previous.cpu().numpy()  # (B, size)
         for row in range(engine.n_rows):
             engine.extend_last(row, _action_tokens(ids[row], self._steps[row], self.layout.image_channels))
             self._steps[row] += 1
         actions = (torch.stack(values, dim=1).cpu().numpy() if self.expected_value
                    else decode_actions(ids, self.spec, self.layout))
         return ActionStep(actions, ids, torch.stack(slot_logits, dim=1))
+
+    def _penalize_changes(self, logits: torch.Tensor, slot: int) -> torch.Tensor:
+        """`logits` (B, v) with log(change_penalty) taken from every id but the episode's previous one in `slot`:
+        training with decisive_weight W multiplied the odds of changing action by W, and a penalty of W divides
+        them back (an episode's first step, which training never weighed, is left alone)."""
+        if self.log_change_penalty == 0.0:
+            return logits
+        previous = self._previous[:, slot, None]  # (B, 1)
+        ids = torch.arange(logits.shape[-1], device=logits.device)  # (v,)
+        changes = (ids != previous) & (previous >= 0)  # (B, v)
+        return logits - self.log_change_penalty * changes
 
     def _stack_frames(self, observations: Sequence[Mapping[str, Any]]) -> Sequence[Mapping[str, Any]]:
         """Each image as the model reads it: with a frame-stacking model, the episode's last frames stacked by

@@ -158,7 +158,7 @@ def agent_actor(
     sampler = torch.Generator(device).manual_seed(config.seed) if config.temperature > 0 else None
     agent = Agent(model, get_task(task).action_spec(), text_tokenizer, temperature=config.temperature,
                   keep_prompt=config.keep_prompt, slide_fraction=config.slide_fraction, generator=sampler,
-                  continuous_decoding=config.continuous_decoding)
+                  continuous_decoding=config.continuous_decoding, change_penalty=config.change_penalty)
     return AgentActor(agent, new_prompt)
 
 

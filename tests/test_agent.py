@@ -2,6 +2,7 @@
 restricted sampling, and text generation."""
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -244,6 +245,50 @@ def test_restricted_sampling_never_yields_an_invalid_action(spec):
             assert step.actions.shape == (4,) and set(step.actions.tolist()) <= {0, 1, 2}
         else:
             assert step.actions.shape == (4, 2) and (np.abs(step.actions) <= 1).all()
+
+
+def _penalized(step, previous, penalty):
+    """A step's raw logits (B, v) of its one slot, with log(penalty) taken from every id but `previous`."""
+    logits = step.logits[:, 0]
+    if previous is None:
+        return logits
+    return logits - math.log(penalty) * (torch.arange(logits.shape[-1]) != previous[:, None])
+
+
+def test_a_change_penalty_divides_the_odds_of_changing_action():
+    spec = ActionSpec("discrete", size=1, n=3)
+    allowed = torch.from_numpy(spec.valid_id_mask(LAYOUT))[0]
+    rng = np.random.default_rng(7)
+    model = _model()
+    # Sampled, so that the untrained model's nearly equal logits give varied actions; `replay` draws the same
+    # uniforms as the agent's generator, `unpenalized` the same ones from the raw logits.
+    penalized = Agent(model, spec, TEXT, temperature=1.0, generator=torch.Generator().manual_seed(1),
+                      change_penalty=2.0)
+    replay, unpenalized = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    stuck = Agent(model, spec, TEXT, temperature=1.0, generator=torch.Generator().manual_seed(2), change_penalty=1e12)
+    penalized.reset([None] * 8)
+    stuck.reset([None] * 8)
+    previous, flipped, changes, first = None, 0, 0, None
+    for t in range(12):
+        observations = [_observation(rng, t) for _ in range(8)]
+        step = penalized.step(observations)
+        chosen = torch.from_numpy(step.ids[:, 0])
+        assert chosen.tolist() == sample_tokens(_penalized(step, previous, 2.0), allowed, 1.0, None, replay).tolist()
+        flipped += int((chosen != sample_tokens(step.logits[:, 0], allowed, 1.0, None, unpenalized)).sum())
+        changes += 0 if previous is None else int((chosen != previous).sum())
+        previous = chosen
+        held = stuck.step(observations).ids[:, 0]
+        first = held if first is None else first
+        assert held.tolist() == first.tolist()  # a prohibitive penalty never changes action
+    assert flipped > 0 and changes > 0  # the penalty changed some choices, and some actions still changed
+    assert len(set(first.tolist())) > 1  # the stuck episodes hold different actions: each its own previous one
+    stuck.reset([None], episodes=[1])
+    steps = [stuck.step([_observation(rng, 12 + t) for _ in range(8)]).ids[:, 0] for t in range(3)]
+    assert all(ids[0] == first[0] for ids in steps)
+    assert steps[1][1] == steps[2][1]  # a restarted episode chooses its first action freely, then holds it
+    for bad in (0.0, -1.0, math.nan, math.inf):
+        with pytest.raises(ValueError, match="change_penalty"):
+            Agent(model, spec, TEXT, change_penalty=bad)
 
 
 # ---------------------------------------------------------------------------------------- text
