@@ -14,6 +14,7 @@ importing torch or gymnasium; the lower layers import their config types from he
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -82,6 +83,10 @@ class EvalConfig:
     precision: str = "fp32"
     """fp32, bf16 or auto (bf16 where this machine runs it faster): acting costs little with the KV cache, so
     fp32 by default keeps scores comparable across machines"""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.change_penalty) and self.change_penalty > 0.0):
+            raise ValueError(f"--change-penalty must be a positive number (change_penalty), got {self.change_penalty}")
 
     def prompt_budget(self, context: int) -> int:
         """Tokens of the demonstration prompt for a model of `context` tokens."""

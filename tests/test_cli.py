@@ -63,6 +63,7 @@ def test_tokenizer_train_writes_a_loadable_model(tmp_path):
         (("train", "--run-dir", "r", "--checkpoint-every", "0"), "checkpoint_every must be at least 1"),
         (("evaluate", "--tasks", "cartpole", "--device", "tpu"), "unknown device 'tpu'"),
         (("evaluate", "--tasks", "cartpole", "--json", "."), "--json .: expected a file"),
+        (("evaluate", "--tasks", "cartpole", "--change-penalty", "0"), "--change-penalty must be a positive number"),
         (("evaluate", "--tasks", "cartpole", "--reference-min", "0"), "give both --reference-min and --reference-max"),
         (("train", "--run-dir", "a-file", "--weights", "dialogue=1"), "--run-dir a-file is not a directory"),
     ],
