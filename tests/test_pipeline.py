@@ -41,7 +41,7 @@ def test_presets_are_named_functions_and_unknown_presets_are_errors():
         run_preset("x")
 
 
-def test_every_preset_is_a_training_config_that_trains():
+def test_every_preset_passes_the_training_config_checks():
     for preset in RUN_PRESETS.values():
         train_module.check_config(preset().train)  # raises on settings that contradict each other
     assert language().train.patch_input == "mask+colour" and language().train.mask_background == "nearest"
