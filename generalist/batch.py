@@ -123,9 +123,11 @@ def action_slots(kinds: torch.Tensor) -> torch.Tensor:
     return index - last_separator - 1
 
 
-def decisive_actions(batch: Batch, discrete_ids: range, after_ran: bool = False) -> torch.Tensor:
+def decisive_actions(batch: Batch, discrete_ids: range, after_ran: bool = False, held: bool = False) -> torch.Tensor:
     """(B, T) bool: the discrete action tokens whose target differs from the same slot's one timestep earlier in
-    the row (with `after_ran`, from the action the row reads there: the one that ran, in a driven game's row).
+    the row (with `after_ran`, from the action the row reads there: the one that ran, in a driven game's row; with
+    `held` as well, only where the row read that action at the two timesteps before: the expert would change what
+    the agent holds, as at a Breakout stall, not what the agent had just changed itself, as when it jitters).
 
     Where the expert changes its action is what predicting "as before" gets wrong (Pong's expert keeps its
     action at 87% of its steps); a row's first timestep is never decisive (nothing before it to differ from).
@@ -144,7 +146,12 @@ def decisive_actions(batch: Batch, discrete_ids: range, after_ran: bool = False)
     rows, slots, columns = rows[order], slots[order], columns[order]
     ids = batch.targets[rows, columns]
     before = batch.ids[rows, columns] if after_ran else ids  # an expert's row reads its labels: the same there
-    changed = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1]) & (ids[1:] != before[:-1])
+    same = (rows[1:] == rows[:-1]) & (slots[1:] == slots[:-1])  # entry i + 1 follows entry i in its (row, slot)
+    changed = same & (ids[1:] != before[:-1])
+    if held:  # and entry i read what entry i - 1 read, in the same (row, slot)
+        kept = torch.zeros_like(changed)
+        kept[1:] = same[:-1] & (before[1:-1] == before[:-2])
+        changed &= kept
     decisive[rows[1:][changed], columns[1:][changed]] = True
     return decisive
 

@@ -209,6 +209,11 @@ class TrainConfig:
     label before it: the same on the expert's recordings; on a driven game's, every step at which the expert
     would act otherwise than the agent just did (each FIRE label of a Breakout stall the agent holds with NOOP,
     of which only the first changes the label)"""
+    decisive_held: bool = False
+    """with decisive_after_ran, count a driven step only where the action that ran had also run the step before:
+    where the agent holds an action the expert would change (each step of a Breakout stall), not where it just
+    changed its own action (a jittering agent's every step, which weighted makes it jitter more). The same on
+    the expert's recordings but for a change right after a change"""
     action_balance: float = 0.0
     """exponent b of the class weights of discrete action targets: an action that is the share p of its task's
     recorded expert actions weighs p^-b, scaled so that the expert's actions weigh 1 on average (0: every action

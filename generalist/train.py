@@ -210,7 +210,8 @@ def _optimizer_step(
         with sync, precision.autocast(where.device.type):
             weights = None
             if config.decisive_weight != 1.0:
-                decisive = decisive_actions(batch, model.config.layout.discrete_range, config.decisive_after_ran)
+                decisive = decisive_actions(batch, model.config.layout.discrete_range, config.decisive_after_ran,
+                                            config.decisive_held)
                 weights = 1.0 + (config.decisive_weight - 1.0) * decisive.float()
             if balance is not None:
                 balanced = balanced_action_weights(batch, balance, model.config.layout.discrete_range)
@@ -372,6 +373,8 @@ def check_config(config: TrainConfig) -> None:
     if config.decisive_after_ran and config.decisive_weight == 1.0:
         raise ValueError("decisive_after_ran chooses which steps decisive_weight weighs: give a decisive_weight "
                          "other than 1")
+    if config.decisive_held and not config.decisive_after_ran:
+        raise ValueError("decisive_held narrows decisive_after_ran's steps: give decisive_after_ran too")
     if config.mask_background != "median" and config.patch_input == "pixels":
         raise ValueError(f"mask_background {config.mask_background!r} needs a mask: give a patch_input other than "
                          "'pixels'")

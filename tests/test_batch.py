@@ -164,6 +164,24 @@ def test_rows_carry_their_targets_and_decisive_steps_are_where_the_targets_chang
     assert torch.equal(after_ran[1:], decisive_actions(batch, LAYOUT.discrete_range)[1:])  # the expert's: the same
 
 
+def test_held_decisive_steps_are_where_the_expert_would_change_an_action_held_for_two_steps():
+    observations = {"continuous": np.zeros((5, 2), np.float32)}
+    spec = ActionSpec("discrete", n=3)
+    ran = np.array([0, 0, 1, 1, 0])
+    learner = tokenize_episode(observations, np.array([2, 2, 1, 0, 0]), spec, LAYOUT, executed=ran)
+    expert = tokenize_episode(observations, np.array([0, 0, 1, 2, 2]), spec, LAYOUT)
+    batch = collate([learner, expert], LAYOUT)
+    actions = batch.kinds == TokenKind.ACTION
+    after_ran = decisive_actions(batch, LAYOUT.discrete_range, after_ran=True)
+    assert after_ran[0][actions[0]].tolist() == [False, True, True, True, True]
+    # Only steps 2 and 4 follow two steps that ran the same action (0, 0 and 1, 1); step 3 follows a change.
+    held = decisive_actions(batch, LAYOUT.discrete_range, after_ran=True, held=True)
+    assert held[0][actions[0]].tolist() == [False, False, True, False, True]
+    # The expert changes after holding 0 (step 2), then again right after (step 3): only the first is held.
+    assert held[1][actions[1]].tolist() == [False, False, True, False, False]
+    assert not held[~actions].any()
+
+
 def test_balanced_weights_follow_each_rows_task_and_action():
     observations = {"continuous": np.zeros((3, 2), np.float32)}
     spec = ActionSpec("discrete", n=3)

@@ -487,7 +487,8 @@ def test_an_error_inside_the_loop_ends_the_process_with_its_data_workers(tmp_pat
                                              ("interim_minutes", float("nan")), ("precision", "fp16"),
                                              ("scene_size", 32), ("caption_order", "colour-last"),
                                              ("patch_input", "edges"), ("mask_background", "mean"),
-                                             ("mask_background", "nearest"), ("decisive_after_ran", True)])
+                                             ("mask_background", "nearest"), ("decisive_after_ran", True),
+                                             ("decisive_held", True)])
 def test_settings_that_cannot_work_are_refused_before_training(tmp_path, flag, value):
     with pytest.raises(ValueError, match=flag if flag != "precision" else "precision must be one of"):
         train(replace(TINY, run_dir=tmp_path, **{flag: value}))
