@@ -195,6 +195,7 @@ def _loose_tokens(ids: torch.Tensor, kind: TokenKind) -> Batch:
         targets=ids[:, None],
         patch_colour_only=torch.zeros(0, dtype=torch.bool, device=ids.device),
         patch_shape_only=torch.zeros(0, dtype=torch.bool, device=ids.device),
+        patch_in_episode=torch.zeros(0, dtype=torch.bool, device=ids.device),
     )
 
 

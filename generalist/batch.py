@@ -15,7 +15,7 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
-from generalist.tokenizers import NO_POSITION, PATCH_SIZE, TokenizedSequence, TokenKind, TokenLayout
+from generalist.tokenizers import NO_POSITION, NO_TIMESTEP, PATCH_SIZE, TokenizedSequence, TokenKind, TokenLayout
 
 
 @dataclass
@@ -36,6 +36,7 @@ class Batch:
     targets: torch.Tensor  # (B, T) int64, the ids the loss predicts: `ids` but where a sequence gave others
     patch_colour_only: torch.Tensor  # (N,) bool, patches read by the colour route alone (`drop_patch_routes`)
     patch_shape_only: torch.Tensor  # (N,) bool, patches read by the mask's shape alone (`drop_patch_routes`)
+    patch_in_episode: torch.Tensor  # (N,) bool, patches of an episode's observation (else of a caption's image)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -93,11 +94,14 @@ def collate(
         patch_rows = np.concatenate([s.patch_rows for s in sequences if len(s.patches)])
         patch_cols = np.concatenate([s.patch_cols for s in sequences if len(s.patches)])
         patch_token_index = np.concatenate([s.patch_token_index for s in sequences if len(s.patches)])
+        in_episode = np.concatenate([s.timesteps[s.patch_token_index] != NO_TIMESTEP for s in sequences
+                                     if len(s.patches)])
     else:
         channels = next((s.patches.shape[1] for s in sequences if s.patches.ndim == 4), 3)
         patches = np.zeros((0, channels, PATCH_SIZE, PATCH_SIZE), np.float32)
         patch_rows = patch_cols = np.zeros((0, 2), np.int64)
         patch_token_index = np.zeros(0, np.int64)
+        in_episode = np.zeros(0, bool)
     return Batch(
         ids=torch.from_numpy(ids),
         kinds=torch.from_numpy(kinds),
@@ -113,6 +117,7 @@ def collate(
         targets=torch.from_numpy(targets),
         patch_colour_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
         patch_shape_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
+        patch_in_episode=torch.from_numpy(in_episode),
     )
 
 

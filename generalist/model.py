@@ -31,6 +31,11 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   named the shapes of scenes on such backgrounds 57.5% right against 96.4% on plain ones. "nearest" measures
   each pixel from its nearest border colours (`MASK_NEAREST_K`): the same probe, on the same trained block,
   92.2% (docs/RESULTS.md, issue 20).
+- `caption_patch_input` gives the images outside episodes (captions, beside text) a patch block of their own,
+  reading as it says, while episodes' observations keep `patch_input`'s. The two were chosen apart: the Atari
+  frames read their pixels beside the mask (the stacked frames' channels carry the ball's motion, which a mask
+  alone loses), the captions read the mask and its colours apart (their held-out colour-shape pairs). Empty, one
+  block reads every image.
 - The patch block starts with a strided convolution that cuts each 16x16 patch to a (16/s)x(16/s) grid before
   the residual block. Gato does not size the block; on this CPU a full-resolution 3x3 convolution per patch
   costs as much as a small transformer per token (docs/FACTS.md), so width and stride are config fields, set by
@@ -74,7 +79,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Protocol
 
 import torch
@@ -144,6 +149,11 @@ class ModelConfig:
     `patch_input`): "median", the median colour of the patch's border, robust to an object crossing the border
     (Atari's paddles and ball); "nearest", the nearest border colours, so that a background of two colours
     (stripes, checks) reads as background too (see the module docstring)."""
+    caption_patch_input: str = ""
+    """What a second patch block, for the images outside episodes (captions), reads (`PATCH_INPUTS`); "": no
+    second block, `patch_input`'s reads them too (see the module docstring)."""
+    caption_mask_background: str = "median"
+    """`mask_background` of that second block."""
     value_frequencies: int = 0
     """Add to each continuous-value token's id embedding a learned linear map of smooth features of its bin's
     centre u in [-1, 1]: u, and the sine and cosine of pi 2^j u for j < value_frequencies (0: the id table
@@ -172,6 +182,12 @@ class ModelConfig:
             raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {self.patch_input!r}")
         if self.mask_background not in MASK_BACKGROUNDS:
             raise ValueError(f"mask_background must be one of {MASK_BACKGROUNDS}, got {self.mask_background!r}")
+        if self.caption_patch_input not in ("", *PATCH_INPUTS):
+            raise ValueError(f"caption_patch_input must be empty or one of {PATCH_INPUTS}, "
+                             f"got {self.caption_patch_input!r}")
+        if self.caption_mask_background not in MASK_BACKGROUNDS:
+            raise ValueError(f"caption_mask_background must be one of {MASK_BACKGROUNDS}, "
+                             f"got {self.caption_mask_background!r}")
         if not 0 <= self.value_frequencies <= 10:
             raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
                              f"got {self.value_frequencies}")
@@ -450,6 +466,9 @@ class TokenEmbedding(nn.Module):
         self.max_local_positions = config.max_local_positions
         self.ids = nn.Embedding(config.layout.table_size, config.d_model)
         self.patches = PatchEncoder(config)
+        self.caption_patches = (PatchEncoder(replace(config, patch_input=config.caption_patch_input,
+                                                     mask_background=config.caption_mask_background))
+                                if config.caption_patch_input else None)
         self.patch_row = nn.Embedding(config.n_position_buckets, config.d_model)
         self.patch_col = nn.Embedding(config.n_position_buckets, config.d_model)
         self.local_position = nn.Embedding(config.max_local_positions, config.d_model)
@@ -472,16 +491,31 @@ class TokenEmbedding(nn.Module):
 
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
-        content = on_padded_rows(self.patches, batch.patches)  # GroupNorm: each patch normalized on its own
-        # Flagged patches keep one route (the other's part dropped), the others both.
-        for flags, route in ((batch.patch_colour_only, self.patches.colour_route),
-                             (batch.patch_shape_only, self.patches.shape_route)):
+        content = self.block_content(batch)
+        captions = self.caption_patches or self.patches
+        # Flagged patches (of captions) keep one route (the other's part dropped), the others both.
+        for flags, route in ((batch.patch_colour_only, captions.colour_route),
+                             (batch.patch_shape_only, captions.shape_route)):
             if flags.any():
                 flagged = flags.nonzero(as_tuple=True)
                 content = content.index_put(flagged, on_padded_rows(route, batch.patches[flagged]).to(content.dtype))
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content
+
+    def block_content(self, batch: Batch) -> torch.Tensor:
+        """Each patch through its block (n, d): an episode's through `patches`, a caption's through
+        `caption_patches` where the model has it."""
+        # GroupNorm: each patch is normalized on its own, so a block may run on any subset of the patches.
+        in_episode = batch.patch_in_episode
+        if self.caption_patches is None or bool(in_episode.all()):
+            return on_padded_rows(self.patches, batch.patches)
+        if not bool(in_episode.any()):
+            return on_padded_rows(self.caption_patches, batch.patches)
+        episode, caption = in_episode.nonzero(as_tuple=True)[0], (~in_episode).nonzero(as_tuple=True)[0]
+        content = torch.cat([on_padded_rows(self.patches, batch.patches[episode]),
+                             on_padded_rows(self.caption_patches, batch.patches[caption])])
+        return content[torch.cat([episode, caption]).argsort()]
 
     def forward(self, batch: Batch) -> torch.Tensor:
         local = batch.local_positions  # (b, t)

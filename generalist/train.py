@@ -173,6 +173,7 @@ def model_config(config: TrainConfig, text_vocab_size: int) -> ModelConfig:
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, frame_size=config.frame_size,
         centre_patches=config.centre_patches,
         patch_input=config.patch_input, mask_background=config.mask_background,
+        caption_patch_input=config.caption_patch_input, caption_mask_background=config.caption_mask_background,
         value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )
@@ -336,9 +337,10 @@ def check_config(config: TrainConfig) -> None:
     if not (0.0 <= config.colour_dropout <= 1.0 and config.shape_dropout + config.colour_dropout <= 1.0):
         raise ValueError(f"colour_dropout is a share of caption sequences in [0, 1 - shape_dropout], got "
                          f"{config.colour_dropout} beside shape_dropout {config.shape_dropout}")
-    if (config.shape_dropout or config.colour_dropout) and config.patch_input != "mask+colour":
-        raise ValueError(f"shape_dropout and colour_dropout need patch_input='mask+colour' (two routes apart), "
-                         f"got {config.patch_input!r}")
+    captions_read = config.caption_patch_input or config.patch_input
+    if (config.shape_dropout or config.colour_dropout) and captions_read != "mask+colour":
+        raise ValueError(f"shape_dropout and colour_dropout need the captions read as 'mask+colour' (two routes "
+                         f"apart; patch_input, or caption_patch_input), got {captions_read!r}")
     positive = {name: getattr(config, name) for name in (
         "steps", "batch_size", "accumulation", "sequence_length", "checkpoint_every", "keep_checkpoints", "log_every",
         "frame_stack")}
@@ -368,16 +370,22 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {config.caption_order!r}")
     if config.patch_input not in PATCH_INPUTS:
         raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {config.patch_input!r}")
-    if config.mask_background not in MASK_BACKGROUNDS:
-        raise ValueError(f"mask_background must be one of {MASK_BACKGROUNDS}, got {config.mask_background!r}")
+    if config.caption_patch_input not in ("", *PATCH_INPUTS):
+        raise ValueError(f"caption_patch_input must be empty or one of {PATCH_INPUTS}, "
+                         f"got {config.caption_patch_input!r}")
+    for name in ("mask_background", "caption_mask_background"):
+        if getattr(config, name) not in MASK_BACKGROUNDS:
+            raise ValueError(f"{name} must be one of {MASK_BACKGROUNDS}, got {getattr(config, name)!r}")
     if config.decisive_after_ran and config.decisive_weight == 1.0:
         raise ValueError("decisive_after_ran chooses which steps decisive_weight weighs: give a decisive_weight "
                          "other than 1")
     if config.decisive_held and not config.decisive_after_ran:
         raise ValueError("decisive_held narrows decisive_after_ran's steps: give decisive_after_ran too")
-    if config.mask_background != "median" and config.patch_input == "pixels":
-        raise ValueError(f"mask_background {config.mask_background!r} needs a mask: give a patch_input other than "
-                         "'pixels'")
+    for background, read in (("mask_background", config.patch_input),
+                             ("caption_mask_background", config.caption_patch_input)):
+        if getattr(config, background) != "median" and read in ("", "pixels"):
+            raise ValueError(f"{background} {getattr(config, background)!r} needs a mask: give its block a "
+                             f"patch input other than 'pixels'")
 
 
 def train(config: TrainConfig, resume: bool = False, eval_config: EvalConfig | None = None) -> Path:

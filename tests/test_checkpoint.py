@@ -21,7 +21,7 @@ from generalist.checkpoint import (
 )
 from generalist.config import TrainConfig
 from generalist.model import Generalist, tiny
-from generalist.tokenizers import ActionSpec, TextTokenizer, tokenize_episode, tokenize_text
+from generalist.tokenizers import ActionSpec, TextTokenizer, tokenize_caption, tokenize_episode, tokenize_text
 
 TEXT = TextTokenizer.default()
 CONFIG = tiny(n_layer=2, d_model=64, n_head=4, d_ff=128, context=128)
@@ -36,7 +36,8 @@ def _batch(layout):
         {"image": rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8), "continuous": rng.normal(size=(2, 5))},
         np.array([2, 1]), ActionSpec("discrete", n=3), layout,
     )
-    return collate([episode, tokenize_text(TEXT.encode("hello checkpoint"), layout)], layout)
+    caption = tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), TEXT.encode("a caption"), layout)
+    return collate([episode, tokenize_text(TEXT.encode("hello checkpoint"), layout), caption], layout)
 
 
 @pytest.fixture
@@ -47,10 +48,11 @@ def saved(tmp_path):
     return model, tmp_path / "checkpoint"
 
 
-@pytest.mark.parametrize("tie", [True, False])
-def test_save_then_load_gives_identical_logits(tmp_path, tie):
+@pytest.mark.parametrize("overrides", [{"tie_embeddings": True}, {"tie_embeddings": False},
+                                       {"caption_patch_input": "mask+colour", "caption_mask_background": "nearest"}])
+def test_save_then_load_gives_identical_logits(tmp_path, overrides):
     torch.manual_seed(0)
-    model = Generalist(dataclasses.replace(CONFIG, tie_embeddings=tie)).eval()
+    model = Generalist(dataclasses.replace(CONFIG, **overrides)).eval()
     directory = save_model(model, tmp_path / "checkpoint", TEXT)
     assert sorted(p.name for p in directory.iterdir()) == sorted([CONFIG_FILE, TEXT_TOKENIZER_FILE, WEIGHTS_FILE])
     loaded = load_weights(directory)

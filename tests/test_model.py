@@ -297,6 +297,47 @@ def test_an_unknown_patch_input_is_refused():
         == "pixels"  # a checkpoint saved before the setting existed loads as it was trained
 
 
+def test_caption_images_read_through_their_own_block_and_episodes_through_theirs():
+    rng = np.random.default_rng(5)
+    caption = tokenize_caption(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), TEXT.encode("a caption"), LAYOUT)
+    batch = collate([_episode(rng, 2), caption, _episode(rng, 1)], LAYOUT)
+    in_episode = batch.patch_in_episode
+    assert in_episode.tolist() == [True] * 8 + [False] * 4 + [True] * 4  # the caption's four patches, in between
+    config = dataclasses.replace(CONFIG, patch_input="pixels+mask", caption_patch_input="mask+colour",
+                                 caption_mask_background="nearest")
+    model = _model(config)
+    assert model.embed.patches.stem.in_channels == 4 and model.embed.caption_patches.stem.in_channels == 1
+    with torch.no_grad():
+        content = model.embed.block_content(batch)
+        torch.testing.assert_close(content[in_episode], model.embed.patches(batch.patches[in_episode]),
+                                   rtol=0, atol=1e-5)
+        torch.testing.assert_close(content[~in_episode], model.embed.caption_patches(batch.patches[~in_episode]),
+                                   rtol=0, atol=1e-5)
+        only_captions = model.embed.block_content(collate([caption], LAYOUT))
+        torch.testing.assert_close(only_captions, content[~in_episode], rtol=0, atol=1e-5)
+        # Routes dropped by `drop_patch_routes` are the caption block's.
+        dropped = dataclasses.replace(batch, patch_colour_only=~in_episode)
+        torch.testing.assert_close(model.embed.patch_content(dropped)[~in_episode],
+                                   model.embed.caption_patches.colour_route(batch.patches[~in_episode]))
+    model.train()
+    model(collate([_episode(rng, 2)], LAYOUT)).loss.backward()  # episodes alone: the caption block unread
+    assert model.embed.caption_patches.stem.weight.grad is None
+    assert model.embed.patches.stem.weight.grad.abs().sum() > 0
+    model.zero_grad()
+    model(collate([caption], LAYOUT)).loss.backward()
+    assert model.embed.patches.stem.weight.grad is None or not model.embed.patches.stem.weight.grad.any()
+    assert model.embed.caption_patches.stem.weight.grad.abs().sum() > 0
+
+
+def test_a_model_without_a_caption_block_reads_captions_through_the_one_block():
+    assert _model().embed.caption_patches is None
+    assert ModelConfig.from_dict({k: v for k, v in CONFIG.to_dict().items()
+                                  if not k.startswith("caption_")}).caption_patch_input == ""  # older checkpoints
+    with pytest.raises(ValueError, match="caption_patch_input must be empty or one of"):
+        dataclasses.replace(CONFIG, caption_patch_input="edges")
+    with pytest.raises(ValueError, match="caption_mask_background must be one of"):
+        dataclasses.replace(CONFIG, caption_mask_background="mean")
+
 def test_centring_patches_leaves_a_sequence_without_images_as_it_was():
     # Why `full` may centre patches at no cost to the vector tasks: their tokens never pass through it.
     rng = np.random.default_rng(5)

@@ -10,7 +10,7 @@ import pytest
 from generalist import pipeline
 from generalist import train as train_module
 from generalist.checkpoint import read_trainer_state
-from generalist.config import RUN_PRESETS, RecordConfig, RunConfig, TrainConfig, full, language, run_preset, smoke
+from generalist.config import RUN_PRESETS, RecordConfig, RunConfig, TrainConfig, full, language, pong, run_preset, smoke
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import TASKS, expert_normalized, load_baselines, step_cap
 from generalist.evaluate import TaskResult
@@ -47,15 +47,22 @@ def test_every_preset_passes_the_training_config_checks():
     assert language().train.patch_input == "mask+colour" and language().train.mask_background == "nearest"
 
 
-def test_the_full_preset_trains_every_task():
+def test_the_full_preset_trains_every_task_and_the_language_presets_corpora():
     weights = full().train.weights
     assert len(control_tasks(weights)) == 9
-    assert {"scenes", "dialogue"} <= set(weights)
+    assert {task: weights[task] for task in language().train.weights} == language().train.weights
+    assert full().record.text_corpus == language().record.text_corpus == "chitchat"
 
 
-def test_the_full_preset_keeps_the_text_share_its_text_only_baselines_were_trained_for():
-    weights = full().train.weights
-    assert (weights["dialogue"] + weights["prose"]) / sum(weights.values()) == pytest.approx(0.45 / 12.6)
+def test_the_full_preset_reads_the_frames_as_the_pong_preset_and_the_captions_as_the_language_preset():
+    generalist, pong_specialist, language_specialist = full().train, pong().train, language().train
+    assert (generalist.patch_input, generalist.mask_background) == \
+        (pong_specialist.patch_input, pong_specialist.mask_background)
+    assert (generalist.caption_patch_input, generalist.caption_mask_background) == \
+        (language_specialist.patch_input, language_specialist.mask_background)
+    caption_settings = ("scene_size", "centre_patches", "colour_weight", "colour_shuffle", "shape_dropout")
+    assert [getattr(generalist, name) for name in caption_settings] == \
+        [getattr(language_specialist, name) for name in caption_settings]
 
 
 def test_every_presets_cut_atari_games_have_baselines_cut_the_same_way():

@@ -189,9 +189,11 @@ def test_two_processes_give_the_weights_of_one_with_the_same_global_batch(tmp_pa
 def test_the_model_settings_of_a_training_config_reach_the_model():
     text = TextTokenizer.default()
     built = build_model(replace(TINY, patch_stride=2, value_frequencies=3, centre_patches=True,
-                                patch_input="mask+colour"), text).config
+                                patch_input="mask+colour", caption_patch_input="pixels+mask",
+                                caption_mask_background="nearest"), text).config
     assert (built.patch_stride, built.value_frequencies, built.centre_patches, built.patch_input) == \
         (2, 3, True, "mask+colour")
+    assert (built.caption_patch_input, built.caption_mask_background) == ("pixels+mask", "nearest")
     assert build_model(TINY, text).config.patch_stride == 4  # None keeps the preset's
 
 
@@ -400,8 +402,10 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_w
     assert unread.any() and (weights[unread] == 0.5).all() and (weights[~unread] == 1).all()
     with pytest.raises(ValueError, match="dropped_shape_weight"):
         train(replace(base, run_dir=tmp_path / "negative", shape_dropout=1.0, dropped_shape_weight=-1.0))
-    with pytest.raises(ValueError, match="shape_dropout and colour_dropout need patch_input='mask\\+colour'"):
+    with pytest.raises(ValueError, match="shape_dropout and colour_dropout need the captions read as 'mask\\+colour'"):
         train(replace(TINY, run_dir=tmp_path / "pixels", steps=1, shape_dropout=0.5))
+    with pytest.raises(ValueError, match="captions read as 'mask\\+colour'.*got 'pixels\\+mask'"):
+        train(replace(base, run_dir=tmp_path / "caption-block", caption_patch_input="pixels+mask", shape_dropout=0.5))
     with pytest.raises(ValueError, match="shape_dropout is a share"):
         train(replace(base, run_dir=tmp_path / "bad", shape_dropout=1.5))
     with pytest.raises(ValueError, match="colour_dropout is a share"):
@@ -488,7 +492,9 @@ def test_an_error_inside_the_loop_ends_the_process_with_its_data_workers(tmp_pat
                                              ("scene_size", 32), ("caption_order", "colour-last"),
                                              ("patch_input", "edges"), ("mask_background", "mean"),
                                              ("mask_background", "nearest"), ("decisive_after_ran", True),
-                                             ("decisive_held", True)])
+                                             ("decisive_held", True), ("caption_patch_input", "edges"),
+                                             ("caption_mask_background", "mean"),
+                                             ("caption_mask_background", "nearest")])
 def test_settings_that_cannot_work_are_refused_before_training(tmp_path, flag, value):
     with pytest.raises(ValueError, match=flag if flag != "precision" else "precision must be one of"):
         train(replace(TINY, run_dir=tmp_path, **{flag: value}))
