@@ -347,7 +347,7 @@ def learning_curves(config: RunConfig, eval_config: EvalConfig) -> dict[str, dic
         model, tokenizer = load_model(checkpoint)
         for result in cached_evaluate(model, checkpoint, tasks, curve_eval, tokenizer):
             curves.setdefault(f"{result.task}/normalized", {})[step] = result.normalized
-        if weights.get("scenes", 0) > 0:
+        if any(weights.get(task, 0) > 0 for task in SCENE_TASK_STYLES):  # the plain held-out scenes, any style
             scores, _ = evaluate_captions(model, tokenizer, report.curve_scenes, eval_config.seed,
                                           size=config.train.scene_size)
             curves.setdefault("captions/attribute_accuracy", {})[step] = scores.attribute_accuracy

@@ -6,16 +6,30 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from generalist import pipeline
 from generalist import train as train_module
-from generalist.checkpoint import read_trainer_state
-from generalist.config import RUN_PRESETS, RecordConfig, RunConfig, TrainConfig, full, language, pong, run_preset, smoke
+from generalist.checkpoint import read_trainer_state, save_model
+from generalist.config import (
+    RUN_PRESETS,
+    RecordConfig,
+    ReportConfig,
+    RunConfig,
+    TrainConfig,
+    full,
+    language,
+    pong,
+    run_preset,
+    smoke,
+)
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs import TASKS, expert_normalized, load_baselines, step_cap
 from generalist.evaluate import TaskResult
+from generalist.model import Generalist, tiny
 from generalist.pipeline import (
     control_tasks,
+    learning_curves,
     record_missing,
     run_pipeline,
     train_config,
@@ -301,3 +315,15 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
     assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2
     assert "training finished" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scene_task", ["scenes", "textured_scenes"])
+def test_the_learning_curves_score_captions_of_a_run_trained_on_any_scenes(tmp_path, scene_task):
+    text = TextTokenizer.default()
+    config = RunConfig(name="curves", runs_dir=tmp_path, train=TrainConfig(weights={scene_task: 1.0}, scene_size=48),
+                       report=ReportConfig(curve_points=1, curve_scenes=2))
+    torch.manual_seed(0)
+    save_model(Generalist(tiny(n_layer=1, d_model=32, n_head=2, d_ff=64, context=128)), config.run_dir /
+               "checkpoints" / "step-0000001", text)
+    curves = learning_curves(config, config.eval)
+    assert set(curves) == {"captions/attribute_accuracy"} and 0 <= curves["captions/attribute_accuracy"][1] <= 1
