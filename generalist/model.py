@@ -23,8 +23,9 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   further: the block reads the mask alone, and the colour enters beside it as a linear map of the patch's
   background and foreground mean colours, so the shape features cannot depend on the colour. The caption
   models read a held-out colour-shape pair's shape through its colour (docs/RESULTS.md, issue 20). Measured:
-  "mask+colour" lost the colour (training shrank the linear colour map until every object read purple), so it
-  stays a setting, not a recipe.
+  alone, "mask+colour" lost the colour (training shrank the linear colour map until every object read purple);
+  with the colour words weighted, shuffled and a quarter of the rows read by the colour route alone, it is the
+  language preset's recipe (config.py, `LANGUAGE_PATCHES`).
 - `mask_background` says what the mask measures a pixel from. "median", one colour per patch (the border's
   median), keeps an object that crosses the patch's border (Atari's paddles) but fails on a background of two
   colours: on stripes and checks one of them reads as foreground, and a linear probe of a trained shape route
@@ -492,7 +493,7 @@ class TokenEmbedding(nn.Module):
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
         content = self.block_content(batch)
-        captions = self.caption_patches or self.patches
+        captions = self.patches if self.caption_patches is None else self.caption_patches
         # Flagged patches (of captions) keep one route (the other's part dropped), the others both.
         for flags, route in ((batch.patch_colour_only, captions.colour_route),
                              (batch.patch_shape_only, captions.shape_route)):
