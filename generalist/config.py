@@ -366,6 +366,10 @@ class RecordConfig:
     """training minutes of each DAgger round (None: the first training's `max_minutes`), so that a recipe can
     hold its rounds inside one budget: 20 minutes of behaviour cloning and four rounds of 10; a round's warm-up
     and cosine span its minutes (a time schedule, whatever the first training's)"""
+    dagger_weights: dict[str, float] | None = None
+    """the mixture each DAgger round trains on, a part of the first training's (None: all of it), so that a
+    generalist's rounds can spend their minutes on the tasks they drive: in `ctl-half-lang` a quarter of every
+    round's sequences were language and the driven tasks lost 12-88 points (docs/RESULTS.md)"""
     dagger_warmup_steps: int = 50
     """warm-up steps of each DAgger round's training (a round starts a fresh optimizer from the last checkpoint;
     the first training's warm-up, 200 steps in `full`, would fill most of a 10-minute round)"""

@@ -183,7 +183,16 @@ def dagger_tasks(config: RunConfig) -> list[str]:
     if unknown:
         raise ValueError(f"--record.dagger-tasks names {', '.join(unknown)}, not among the control tasks this run "
                          f"trains on ({', '.join(trained) or 'none'})")
-    return list(config.record.dagger_tasks) or trained
+    driven = list(config.record.dagger_tasks) or trained
+    rounds_mixture = config.record.dagger_weights
+    if rounds_mixture is not None:
+        outside = [task for task in rounds_mixture if task not in config.train.weights]
+        undriven = [task for task in driven if rounds_mixture.get(task, 0) <= 0]
+        if outside or undriven or not rounds_mixture:
+            mixture = ", ".join(config.train.weights)
+            raise ValueError(f"--record.dagger-weights is a part of the run's mixture ({mixture}) holding every "
+                             f"driven task ({', '.join(driven)}); got {rounds_mixture}")
+    return driven
 
 
 DAGGER_SEED = 2_000_000
@@ -215,6 +224,7 @@ def dagger_stage(config: RunConfig, checkpoint: Path) -> tuple[Path, list[dict[s
         driver = checkpoint
         round_config = replace(config, name=f"{config.name}/round-{k}", train=replace(
             config.train, init_from=checkpoint, learner_data_dir=config.run_dir,  # rounds 1..k
+            weights=config.record.dagger_weights or config.train.weights,
             learning_rate=config.record.dagger_learning_rate or config.train.learning_rate,
             accumulation=config.record.dagger_accumulation or config.train.accumulation,
             schedule="time", steps=TIME_BUDGET_STEPS, warmup_steps=config.record.dagger_warmup_steps,

@@ -264,6 +264,12 @@ def test_dagger_tasks_must_be_control_tasks_the_run_trains_on(tmp_path):
     with pytest.raises(ValueError, match="DAgger rounds train for a time"):
         run_pipeline(untimed)
     assert dagger_tasks(replace(untimed, record=RecordConfig(dagger_rounds=1, dagger_minutes=5.0))) == ["cartpole"]
+    # The rounds' own mixture: a part of the run's, with every driven task in it.
+    assert dagger_tasks(replace(config, record=replace(config.record, dagger_weights={"cartpole": 1.0}))) == \
+        ["cartpole"]
+    for rounds_mixture in ({"scenes": 1.0}, {"cartpole": 1.0, "pendulum": 1.0}, {"cartpole": 0.0}, {}):
+        with pytest.raises(ValueError, match="dagger-weights is a part of the run's mixture"):
+            run_pipeline(replace(config, record=replace(config.record, dagger_weights=rounds_mixture)))
     assert not config.run_dir.exists()  # refused before anything was written
 
 
@@ -285,7 +291,8 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
 
     config = _smoke(tmp_path, steps=2)
     record = RecordConfig(episodes=2, dagger_rounds=1, dagger_episodes=2, dagger_learning_rate=3e-4,
-                          dagger_minutes=0.05, dagger_accumulation=2, dagger_tasks=("cartpole",))
+                          dagger_minutes=0.05, dagger_accumulation=2, dagger_tasks=("cartpole",),
+                          dagger_weights={"cartpole": 1.0})
     config = replace(config, record=record, train=replace(config.train, weights={"cartpole": 1.0, "acrobot": 1.0}))
     record_missing(config)
     first = train_stage(config)
@@ -297,6 +304,7 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     assert trained.init_from == first and trained.learner_data_dir == config.run_dir
     first_trained = read_trainer_state(first)["train_config"]
     assert (trained.learning_rate, trained.max_minutes, trained.accumulation) == (3e-4, 0.05, 2)
+    assert (trained.weights, first_trained.weights) == ({"cartpole": 1.0}, {"cartpole": 1.0, "acrobot": 1.0})
     assert (first_trained.learning_rate, first_trained.max_minutes, first_trained.accumulation) == (
         config.train.learning_rate, config.train.max_minutes, 1)
     # The round's warm-up and cosine span its minutes, whatever the first training's schedule.
