@@ -544,8 +544,8 @@ LANGUAGE_WEIGHTS = {"chitchat": 1.0, "textured_scenes": 1.5, "emoji": 0.5}
 # quarter of the scene rows read by the colour route alone. Against the textured preset before it, two seeds
 # each: exact captions 8.5-9.0% -> 44.5-54.0%, plain scenes' shapes 36-48% -> 87%, unseen backgrounds' shapes
 # 27-32% -> 71-73%, at 8-10 points of the plain scenes' colour.
-CAPTION_WORDS = {"colour_weight": 2.0, "colour_shuffle": 0.5, "shape_dropout": 0.25}
-LANGUAGE_PATCHES = {"patch_input": "mask+colour", "mask_background": "nearest", **CAPTION_WORDS}
+CAPTION_TRAINING = {"scene_size": 48, "colour_weight": 2.0, "colour_shuffle": 0.5, "shape_dropout": 0.25}
+LANGUAGE_PATCHES = {"patch_input": "mask+colour", "mask_background": "nearest", **CAPTION_TRAINING}
 
 
 def language() -> RunConfig:
@@ -554,7 +554,7 @@ def language() -> RunConfig:
     split; patches read as `LANGUAGE_PATCHES` says."""
     return RunConfig(
         preset="language",
-        train=replace(cpu().train, weights=LANGUAGE_WEIGHTS, max_minutes=60.0, centre_patches=True, scene_size=48,
+        train=replace(cpu().train, weights=LANGUAGE_WEIGHTS, max_minutes=60.0, centre_patches=True,
                       **LANGUAGE_PATCHES),
         record=RecordConfig(text_corpus="chitchat"),
         report=ReportConfig(curve_points=0, caption_scenes=200),
@@ -573,7 +573,7 @@ FULL_WEIGHTS = {**CONTROL_WEIGHTS, "pong": 0.5, "breakout": 0.5, **LANGUAGE_WEIG
 # The generalist reads the Atari frames as the Pong specialist does and the captions as the language specialist
 # does: two patch blocks, one setting each (model.py), and the language preset's scenes and caption words.
 FULL_IMAGES = {**ATARI_FRAMES, "caption_patch_input": LANGUAGE_PATCHES["patch_input"],
-               "caption_mask_background": LANGUAGE_PATCHES["mask_background"], "scene_size": 48, **CAPTION_WORDS}
+               "caption_mask_background": LANGUAGE_PATCHES["mask_background"], **CAPTION_TRAINING}
 
 
 def full() -> RunConfig:

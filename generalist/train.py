@@ -73,9 +73,9 @@ from generalist.evaluate import evaluate
 from generalist.flags import save_json
 from generalist.lock import exclusive
 from generalist.metrics import TASK_LOSS_PREFIX, MetricLog
-from generalist.model import MASK_BACKGROUNDS, PATCH_INPUTS, Generalist, ModelConfig, preset
+from generalist.model import Generalist, ModelConfig, preset
 from generalist.precision import Precision, denormals_flushed, resolve_device, resolve_precision
-from generalist.tokenizers import TextTokenizer, frame_channels
+from generalist.tokenizers import TextTokenizer, TextTokenizerConfig, frame_channels
 
 # ------------------------------------------------------------------------------------------------ schedule
 
@@ -368,14 +368,7 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"scene_size must be one of {SCENE_SIZES} pixels, got {config.scene_size}")
     if config.caption_order not in CAPTION_ORDERS:
         raise ValueError(f"caption_order must be one of {CAPTION_ORDERS}, got {config.caption_order!r}")
-    if config.patch_input not in PATCH_INPUTS:
-        raise ValueError(f"patch_input must be one of {PATCH_INPUTS}, got {config.patch_input!r}")
-    if config.caption_patch_input not in ("", *PATCH_INPUTS):
-        raise ValueError(f"caption_patch_input must be empty or one of {PATCH_INPUTS}, "
-                         f"got {config.caption_patch_input!r}")
-    for name in ("mask_background", "caption_mask_background"):
-        if getattr(config, name) not in MASK_BACKGROUNDS:
-            raise ValueError(f"{name} must be one of {MASK_BACKGROUNDS}, got {getattr(config, name)!r}")
+    model_config(config, TextTokenizerConfig().vocab_size)  # the model's own checks: patch inputs, mask backgrounds
     if config.decisive_after_ran and config.decisive_weight == 1.0:
         raise ValueError("decisive_after_ran chooses which steps decisive_weight weighs: give a decisive_weight "
                          "other than 1")
