@@ -131,6 +131,11 @@ def is_model_directory(path: str | Path) -> bool:
     return (Path(path) / CONFIG_FILE).is_file()
 
 
+def read_model_config(path: str | Path) -> ModelConfig:
+    """The model config of a checkpoint or exported model (a run directory: its newest checkpoint), weights unread."""
+    return _read_config(resolve(path) / CONFIG_FILE)
+
+
 def _read_config(path: Path) -> ModelConfig:
     try:
         values = json.loads(path.read_text(encoding="utf-8"))

@@ -431,6 +431,10 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     record: RecordConfig = field(default_factory=RecordConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    cloning: Path | None = None
+    """a finished training's checkpoint (or run directory) that stands in for this run's own behaviour cloning:
+    one trained on a lent GPU, or another run's; the run goes on from it to its DAgger rounds, evaluation and
+    report. Its model must be the one the run's settings build"""
 
     @property
     def run_dir(self) -> Path:

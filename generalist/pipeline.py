@@ -32,7 +32,16 @@ import numpy as np
 import torch
 
 from generalist.atomic import write_text_atomically
-from generalist.checkpoint import checkpoint_step, find_latest, list_checkpoints, load_model, read_trainer_state
+from generalist.checkpoint import (
+    TRAINER_STATE,
+    checkpoint_step,
+    find_latest,
+    list_checkpoints,
+    load_model,
+    read_model_config,
+    read_trainer_state,
+    resolve,
+)
 from generalist.config import (
     CHAT_SEED,
     CHAT_TEMPERATURE,
@@ -76,7 +85,7 @@ from generalist.evaluate import (
 from generalist.flags import leaf_fields, load_json, save_json
 from generalist.report import PERPLEXITY_CURVE, CaptionReport, ChatReport, RunResults, write_report
 from generalist.tokenizers.text import TextTokenizerConfig, train_text_tokenizer
-from generalist.train import read_precision, train
+from generalist.train import check_same_model, read_precision, train
 
 RUN_CONFIG = "config.json"
 
@@ -254,6 +263,17 @@ def train_stage(config: RunConfig) -> Path:
     return train(train_config(config), eval_config=config.eval)
 
 
+def given_cloning(cloning: Path, train: TrainConfig) -> Path:
+    """The checkpoint `--cloning` names, in place of the run's own first training; refused unless it is a training
+    checkpoint of the model `train` builds (frames, sizes, patch blocks), so the rounds train what the run asks."""
+    checkpoint = resolve(cloning)
+    if not (checkpoint / TRAINER_STATE).is_file():
+        raise FileNotFoundError(f"--cloning {cloning}: {checkpoint} is not a training checkpoint (no {TRAINER_STATE})")
+    check_same_model(train, read_model_config(checkpoint), checkpoint)
+    print(f"cloning: {checkpoint} stands in for this run's training", flush=True)
+    return checkpoint
+
+
 def evaluate_captions_stage(
     model: Any, tokenizer: Any, scenes: int, seed: int, styles: tuple[str, ...] = (), emoji: bool = False,
     scene_size: int = IMAGE_SIZE,
@@ -398,9 +418,10 @@ def run_pipeline(config: RunConfig) -> RunResults:
     config.run_dir.mkdir(parents=True, exist_ok=True)
     save_json(config, config.run_dir / RUN_CONFIG)
     record_missing(config)
-    train_missing_tokenizer(config)
+    if config.cloning is None:  # a given cloning reads text with its own tokenizer
+        train_missing_tokenizer(config)
     lap("record")
-    checkpoint = train_stage(config)
+    checkpoint = train_stage(config) if config.cloning is None else given_cloning(config.cloning, config.train)
     lap("train")
     cloned = checkpoint
     checkpoint, rounds = dagger_stage(config, checkpoint)

@@ -29,6 +29,7 @@ from generalist.evaluate import TaskResult
 from generalist.model import Generalist, tiny
 from generalist.pipeline import (
     control_tasks,
+    given_cloning,
     learning_curves,
     record_missing,
     run_pipeline,
@@ -323,6 +324,39 @@ def test_dagger_rounds_record_with_the_agent_then_continue_training_and_resume(t
     again, _ = dagger_stage(config, first)  # a rerun records nothing twice and trains nothing again
     assert again == last and len(EpisodeDataset(config.run_dir / "dagger-1" / "cartpole")) == 2
     assert "training finished" in capsys.readouterr().out
+
+
+def test_a_given_cloning_must_be_a_training_checkpoint(tmp_path):
+    exported = tmp_path / "exported"  # a model without a trainer state: weights, but no training to go on from
+    save_model(Generalist(tiny(n_layer=1, d_model=32, n_head=2, d_ff=64, context=128)), exported,
+               TextTokenizer.default())
+    with pytest.raises(FileNotFoundError, match="not a training checkpoint"):
+        given_cloning(exported, TrainConfig())
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        given_cloning(tmp_path / "missing", TrainConfig())
+
+
+@pytest.mark.slow
+def test_a_run_given_a_cloning_goes_on_from_it_to_its_rounds_and_evaluation(tmp_path, monkeypatch):
+    cloned = _smoke(tmp_path, steps=1, weights={"cartpole": 1.0})
+    cloned = replace(cloned, record=RecordConfig(episodes=2), report=ReportConfig(curve_points=0))
+    record_missing(cloned)
+    checkpoint = train_stage(cloned)
+    with pytest.raises(ValueError, match="--frame-stack"):  # the rounds would train another model than asked
+        given_cloning(cloned.run_dir, replace(cloned.train, frame_stack=2))
+
+    config = replace(cloned, name="from-cloning", cloning=cloned.run_dir, record=RecordConfig(
+        episodes=2, dagger_rounds=1, dagger_episodes=1, dagger_minutes=0.02, dagger_tasks=("cartpole",)),
+        eval=replace(cloned.eval, episodes=1))
+    first_training = []
+    real_train_stage = pipeline.train_stage
+    monkeypatch.setattr(pipeline, "train_stage", lambda c: first_training.append(c.name) or real_train_stage(c))
+    results = run_pipeline(config)
+    assert first_training == ["from-cloning/round-1"]  # the rounds' training only
+    assert not (config.run_dir / "checkpoints").exists()
+    assert results.dagger[0]["driver"] == str(checkpoint)
+    assert read_trainer_state(results.checkpoint)["train_config"].init_from == checkpoint
+    assert [r.task for r in results.control] == ["cartpole"]
 
 
 @pytest.mark.parametrize("scene_task", ["scenes", "textured_scenes"])
