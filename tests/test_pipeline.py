@@ -348,11 +348,11 @@ def test_a_run_given_a_cloning_goes_on_from_it_to_its_rounds_and_evaluation(tmp_
     config = replace(cloned, name="from-cloning", cloning=cloned.run_dir, record=RecordConfig(
         episodes=2, dagger_rounds=1, dagger_episodes=1, dagger_minutes=0.02, dagger_tasks=("cartpole",)),
         eval=replace(cloned.eval, episodes=1))
-    first_training = []
+    trainings = []
     real_train_stage = pipeline.train_stage
-    monkeypatch.setattr(pipeline, "train_stage", lambda c: first_training.append(c.name) or real_train_stage(c))
+    monkeypatch.setattr(pipeline, "train_stage", lambda c: trainings.append(c.name) or real_train_stage(c))
     results = run_pipeline(config)
-    assert first_training == ["from-cloning/round-1"]  # the rounds' training only
+    assert trainings == ["from-cloning/round-1"]  # the round's training only
     assert not (config.run_dir / "checkpoints").exists()
     assert results.dagger[0]["driver"] == str(checkpoint)
     assert read_trainer_state(results.checkpoint)["train_config"].init_from == checkpoint
