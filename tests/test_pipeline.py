@@ -12,6 +12,7 @@ from generalist import pipeline
 from generalist import train as train_module
 from generalist.checkpoint import read_trainer_state, save_model
 from generalist.config import (
+    CONTROL_WEIGHTS,
     RUN_PRESETS,
     RecordConfig,
     ReportConfig,
@@ -67,6 +68,15 @@ def test_the_full_preset_trains_every_task_and_the_language_presets_corpora():
     assert len(control_tasks(weights)) == 9
     assert {task: weights[task] for task in language().train.weights} == language().train.weights
     assert full().record.text_corpus == language().record.text_corpus == "chitchat"
+
+
+def test_the_full_presets_rounds_keep_the_control_weights_and_a_quarter_of_every_other_task():
+    config = full()
+    rounds, weights = config.record.dagger_weights, config.train.weights
+    assert set(rounds) == set(weights)
+    for task, weight in weights.items():
+        assert rounds[task] == (weight if task in control_tasks(CONTROL_WEIGHTS) else weight / 4)
+    assert pipeline.dagger_tasks(config) == list(config.record.dagger_tasks)  # the driven tasks are in it
 
 
 def test_the_full_preset_reads_the_frames_as_the_pong_preset_and_the_captions_as_the_language_preset():
