@@ -24,13 +24,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PRESET="${PRESET:-pong}" NAME="${NAME:-pong-gpu-clone}" TASKS="${TASKS:-pong}" MINUTES="${MINUTES:-4}"
 BATCH="${BATCH:-32}" EPISODES="${EPISODES:-50}" WORKERS="${WORKERS:-10}" OUT="${OUT:-runs/gpu-cloning}"
+LIMIT="${LIMIT:-$((MINUTES * 60 + 300))}"  # seconds for the run: its cloning, then what of its evaluation fits
 mkdir -p "$OUT"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 1
     export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$PWD:$PYTHONPATH" PYTHONUNBUFFERED=1  # this checkout's code, whatever is installed
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1  # this checkout's code, whatever is installed
 G=(python3 -m generalist.cli)
 nvidia-smi -L
 start=$SECONDS
@@ -38,9 +39,9 @@ start=$SECONDS
     --no-progress >"$OUT/collect.log" 2>&1
 echo "collect: exit $? after $((SECONDS - start)) s"
 # Leave a minute of the call for packing: the cloning's checkpoint is written when its minutes are up.
-timeout $((MINUTES * 60 + 300)) "${G[@]}" run --preset "$PRESET" --name "$NAME" --max-minutes "$MINUTES" \
-    --record.dagger-rounds 0 --batch-size "$BATCH" --accumulation 1 --num-workers "$WORKERS" --no-progress \
-    >"$OUT/run.log" 2>&1
+timeout "$LIMIT" "${G[@]}" run --preset "$PRESET" --name "$NAME" --max-minutes "$MINUTES" \
+    --record.dagger-rounds 0 --record.atari-episodes "$EPISODES" --batch-size "$BATCH" --accumulation 1 \
+    --num-workers "$WORKERS" --no-progress >"$OUT/run.log" 2>&1
 echo "run: exit $? after $((SECONDS - start)) s (124: cut by its limit, after the checkpoint)"
 checkpoint=$(ls -d "runs/$NAME"/checkpoints/step-* | tail -1) || exit 1
 echo "checkpoint: $checkpoint"
