@@ -24,7 +24,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PRESET="${PRESET:-pong}" NAME="${NAME:-pong-gpu-clone}" TASKS="${TASKS:-pong}" MINUTES="${MINUTES:-4}"
 BATCH="${BATCH:-32}" EPISODES="${EPISODES:-50}" WORKERS="${WORKERS:-10}" OUT="${OUT:-runs/gpu-cloning}"
-LIMIT="${LIMIT:-$((MINUTES * 60 + 300))}"  # seconds for the run: its cloning, then what of its evaluation fits
 mkdir -p "$OUT"
 if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -38,8 +37,9 @@ start=$SECONDS
 "${G[@]}" collect --tasks "$TASKS" --episodes "$EPISODES" --max-episode-steps 2000 --num-envs 16 --out data \
     --no-progress >"$OUT/collect.log" 2>&1
 echo "collect: exit $? after $((SECONDS - start)) s"
-# Leave a minute of the call for packing: the cloning's checkpoint is written when its minutes are up.
-timeout "$LIMIT" "${G[@]}" run --preset "$PRESET" --name "$NAME" --max-minutes "$MINUTES" \
+# The run stops 30 s short of the call's 10 minutes, whatever of its evaluation is left (LIMIT: other seconds);
+# the cloning's checkpoint is written when its minutes are up, and packing it takes seconds.
+timeout "${LIMIT:-$((570 - SECONDS))}" "${G[@]}" run --preset "$PRESET" --name "$NAME" --max-minutes "$MINUTES" \
     --record.dagger-rounds 0 --record.atari-episodes "$EPISODES" --batch-size "$BATCH" --accumulation 1 \
     --num-workers "$WORKERS" --no-progress >"$OUT/run.log" 2>&1
 echo "run: exit $? after $((SECONDS - start)) s (124: cut by its limit, after the checkpoint)"
