@@ -139,9 +139,10 @@ def train_missing_tokenizer(config: RunConfig) -> Path | None:
 
 
 # Settings a rerun of an existing run may change: how it is watched, how many driven episodes it plays at once,
-# and how it is evaluated and reported.
-RERUN_MAY_CHANGE = ("train.progress", "train.num_workers", "train.device", "record.dagger_num_envs", "eval.",
-                    "report.")
+# how many DAgger rounds it has (each round trains from the one before, so more rounds go on from the last one
+# finished, and fewer evaluate an earlier round), and how it is evaluated and reported.
+RERUN_MAY_CHANGE = ("train.progress", "train.num_workers", "train.device", "record.dagger_num_envs",
+                    "record.dagger_rounds", "eval.", "report.")
 
 
 def check_same_run(config: RunConfig) -> None:

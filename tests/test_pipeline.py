@@ -10,7 +10,7 @@ import torch
 
 from generalist import pipeline
 from generalist import train as train_module
-from generalist.checkpoint import read_trainer_state, save_model
+from generalist.checkpoint import TRAINER_STATE, read_trainer_state, save_model
 from generalist.config import (
     CONTROL_WEIGHTS,
     RUN_PRESETS,
@@ -252,6 +252,7 @@ def test_rerunning_a_run_with_other_training_settings_is_refused(tmp_path):
     config.run_dir.mkdir(parents=True)
     save_json(config, config.run_dir / RUN_CONFIG)
     check_same_run(replace(config, eval=replace(config.eval, episodes=7)))  # re-evaluating is a rerun's business
+    check_same_run(replace(config, record=replace(config.record, dagger_rounds=4)))  # and so is a round more
     changed = replace(config, train=replace(config.train, steps=5, weights={"cartpole": 1.0}))
     with pytest.raises(ValueError, match=r"train.weights=.* train.steps=2 \(now 5\).*another --name"):
         check_same_run(changed)
@@ -367,6 +368,13 @@ def test_a_run_given_a_cloning_goes_on_from_it_to_its_rounds_and_evaluation(tmp_
     assert results.dagger[0]["driver"] == str(checkpoint)
     assert read_trainer_state(results.checkpoint)["train_config"].init_from == checkpoint
     assert [r.task for r in results.control] == ["cartpole"]
+
+    first_round = Path(results.checkpoint)
+    trained_at = (first_round / TRAINER_STATE).stat().st_mtime_ns
+    more = run_pipeline(replace(config, record=replace(config.record, dagger_rounds=2)))  # a rerun with a round more
+    assert [r["driver"] for r in more.dagger] == [str(checkpoint), str(first_round)]
+    assert (first_round / TRAINER_STATE).stat().st_mtime_ns == trained_at  # round 1 found finished, not retrained
+    assert read_trainer_state(more.checkpoint)["train_config"].init_from == first_round
 
 
 @pytest.mark.parametrize("scene_task", ["scenes", "textured_scenes"])
