@@ -255,6 +255,10 @@ class TrainConfig:
     `patch_input="mask+colour"`, rows apart from `shape_dropout`'s): in those rows the shape word is read from
     the mask or the colour word before it (shuffled at `colour_shuffle`), never from the patch's colours
     (against `...-drop25-s1`'s held-out pairs' shapes named from their colour, docs/RESULTS.md)"""
+    route_swap: bool = False
+    """in the rows `shape_dropout` and `colour_dropout` read by one patch route, read the other route from another
+    such patch of the batch instead of dropping it (`batch.drop_patch_routes`): a colour then meets shapes it was
+    never drawn with, and its word must be named all the same; the other route's words still get no loss"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

@@ -494,12 +494,16 @@ class TokenEmbedding(nn.Module):
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
         content = self.block_content(batch)
         captions = self.patches if self.caption_patches is None else self.caption_patches
-        # Flagged patches (of captions) keep one route (the other's part dropped), the others both.
-        for flags, route in ((batch.patch_colour_only, captions.colour_route),
-                             (batch.patch_shape_only, captions.shape_route)):
+        # Flagged patches (of captions) keep one route, the other's part dropped or read from a donor patch.
+        for flags, route, other in ((batch.patch_colour_only, captions.colour_route, captions.shape_route),
+                                    (batch.patch_shape_only, captions.shape_route, captions.colour_route)):
             if flags.any():
                 flagged = flags.nonzero(as_tuple=True)
-                content = content.index_put(flagged, on_padded_rows(route, batch.patches[flagged]).to(content.dtype))
+                kept = on_padded_rows(route, batch.patches[flagged])
+                donors = batch.patch_route_donor[flagged]
+                if bool((donors >= 0).any()):  # `drop_patch_routes` gives every flagged patch a donor or none
+                    kept = kept + on_padded_rows(other, batch.patches[donors])
+                content = content.index_put(flagged, kept.to(content.dtype))
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content

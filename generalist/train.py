@@ -226,7 +226,7 @@ def _optimizer_step(
             if route_words is not None:  # (scene tasks, shape word ids, colour word ids)
                 scene_tasks, shape_ids, colour_ids = route_words
                 inputs, without_shape, without_colour = drop_patch_routes(
-                    inputs, scene_tasks, config.shape_dropout, config.colour_dropout)
+                    inputs, scene_tasks, config.shape_dropout, config.colour_dropout, None, config.route_swap)
                 for share, rows, word_ids, weight in (
                     (config.shape_dropout, without_shape, shape_ids, config.dropped_shape_weight),
                     (config.colour_dropout, without_colour, colour_ids, 0.0),
@@ -338,6 +338,9 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"colour_dropout is a share of caption sequences in [0, 1 - shape_dropout], got "
                          f"{config.colour_dropout} beside shape_dropout {config.shape_dropout}")
     captions_read = config.caption_patch_input or config.patch_input
+    if config.route_swap and not (config.shape_dropout or config.colour_dropout):
+        raise ValueError("route_swap reads the dropped route from another patch: give shape_dropout or "
+                         "colour_dropout the rows it does so in")
     if (config.shape_dropout or config.colour_dropout) and captions_read != "mask+colour":
         raise ValueError(f"shape_dropout and colour_dropout need the captions read as 'mask+colour' (two routes "
                          f"apart; patch_input, or caption_patch_input), got {captions_read!r}")

@@ -319,6 +319,16 @@ def test_caption_images_read_through_their_own_block_and_episodes_through_theirs
         dropped = dataclasses.replace(batch, patch_colour_only=~in_episode)
         torch.testing.assert_close(model.embed.patch_content(dropped)[~in_episode],
                                    model.embed.caption_patches.colour_route(batch.patches[~in_episode]))
+        # A swapped route adds the donor's other route to the kept one.
+        caption_index = (~in_episode).nonzero(as_tuple=True)[0]
+        donors = torch.full_like(batch.patch_batch_index, -1)
+        donors[caption_index] = caption_index.flip(0)
+        routes = model.embed.caption_patches
+        for flag, kept, other in (("patch_colour_only", routes.colour_route, routes.shape_route),
+                                  ("patch_shape_only", routes.shape_route, routes.colour_route)):
+            swapped = dataclasses.replace(batch, **{flag: ~in_episode}, patch_route_donor=donors)
+            torch.testing.assert_close(model.embed.patch_content(swapped)[~in_episode],
+                                       kept(batch.patches[~in_episode]) + other(batch.patches[caption_index.flip(0)]))
     model.train()
     model(collate([_episode(rng, 2)], LAYOUT)).loss.backward()  # episodes alone: the caption block unread
     assert model.embed.caption_patches.stem.weight.grad is None
