@@ -258,7 +258,9 @@ class TrainConfig:
     route_swap: bool = False
     """in the rows `shape_dropout` and `colour_dropout` read by one patch route, read the other route from another
     such patch of the batch instead of dropping it (`batch.drop_patch_routes`): a colour then meets shapes it was
-    never drawn with, and its word must be named all the same; the other route's words still get no loss"""
+    never drawn with, and its word must be named all the same; the other route's words still get no loss.
+    Measured on the `language` preset (docs/RESULTS.md, `lang-swap`): worse, colour 83 → 72%, since most donors are
+    empty patches (objects lose their outline, empty cells gain one) and the size words keep their loss"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""
