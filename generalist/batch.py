@@ -37,7 +37,7 @@ class Batch:
     patch_colour_only: torch.Tensor  # (N,) bool, patches read by the colour route alone (`drop_patch_routes`)
     patch_shape_only: torch.Tensor  # (N,) bool, patches read by the mask's shape alone (`drop_patch_routes`)
     patch_in_episode: torch.Tensor  # (N,) bool, patches of an episode's observation (else of a caption's image)
-    patch_route_donor: torch.Tensor  # (N,) int64, the patch whose other route a one-route patch reads; -1: none
+    patch_route_swap: torch.Tensor  # (N,) bool, one-route patches that read the other route of another object
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -119,7 +119,7 @@ def collate(
         patch_colour_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
         patch_shape_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
         patch_in_episode=torch.from_numpy(in_episode),
-        patch_route_donor=torch.full((len(patch_token_index),), -1, dtype=torch.int64),
+        patch_route_swap=torch.zeros(len(patch_token_index), dtype=torch.bool),
     )
 
 
@@ -263,10 +263,11 @@ def drop_patch_routes(
     In a row with one route the other's words can only be read from that route, and the dropped route's words
     cannot be read at all: give them no loss there. One draw per row, so no row loses both routes.
 
-    With `swap`, the other route is not dropped but read from another patch (`patch_route_donor`): the patches
-    of each one-route kind are shuffled among themselves, so a patch's colour meets another object's shape (or
-    none: most cells are empty). The dropped route's words still get no loss; the kept route's words must be named
-    whatever the other route says, which only dropping it does not ask.
+    With `swap`, the one-route patches are flagged `patch_route_swap`: the model reads the other route of a patch
+    that holds an object from another such patch of the same kind (their masks say which hold one; the model picks
+    the donors), so a patch's colour meets another object's shape. The dropped route's words still get no loss
+    (nor the size's, which the mask decides: `batch.word_weights` in training); the kept route's words must be
+    named whatever the other route says, which only dropping it does not ask.
     """
     rows = batch.ids.shape[0]
     if shape_probability < 0 or colour_probability < 0 or shape_probability + colour_probability > 1:
@@ -283,9 +284,5 @@ def drop_patch_routes(
     dropped.patch_colour_only = without_shape[batch.patch_batch_index]
     dropped.patch_shape_only = without_colour[batch.patch_batch_index]
     if swap:
-        donor = torch.full_like(batch.patch_batch_index, -1)
-        for flags in (dropped.patch_colour_only, dropped.patch_shape_only):
-            flagged = flags.nonzero(as_tuple=True)[0]
-            donor[flagged] = flagged[torch.randperm(len(flagged), generator=generator, device=flagged.device)]
-        dropped.patch_route_donor = donor
+        dropped.patch_route_swap = dropped.patch_colour_only | dropped.patch_shape_only
     return dropped, without_shape, without_colour

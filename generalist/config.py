@@ -256,11 +256,12 @@ class TrainConfig:
     the mask or the colour word before it (shuffled at `colour_shuffle`), never from the patch's colours
     (against `...-drop25-s1`'s held-out pairs' shapes named from their colour, docs/RESULTS.md)"""
     route_swap: bool = False
-    """in the rows `shape_dropout` and `colour_dropout` read by one patch route, read the other route from another
-    such patch of the batch instead of dropping it (`batch.drop_patch_routes`): a colour then meets shapes it was
-    never drawn with, and its word must be named all the same; the other route's words still get no loss.
-    Measured on the `language` preset (docs/RESULTS.md, `lang-swap`): worse, colour 83 → 72%, since most donors are
-    empty patches (objects lose their outline, empty cells gain one) and the size words keep their loss"""
+    """in the rows `shape_dropout` and `colour_dropout` read by one patch route, a patch that holds an object reads
+    the other route from another such patch of the batch instead of dropping it (`batch.drop_patch_routes`;
+    `model.OBJECT_CONTRAST` says which hold one): a colour then meets shapes it was never drawn with, and its word
+    must be named all the same; the other route's words get no loss, nor the size words where the shape route is
+    another object's. A first version that swapped every patch of those rows, empty ones too, and kept the size
+    words' loss was worse (docs/RESULTS.md, `lang-swap`: colour 83 → 72%): most donors were empty patches"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

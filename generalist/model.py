@@ -81,7 +81,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -320,6 +320,11 @@ MASK_FLOOR = 0.05
 """The least a patch's largest distance counts as when dividing by it (pixels span 0.5 after scaling, RGB
 distances up to 0.87; 0.05 is about 25 of 255): a patch of flat background or faint noise keeps a faint mask
 instead of its noise blown up to 1."""
+OBJECT_CONTRAST = 0.2
+"""The least largest `foreground_distance` of a patch that holds an object (about 100 of 255; scenes draw each
+object at least 80 from 99% of its background, `scenes.MIN_CONTRAST`): on 48-pixel textured scenes 95% of the
+object patches and 5% of the empty ones pass it by the nearest border colours, every object and no empty patch
+of the plain scenes."""
 MASK_BACKGROUNDS = ("median", "nearest")
 MASK_NEAREST_K = 8
 """With `mask_background="nearest"`, which nearest border colour a pixel is measured from: an object may cover up
@@ -348,17 +353,27 @@ def nearest_border_distance(patches: torch.Tensor, k: int = MASK_NEAREST_K) -> t
     return distances.kthvalue(k, dim=-1).values.view(n, 1, p, p)
 
 
-def foreground_mask(patches: torch.Tensor, background: torch.Tensor, mask_background: str = "median") -> torch.Tensor:
-    """Per patch (n, C, p, p), a colour-free outline (n, 1, p, p) in [0, 1]: each pixel's distance from the
-    patch's background, over the patch's largest distance (at least `MASK_FLOOR`). The background is the colour
+def foreground_distance(
+    patches: torch.Tensor, background: torch.Tensor, mask_background: str = "median",
+) -> torch.Tensor:
+    """Per patch (n, C, p, p), each pixel's RGB distance (n, 1, p, p) from the patch's background: the colour
     `background` (n, C) with `mask_background="median"`, the patch's border colours with "nearest"
-    (`nearest_border_distance`). A flat object on a flat background gives 1 on the object and 0 elsewhere,
-    whatever the two colours."""
+    (`nearest_border_distance`)."""
     if mask_background == "nearest":
-        distance = nearest_border_distance(patches)
-    else:
-        # Not .norm(dim=1): on this CPU torch reduces across channels 25x slower that way (docs/BENCHMARKS.md).
-        distance = (patches - background[..., None, None]).square().sum(dim=1, keepdim=True).sqrt()  # (n, 1, p, p)
+        return nearest_border_distance(patches)
+    # Not .norm(dim=1): on this CPU torch reduces across channels 25x slower that way (docs/BENCHMARKS.md).
+    return (patches - background[..., None, None]).square().sum(dim=1, keepdim=True).sqrt()
+
+
+def foreground_mask(patches: torch.Tensor, background: torch.Tensor, mask_background: str = "median") -> torch.Tensor:
+    """Per patch (n, C, p, p), a colour-free outline (n, 1, p, p) in [0, 1]: each pixel's `foreground_distance`
+    over the patch's largest distance (at least `MASK_FLOOR`). A flat object on a flat background gives 1 on the
+    object and 0 elsewhere, whatever the two colours."""
+    return scaled_mask(foreground_distance(patches, background, mask_background))
+
+
+def scaled_mask(distance: torch.Tensor) -> torch.Tensor:
+    """Distances (n, 1, p, p) over each patch's largest, at least `MASK_FLOOR`: a mask in [0, 1]."""
     return distance / distance.amax(dim=(2, 3), keepdim=True).clamp_min(MASK_FLOOR)
 
 
@@ -393,31 +408,30 @@ class PatchEncoder(nn.Module):
         if self.patch_input == "pixels":
             return self.block(patches)
         pixels = patches.float()
-        background = border_colour(pixels)  # (n, C)
-        mask = foreground_mask(pixels, background, self.mask_background)  # (n, 1, p, p)
+        background, mask, _ = self._mask(pixels)
         centred_mask = centred(mask)
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
         return self.block(centred_mask.to(patches.dtype)) + self._colour_route(pixels, background, mask, patches.dtype)
 
-    def shape_route(self, patches: torch.Tensor) -> torch.Tensor:
-        """With `patch_input="mask+colour"`, the part of `forward`'s output (n, d) that the mask's shape gives,
-        without the patch's colours."""
+    def routes(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """With `patch_input="mask+colour"`, the two parts of `forward`'s output apart (n, 2, d): what the mask's
+        shape gives (without the patch's colours), then what its two mean colours give (without the shape); and
+        which patches hold an object (n,) bool, by `OBJECT_CONTRAST`. One mask for both."""
         if self.colour is None:
-            raise ValueError(f"only patch_input='mask+colour' has a shape route apart, not {self.patch_input!r}")
+            raise ValueError(f"only patch_input='mask+colour' has its shape and colour routes apart, not "
+                             f"{self.patch_input!r}")
         pixels = patches.float()
-        mask = foreground_mask(pixels, border_colour(pixels), self.mask_background)
-        return self.block(centred(mask).to(patches.dtype))
+        background, mask, peak = self._mask(pixels)
+        shape = self.block(centred(mask).to(patches.dtype))
+        colour = self._colour_route(pixels, background, mask, patches.dtype)
+        return torch.stack([shape, colour.to(shape.dtype)], dim=1), peak >= OBJECT_CONTRAST
 
-    def colour_route(self, patches: torch.Tensor) -> torch.Tensor:
-        """With `patch_input="mask+colour"`, the part of `forward`'s output (n, d) that the patch's two mean
-        colours give, without the mask's shape."""
-        if self.colour is None:
-            raise ValueError(f"only patch_input='mask+colour' has a colour route, not {self.patch_input!r}")
-        pixels = patches.float()
+    def _mask(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # The border colour (n, C), the foreground mask (n, 1, p, p) and its largest distance before scaling (n,).
         background = border_colour(pixels)
-        mask = foreground_mask(pixels, background, self.mask_background)
-        return self._colour_route(pixels, background, mask, patches.dtype)
+        distance = foreground_distance(pixels, background, self.mask_background)
+        return background, scaled_mask(distance), distance.amax(dim=(1, 2, 3))
 
     def _colour_route(
         self, pixels: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
@@ -492,34 +506,48 @@ class TokenEmbedding(nn.Module):
 
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
-        content = self.block_content(batch)
-        captions = self.patches if self.caption_patches is None else self.caption_patches
-        # Flagged patches (of captions) keep one route, the other's part dropped or read from a donor patch.
-        for flags, route, other in ((batch.patch_colour_only, captions.colour_route, captions.shape_route),
-                                    (batch.patch_shape_only, captions.shape_route, captions.colour_route)):
-            if flags.any():
-                flagged = flags.nonzero(as_tuple=True)
-                kept = on_padded_rows(route, batch.patches[flagged])
-                donors = batch.patch_route_donor[flagged]
-                if bool((donors >= 0).any()):  # `drop_patch_routes` gives every flagged patch a donor or none
-                    kept = kept + on_padded_rows(other, batch.patches[donors])
-                content = content.index_put(flagged, kept.to(content.dtype))
+        one_route = batch.patch_colour_only | batch.patch_shape_only
+        if bool(one_route.any()):
+            rest, routed = (~one_route).nonzero(as_tuple=True)[0], one_route.nonzero(as_tuple=True)[0]
+            routed_content = self.one_route_content(batch, routed)
+            parts = [routed_content]
+            if len(rest):
+                parts.insert(0, self.block_content(batch.patches[rest], batch.patch_in_episode[rest]))
+            content = torch.cat([part.to(routed_content.dtype) for part in parts])[torch.cat([rest, routed]).argsort()]
+        else:
+            content = self.block_content(batch.patches, batch.patch_in_episode)
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content
 
-    def block_content(self, batch: Batch) -> torch.Tensor:
-        """Each patch through its block (n, d): an episode's through `patches`, a caption's through
-        `caption_patches` where the model has it."""
+    def one_route_content(self, batch: Batch, routed: torch.Tensor) -> torch.Tensor:
+        """The patches `routed` (m,) of captions, flagged to keep one route (m, d): that route alone, plus, where
+        `patch_route_swap` is set and the patch holds an object, the other route of another such patch of its
+        kind that holds one (a random cycle through them: an object's colour meets another object's shape)."""
+        captions = self.patches if self.caption_patches is None else self.caption_patches
+        routes, holds_object = on_padded_rows(captions.routes, batch.patches[routed])  # (m, 2, d), (m,)
+        colour_only = batch.patch_colour_only[routed]
+        kept = torch.where(colour_only[:, None], routes[:, 1], routes[:, 0])
+        other = torch.where(colour_only[:, None], routes[:, 0], routes[:, 1])
+        swapped = batch.patch_route_swap[routed] & holds_object
+        donor = torch.arange(len(routed), device=routed.device)
+        for kind in (colour_only, ~colour_only):
+            members = (swapped & kind).nonzero(as_tuple=True)[0]
+            order = members[torch.randperm(len(members), device=members.device)]
+            donor[order] = order.roll(1)  # a random cycle: each reads another's route (itself when alone)
+        return kept + torch.where(swapped[:, None], other[donor], torch.zeros_like(other))
+
+    def block_content(self, patches: torch.Tensor, in_episode: torch.Tensor) -> torch.Tensor:
+        """Patches (n, C, p, p) through their block (n, d): an episode's (`in_episode`) through `patches`, a
+        caption's through `caption_patches` where the model has it."""
         # GroupNorm: each patch is normalized on its own, so a block may run on any subset of the patches.
-        in_episode = batch.patch_in_episode
         if self.caption_patches is None or bool(in_episode.all()):
-            return on_padded_rows(self.patches, batch.patches)
+            return on_padded_rows(self.patches, patches)
         if not bool(in_episode.any()):
-            return on_padded_rows(self.caption_patches, batch.patches)
+            return on_padded_rows(self.caption_patches, patches)
         episode, caption = in_episode.nonzero(as_tuple=True)[0], (~in_episode).nonzero(as_tuple=True)[0]
-        content = torch.cat([on_padded_rows(self.patches, batch.patches[episode]),
-                             on_padded_rows(self.caption_patches, batch.patches[caption])])
+        content = torch.cat([on_padded_rows(self.patches, patches[episode]),
+                             on_padded_rows(self.caption_patches, patches[caption])])
         return content[torch.cat([episode, caption]).argsort()]
 
     def forward(self, batch: Batch) -> torch.Tensor:
@@ -544,6 +572,7 @@ class TokenEmbedding(nn.Module):
 
 
 SHAPE_MULTIPLE = 64
+Rows = TypeVar("Rows", torch.Tensor, tuple[torch.Tensor, ...])
 """Row counts that vary between batches are padded to a multiple of this (see the module docstring)."""
 
 
@@ -553,14 +582,16 @@ def padded_size(n: int, multiple: int | None = None) -> int:
     return -(-n // multiple) * multiple
 
 
-def on_padded_rows(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def on_padded_rows(function: Callable[[torch.Tensor], Rows], x: torch.Tensor) -> Rows:
     """`function` of rows `x` (n, ...), run on x padded with zero rows to `padded_size(n)`: the first n rows of
-    the result, for a function that treats each row on its own (a linear map, a per-sample convolution)."""
+    the result (of each tensor of a tuple), for a function that treats each row on its own (a linear map, a
+    per-sample convolution)."""
     n = x.shape[0]
     pad = padded_size(n) - n
     if pad == 0:
         return function(x)
-    return function(torch.cat([x, x.new_zeros(pad, *x.shape[1:])]))[:n]
+    result = function(torch.cat([x, x.new_zeros(pad, *x.shape[1:])]))
+    return tuple(part[:n] for part in result) if isinstance(result, tuple) else result[:n]
 
 
 # ------------------------------------------------------------------------------------- rotary positions

@@ -196,7 +196,7 @@ def _optimizer_step(
     precision: Precision, balance: torch.Tensor | None = None,
     caption_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
     shuffled_words: Sequence[tuple[torch.Tensor, torch.Tensor, float]] = (),
-    route_words: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+    route_words: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One optimizer step over this process's micro-batches; returns its sums (see `totals` and `per_task`)."""
     for group in optimizer.param_groups:
@@ -223,13 +223,15 @@ def _optimizer_step(
             inputs = shuffle_action_inputs(batch, config.action_shuffle)
             for word_ids, scene_tasks, probability in shuffled_words:
                 inputs = shuffle_word_inputs(inputs, word_ids, scene_tasks, probability)
-            if route_words is not None:  # (scene tasks, shape word ids, colour word ids)
-                scene_tasks, shape_ids, colour_ids = route_words
+            if route_words is not None:  # (scene tasks, shape, colour and size word ids)
+                scene_tasks, shape_ids, colour_ids, size_ids = route_words
                 inputs, without_shape, without_colour = drop_patch_routes(
                     inputs, scene_tasks, config.shape_dropout, config.colour_dropout, None, config.route_swap)
                 for share, rows, word_ids, weight in (
                     (config.shape_dropout, without_shape, shape_ids, config.dropped_shape_weight),
                     (config.colour_dropout, without_colour, colour_ids, 0.0),
+                    # a swapped shape route is another object's mask: its size too
+                    (config.shape_dropout if config.route_swap else 0.0, without_shape, size_ids, 0.0),
                 ):
                     if share:  # a route never dropped has no rows to weigh
                         unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, weight), 1.0)
@@ -548,12 +550,15 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     return last_checkpoint or latest_checkpoint(config.run_dir)
 
 
-def _route_words(tasks: Sequence[str], tokenizer: TextTokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Which of `tasks` are caption scenes, and the text ids of their shape and of their colour words: what
+def _route_words(
+    tasks: Sequence[str], tokenizer: TextTokenizer,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which of `tasks` are caption scenes, and the text ids of their shape, colour and size words: what
     `drop_patch_routes`' rows leave unread."""
     shape_ids, scene_tasks = caption_word_targets(tasks, tokenizer, "shape")
     colour_ids, _ = caption_word_targets(tasks, tokenizer, "colour")
-    return scene_tasks, shape_ids, colour_ids
+    size_ids, _ = caption_word_targets(tasks, tokenizer, "size")
+    return scene_tasks, shape_ids, colour_ids, size_ids
 
 
 PRECISION_FILE = "precision.json"

@@ -211,7 +211,7 @@ def test_a_mask_from_the_nearest_border_colours_outlines_an_object_on_stripes():
     config = dataclasses.replace(CONFIG, patch_input="mask+colour", mask_background="nearest")
     encoder = PatchEncoder(config).eval()
     with torch.no_grad():
-        on_stripes, on_flat = encoder.shape_route(patches[:1]), encoder.shape_route(flat[:1])
+        on_stripes, on_flat = encoder.routes(patches[:1])[0][:, 0], encoder.routes(flat[:1])[0][:, 0]
     assert float((on_stripes - on_flat).norm() / on_flat.norm()) < 0.01  # the shape read as on a flat background
     with pytest.raises(ValueError, match="mask_background must be one of"):
         dataclasses.replace(CONFIG, mask_background="mean")
@@ -250,7 +250,7 @@ def test_patches_read_by_one_route_alone_lose_what_the_other_route_reads():
     dropped = dataclasses.replace(batch, patch_colour_only=batch.patch_batch_index >= 0)
     with torch.no_grad():
         full, alone = model.embed.patch_content(batch), model.embed.patch_content(dropped)
-        route = model.embed.patches.colour_route(batch.patches)
+        route = model.embed.patches.routes(batch.patches)[0][:, 1]
     torch.testing.assert_close(alone, route, rtol=0, atol=0)
     square_patch, circle_patch = 0, 4  # each image's first patch
     assert float((full[square_patch] - full[circle_patch]).norm()) > 0.1  # both routes: the shapes differ
@@ -259,23 +259,58 @@ def test_patches_read_by_one_route_alone_lose_what_the_other_route_reads():
     model(dropped).loss.backward()
     assert model.embed.patches.stem.weight.grad is None or not model.embed.patches.stem.weight.grad.any()
     assert model.embed.patches.colour.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="only patch_input='mask\\+colour' has a colour route"):
-        _model().embed.patches.colour_route(batch.patches)
+    with pytest.raises(ValueError, match="only patch_input='mask\\+colour' has its shape and colour routes"):
+        _model().embed.patches.routes(batch.patches)
     model.zero_grad()
     shape_only = dataclasses.replace(batch, patch_shape_only=batch.patch_batch_index >= 0)
     recoloured = batch.patches.flip(1)  # the channels swapped: other colours, the same mask (distances keep)
     with torch.no_grad():
         by_shape = model.embed.patch_content(shape_only)
         by_shape_recoloured = model.embed.patch_content(dataclasses.replace(shape_only, patches=recoloured))
-        route = model.embed.patches.shape_route(batch.patches)
+        route = model.embed.patches.routes(batch.patches)[0][:, 0]
     torch.testing.assert_close(by_shape, route, rtol=0, atol=1e-5)  # padded to another row count: float noise
     torch.testing.assert_close(by_shape, by_shape_recoloured, rtol=0, atol=1e-5)  # the colours not read
     assert float((by_shape[square_patch] - by_shape[circle_patch]).norm()) > 0.1  # the shapes still are
     model(shape_only).loss.backward()
     assert model.embed.patches.colour.weight.grad is None or not model.embed.patches.colour.weight.grad.any()
     assert model.embed.patches.stem.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="only patch_input='mask\\+colour' has a shape route"):
-        _model().embed.patches.shape_route(batch.patches)
+
+
+def test_a_swapped_route_comes_from_another_object_and_empty_patches_give_none():
+    # Three images of four patches, an object in the first patch of each, the rest flat background: a one-route
+    # patch flagged to swap reads the other route of another object, an empty one keeps its route alone.
+    config = dataclasses.replace(CONFIG, patch_input="mask+colour", mask_background="nearest")
+    model = _model(config).eval()
+    square, circle = _square_and_circle()
+    bar = np.zeros((16, 16), bool)
+    bar[3:13, 6:10] = True
+    images = np.full((3, 32, 32, 3), 28, dtype=np.uint8)
+    colours = ((220, 45, 45), (55, 95, 235), (240, 240, 240))
+    for image, mask, colour in zip(images, (square, circle, bar), colours, strict=True):
+        image[:16, :16][mask] = colour
+    batch = collate([tokenize_caption(image, TEXT.encode("a caption"), config.layout) for image in images],
+                    config.layout)
+    everywhere = batch.patch_batch_index >= 0
+    with torch.no_grad():
+        routes, holds_object = model.embed.patches.routes(batch.patches)
+        assert holds_object.tolist() == [True, False, False, False] * 3
+        objects = [0, 4, 8]
+        for flag, kept, other in (("patch_colour_only", 1, 0), ("patch_shape_only", 0, 1)):
+            swapped = dataclasses.replace(batch, **{flag: everywhere}, patch_route_swap=everywhere)
+            donors = []
+            for seed in range(4):
+                torch.manual_seed(seed)
+                content = model.embed.patch_content(swapped)
+                empty = ~holds_object
+                torch.testing.assert_close(content[empty], routes[empty, kept], rtol=0, atol=1e-5)
+                for patch in objects:  # its own kept route plus exactly one other object's other route
+                    added = content[patch] - routes[patch, kept]
+                    matches = [d for d in objects if torch.allclose(added, routes[d, other], atol=1e-5)]
+                    assert len(matches) == 1 and matches[0] != patch
+                    donors.append(matches[0])
+            assert set(donors) == set(objects)  # every object gives
+        unswapped = dataclasses.replace(batch, patch_colour_only=everywhere)
+        torch.testing.assert_close(model.embed.patch_content(unswapped), routes[:, 1], rtol=0, atol=1e-5)
 
 
 def test_every_patch_input_trains_through_the_model():
@@ -308,27 +343,20 @@ def test_caption_images_read_through_their_own_block_and_episodes_through_theirs
     model = _model(config)
     assert model.embed.patches.stem.in_channels == 4 and model.embed.caption_patches.stem.in_channels == 1
     with torch.no_grad():
-        content = model.embed.block_content(batch)
+        content = model.embed.block_content(batch.patches, in_episode)
         torch.testing.assert_close(content[in_episode], model.embed.patches(batch.patches[in_episode]),
                                    rtol=0, atol=1e-5)
         torch.testing.assert_close(content[~in_episode], model.embed.caption_patches(batch.patches[~in_episode]),
                                    rtol=0, atol=1e-5)
-        only_captions = model.embed.block_content(collate([caption], LAYOUT))
+        alone = collate([caption], LAYOUT)
+        only_captions = model.embed.block_content(alone.patches, alone.patch_in_episode)
         torch.testing.assert_close(only_captions, content[~in_episode], rtol=0, atol=1e-5)
-        # Routes dropped by `drop_patch_routes` are the caption block's.
+        # Routes dropped by `drop_patch_routes` are the caption block's, the episodes' patches read as before.
         dropped = dataclasses.replace(batch, patch_colour_only=~in_episode)
         torch.testing.assert_close(model.embed.patch_content(dropped)[~in_episode],
-                                   model.embed.caption_patches.colour_route(batch.patches[~in_episode]))
-        # A swapped route adds the donor's other route to the kept one.
-        caption_index = (~in_episode).nonzero(as_tuple=True)[0]
-        donors = torch.full_like(batch.patch_batch_index, -1)
-        donors[caption_index] = caption_index.flip(0)
-        routes = model.embed.caption_patches
-        for flag, kept, other in (("patch_colour_only", routes.colour_route, routes.shape_route),
-                                  ("patch_shape_only", routes.shape_route, routes.colour_route)):
-            swapped = dataclasses.replace(batch, **{flag: ~in_episode}, patch_route_donor=donors)
-            torch.testing.assert_close(model.embed.patch_content(swapped)[~in_episode],
-                                       kept(batch.patches[~in_episode]) + other(batch.patches[caption_index.flip(0)]))
+                                   model.embed.caption_patches.routes(batch.patches[~in_episode])[0][:, 1])
+        torch.testing.assert_close(model.embed.patch_content(dropped)[in_episode], content[in_episode],
+                                   rtol=0, atol=1e-5)
     model.train()
     model(collate([_episode(rng, 2)], LAYOUT)).loss.backward()  # episodes alone: the caption block unread
     assert model.embed.caption_patches.stem.weight.grad is None

@@ -411,14 +411,18 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_w
     with pytest.raises(ValueError, match="colour_dropout is a share"):
         train(replace(base, run_dir=tmp_path / "both", shape_dropout=0.5, colour_dropout=0.6))
     batch, _ = taken[-1]
-    assert (batch.patch_route_donor == -1).all()  # dropped, not swapped
+    assert not batch.patch_route_swap.any()  # dropped, not swapped
     train(replace(base, run_dir=tmp_path / "swapped", shape_dropout=1.0, route_swap=True))
     (batch, weights) = taken[-1]
     scene_rows = (batch.kinds == TokenKind.IMAGE).any(dim=1)
-    donors = batch.patch_route_donor[batch.patch_colour_only]
-    assert len(donors) and (donors >= 0).all() and (donors != batch.patch_colour_only.nonzero()[:, 0]).any()
-    unread = batch.loss_mask & torch.isin(batch.targets, shape_ids) & scene_rows[:, None]
-    assert unread.any() and (weights[unread] == 0).all()  # the other route's words still unscored
+    assert batch.patch_colour_only.any() and torch.equal(batch.patch_route_swap, batch.patch_colour_only)
+    size_ids, _ = caption_word_targets(["scenes"], TextTokenizer.default(), "size")
+    for word_ids in (shape_ids, size_ids):  # the other route's words, and the size its mask decides, unscored
+        unread = batch.loss_mask & torch.isin(batch.targets, word_ids) & scene_rows[:, None]
+        assert unread.any() and (weights[unread] == 0).all()
+    colour_ids, _ = caption_word_targets(["scenes"], TextTokenizer.default(), "colour")
+    read = batch.loss_mask & torch.isin(batch.targets, colour_ids)
+    assert read.any() and (weights[read] == 1).all()  # the kept route's words scored
     with pytest.raises(ValueError, match="route_swap reads the dropped route"):
         train(replace(base, run_dir=tmp_path / "nothing-to-swap", route_swap=True))
 

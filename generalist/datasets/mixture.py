@@ -21,6 +21,7 @@ the same sequence.
 
 from __future__ import annotations
 
+import itertools
 import signal
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -475,34 +476,34 @@ CAPTION_AND_TEXT_TASKS = (
 )
 
 
-CAPTION_ATTRIBUTES = ("colour", "shape")  # the caption words `caption_word_targets` can mark
+CAPTION_WORDS = {"size": tuple(SIZES), "colour": tuple(COLOURS), "shape": SHAPES}
+"""The caption words `caption_word_targets` can mark, per attribute, in the grammar's order."""
 
 
-def _caption_word_pieces(
-    tokenizer: TextTokenizer, attribute: str,
-) -> tuple[dict[str, list[int]], tuple[str, ...]]:
-    """Each word of a caption attribute (colour or shape) as the text ids it is written with after "a", and the
-    other attribute's words."""
-    if attribute not in CAPTION_ATTRIBUTES:
-        raise ValueError(f"unknown caption attribute {attribute!r}; expected one of {CAPTION_ATTRIBUTES}")
-    words, others = (COLOURS, SHAPES) if attribute == "colour" else (SHAPES, COLOURS)
+def _caption_word_pieces(tokenizer: TextTokenizer, attribute: str) -> tuple[dict[str, list[int]], str]:
+    """Each word of a caption attribute (size, colour or shape) as the text ids it is written with after "a", and
+    every phrase of the grammar written without that attribute."""
+    if attribute not in CAPTION_WORDS:
+        raise ValueError(f"unknown caption attribute {attribute!r}; expected one of {tuple(CAPTION_WORDS)}")
+    others = [words for name, words in CAPTION_WORDS.items() if name != attribute]
+    without = " and ".join(f"a {' '.join(choice)} {cell}," for choice in itertools.product(*others)
+                           for cell in CELL_PHRASES)
     after_a = len(tokenizer.encode("a"))
-    return {word: tokenizer.encode(f"a {word}")[after_a:].tolist() for word in words}, tuple(others)
+    return {word: tokenizer.encode(f"a {word}")[after_a:].tolist() for word in CAPTION_WORDS[attribute]}, without
 
 
 def caption_word_targets(
     tasks: Sequence[str], tokenizer: TextTokenizer, attribute: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The text ids that start an `attribute` word (colour or shape) in a scene caption, and which of `tasks` are
+    """The text ids that start an `attribute` word (size, colour or shape) in a scene caption, and which of `tasks` are
     caption scenes: the arguments of `batch.word_weights`.
 
     The first piece alone decides the word (the rest of it follows from it); a word's later pieces can be pieces
     of other caption words (purple's "le" ends "circle"), and a first piece that also occurs in captions without
     that attribute is left out, so that only the attribute's words weigh more.
     """
-    pieces, others = _caption_word_pieces(tokenizer, attribute)
+    pieces, without = _caption_word_pieces(tokenizer, attribute)
     first = {word_pieces[0] for word_pieces in pieces.values()}
-    without = " and ".join(f"a {size} {other} {cell}," for size in SIZES for other in others for cell in CELL_PHRASES)
     ids = sorted(first - set(tokenizer.encode(without).tolist()))
     scene_tasks = torch.tensor([task in SCENE_TASK_STYLES for task in tasks], dtype=torch.bool)
     return torch.tensor(ids, dtype=torch.int64), scene_tasks

@@ -263,14 +263,14 @@ def test_action_balance_weighs_rare_actions_up_and_keeps_the_mean(tmp_path):
         EpisodeDataset(tmp_path / "pendulum").action_counts()
 
 
-@pytest.mark.parametrize("attribute", ["colour", "shape"])
+@pytest.mark.parametrize("attribute", ["size", "colour", "shape"])
 def test_caption_word_targets_mark_each_attribute_word_of_a_caption_once_and_nothing_else(attribute):
-    from generalist.datasets.scenes import COLOURS, SHAPES, generate_scene
+    from generalist.datasets.scenes import COLOURS, SHAPES, SIZES, generate_scene
 
     ids, scene_tasks = caption_word_targets(["chitchat", "textured_scenes", "pong", "scenes"], TOKENIZER, attribute)
     assert scene_tasks.tolist() == [False, True, False, True]
-    words = COLOURS if attribute == "colour" else SHAPES
-    assert len(ids) == len(words)  # the shipped tokenizer starts every colour and shape word with its own piece
+    words = {"size": SIZES, "colour": COLOURS, "shape": SHAPES}[attribute]
+    assert len(ids) == len(words)  # the shipped tokenizer starts every caption word with its own piece
     for seed in range(20):
         caption = generate_scene(seed).caption
         pieces = TOKENIZER.encode(caption)
@@ -281,8 +281,8 @@ def test_caption_word_targets_mark_each_attribute_word_of_a_caption_once_and_not
 
 
 def test_caption_word_targets_refuse_an_unknown_attribute():
-    with pytest.raises(ValueError, match="size"):
-        caption_word_targets(["scenes"], TOKENIZER, "size")
+    with pytest.raises(ValueError, match="cell"):
+        caption_word_targets(["scenes"], TOKENIZER, "cell")
 
 
 def test_caption_word_inputs_are_the_colour_words_when_each_is_one_piece_and_refused_when_split():
