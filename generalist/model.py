@@ -572,8 +572,8 @@ class TokenEmbedding(nn.Module):
 
 
 SHAPE_MULTIPLE = 64
-Rows = TypeVar("Rows", torch.Tensor, tuple[torch.Tensor, ...])
 """Row counts that vary between batches are padded to a multiple of this (see the module docstring)."""
+Rows = TypeVar("Rows", torch.Tensor, tuple[torch.Tensor, ...])  # what a function of rows gives: one tensor or several
 
 
 def padded_size(n: int, multiple: int | None = None) -> int:
