@@ -507,15 +507,14 @@ class TokenEmbedding(nn.Module):
     def patch_content(self, batch: Batch) -> torch.Tensor:
         """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
         one_route = batch.patch_colour_only | batch.patch_shape_only
-        if bool(one_route.any()):
-            rest, routed = (~one_route).nonzero(as_tuple=True)[0], one_route.nonzero(as_tuple=True)[0]
-            routed_content = self.one_route_content(batch, routed)
-            parts = [routed_content]
-            if len(rest):
-                parts.insert(0, self.block_content(batch.patches[rest], batch.patch_in_episode[rest]))
-            content = torch.cat([part.to(routed_content.dtype) for part in parts])[torch.cat([rest, routed]).argsort()]
-        else:
+        if not bool(one_route.any()):
             content = self.block_content(batch.patches, batch.patch_in_episode)
+        else:
+            rest, routed = (~one_route).nonzero(as_tuple=True)[0], one_route.nonzero(as_tuple=True)[0]
+            content = self.one_route_content(batch, routed)  # every patch, in order, when none is left
+            if len(rest):
+                both = self.block_content(batch.patches[rest], batch.patch_in_episode[rest]).to(content.dtype)
+                content = torch.cat([both, content])[torch.cat([rest, routed]).argsort()]
         if self.centre_patches:
             content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
         return content
