@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -310,6 +311,10 @@ class CaptionScores:
     # The shape's share right on the objects whose colour-shape pair is held out, and on the others: a shape read
     # from the image scores alike on both, a shape named from the colour word before it only on the trained pairs.
     shape_by_pair: dict[str, float] = field(default_factory=dict)  # "held-out", "trained"
+    # The same split of the colour: a colour named from the shape after it scores on the trained pairs only.
+    colour_by_pair: dict[str, float] = field(default_factory=dict)  # "held-out", "trained"
+    # The colours said in place of the truth, most frequent first: which colours the captioner confuses.
+    colour_mistakes: dict[str, int] = field(default_factory=dict)  # "red -> purple": count
 
 
 CAPTION_ATTRIBUTES = ("size", "colour", "shape", "cell")
@@ -320,7 +325,8 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScore
 
     right = dict.fromkeys(CAPTION_ATTRIBUTES, 0)
     objects = exact_captions = 0
-    shapes = {"held-out": [0, 0], "trained": [0, 0]}  # right, objects
+    by_pair = {"held-out": np.zeros(3, int), "trained": np.zeros(3, int)}  # shapes right, colours right, objects
+    mistakes: Counter[str] = Counter()
     for prediction, scene in zip(predictions, scenes, strict=True):
         stated = parse_caption(prediction) or []
         # Exact: the caption follows the grammar (in either word order) and states every object, and nothing else.
@@ -328,19 +334,24 @@ def caption_scores(predictions: Sequence[str], scenes: Sequence) -> CaptionScore
             (o.size, o.colour, o.shape, o.cell) for o in scene.objects]
         for index, obj in enumerate(scene.objects):
             objects += 1
-            pair = shapes["held-out" if (obj.colour, obj.shape) in HELD_OUT_PAIRS else "trained"]
-            pair[1] += 1
+            pair = by_pair["held-out" if (obj.colour, obj.shape) in HELD_OUT_PAIRS else "trained"]
+            pair[2] += 1
             if index < len(stated):
+                said = stated[index]
                 for name in CAPTION_ATTRIBUTES:
-                    right[name] += getattr(stated[index], name) == getattr(obj, name)
-                pair[0] += stated[index].shape == obj.shape
+                    right[name] += getattr(said, name) == getattr(obj, name)
+                pair[:2] += (said.shape == obj.shape, said.colour == obj.colour)
+                if said.colour != obj.colour:
+                    mistakes[f"{obj.colour} -> {said.colour}"] += 1
     truths = [scene.caption for scene in scenes]
     exact = exact_captions / len(truths) if truths else float("nan")
     bleu = sacrebleu.corpus_bleu(list(predictions), [truths]).score
     per_attribute = {name: count / max(objects, 1) for name, count in right.items()}
-    shape_by_pair = {pair: ok / n if n else float("nan") for pair, (ok, n) in shapes.items()}
+    shape_by_pair, colour_by_pair = (
+        {pair: float(counts[which] / counts[2]) if counts[2] else float("nan") for pair, counts in by_pair.items()}
+        for which in (0, 1))
     return CaptionScores(len(truths), exact, sum(right.values()) / max(4 * objects, 1), float(bleu), per_attribute,
-                         shape_by_pair)
+                         shape_by_pair, colour_by_pair, dict(mistakes.most_common()))
 
 
 def caption_images(

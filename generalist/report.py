@@ -412,14 +412,18 @@ def write_report(
         ]
         if results.captions.by_style:
             lines += ["| held-out scenes | n | exact | size | colour | shape | cell | BLEU-4 "
-                      "| shape: held-out pairs / trained pairs |",
-                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                      "| shape: held-out pairs / trained pairs | colour: held-out pairs / trained pairs "
+                      "| most frequent colour mistakes (truth -> caption) |",
+                      "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
             for style, t in results.captions.by_style.items():
                 cells = " | ".join(f"{t.per_attribute.get(a, math.nan):.1%}" for a in CAPTION_ATTRIBUTES)
-                pairs = " / ".join(f"{t.shape_by_pair.get(p, math.nan):.1%}" for p in ("held-out", "trained"))
-                lines.append(f"| {style} | {t.n} | {t.exact:.1%} | {cells} | {t.bleu4:.1f} | {pairs} |")
-            lines += ["", "A shape read from the image scores alike on the objects of held-out and of trained "
-                      "colour-shape pairs; one named from the colour word before it, on the trained pairs only.", ""]
+                pairs = " | ".join(" / ".join(f"{split.get(p, math.nan):.1%}" for p in ("held-out", "trained"))
+                                   for split in (t.shape_by_pair, t.colour_by_pair))
+                mistakes = ", ".join(f"{m} ({n})" for m, n in list(t.colour_mistakes.items())[:3])
+                lines.append(f"| {style} | {t.n} | {t.exact:.1%} | {cells} | {t.bleu4:.1f} | {pairs} | {mistakes} |")
+            lines += ["", "A shape (colour) read from the image scores alike on the objects of held-out and of "
+                      "trained colour-shape pairs; one named from the colour (shape) word beside it, on the trained "
+                      "pairs only.", ""]
         if results.captions.emoji_accuracy is not None:
             n_emoji = len(results.captions.emoji_examples)
             lines += [f"OpenMoji emoji (held-out renderings of {n_emoji} classes spread over the 1,417): class "

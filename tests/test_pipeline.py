@@ -145,6 +145,24 @@ def test_the_report_shows_what_each_rounds_agent_did_with_named_actions(tmp_path
     assert "| NOOP: 9%, FIRE: 0%, UP: 19%, DOWN: 72% | 315 |" in row
 
 
+def test_the_report_splits_caption_shapes_and_colours_by_pair_and_lists_the_colour_mistakes(tmp_path):
+    from generalist.datasets.scenes import generate_scene
+    from generalist.evaluate import caption_scores
+    from generalist.report import CaptionReport, RunResults, write_report
+
+    scenes = [generate_scene(seed, "heldout") for seed in range(6)]
+    wrong = [scene.caption.replace(f" {scene.objects[0].colour} ", " purple ", 1) for scene in scenes]
+    scores = caption_scores(wrong, scenes)
+    captions = CaptionReport(scores, [], [], {"plain": scores})
+    results = RunResults(checkpoint="c", step=1, tokens=1, train_minutes=1.0, control=[], control_unprompted=[],
+                         captions=captions, chat=None)
+    report = write_report(tmp_path, results, replace(smoke(), runs_dir=tmp_path), "machine").read_text()
+    (row,) = [line for line in report.splitlines() if line.startswith("| plain |")]
+    colours = " / ".join(f"{scores.colour_by_pair[p]:.1%}" for p in ("held-out", "trained"))
+    worst, count = next(iter(scores.colour_mistakes.items()))
+    assert scores.per_attribute["colour"] < 1.0 and f"| {colours} |" in row and f"{worst} ({count})" in row
+
+
 def _smoke(tmp_path: Path, **train: object) -> RunConfig:
     base = smoke()
     return replace(base, name="r", runs_dir=tmp_path, train=replace(

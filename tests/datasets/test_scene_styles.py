@@ -99,6 +99,23 @@ def test_caption_scores_split_the_shape_by_held_out_and_trained_pairs():
     assert split["held-out"] == 0.0 and split["trained"] == 1.0
 
 
+def test_caption_scores_split_the_colour_by_pair_and_count_its_mistakes():
+    """A caption that names each held-out pair's colour as another colour scores 0 on the held-out pairs' colours,
+    stays perfect on the trained ones, and counts each wrong colour once under truth -> said."""
+    scenes = [generate_scene(s, "heldout") for s in range(8)]
+    other = {"red": "purple", "green": "yellow", "blue": "purple", "yellow": "green"}
+    held = [o for scene in scenes for o in scene.objects if (o.colour, o.shape) in HELD_OUT_PAIRS]
+    guessed = [caption_of([replace(o, colour=other[o.colour]) if (o.colour, o.shape) in HELD_OUT_PAIRS else o
+                           for o in scene.objects]) for scene in scenes]
+    scores = caption_scores(guessed, scenes)
+    assert scores.colour_by_pair == {"held-out": 0.0, "trained": 1.0}
+    assert scores.shape_by_pair == {"held-out": 1.0, "trained": 1.0}
+    assert sum(scores.colour_mistakes.values()) == len(held) > 0
+    assert set(scores.colour_mistakes) == {f"{o.colour} -> {other[o.colour]}" for o in held}
+    assert list(scores.colour_mistakes.values()) == sorted(scores.colour_mistakes.values(), reverse=True)
+    assert caption_scores([s.caption for s in scenes], scenes).colour_mistakes == {}
+
+
 LUMINANCE = np.array([0.299, 0.587, 0.114], np.float32)
 
 
