@@ -1,0 +1,85 @@
+"""Linear probes of a checkpoint's caption patch routes: does the shape route tell the shapes apart, the colour
+route the colours, on held-out colour-shape pairs as on trained ones?
+
+Run from the repository root: `python -m bench.route_probe CHECKPOINT` (a run directory or a checkpoint; the
+model must read captions as `patch_input="mask+colour"`). A probe, not a timing: it says whether a caption
+failure lies in the patch block (the route does not separate the classes) or after it (the route does, the
+transformer does not read it). docs/RESULTS.md, "The swap on seed 1".
+
+Each object of a 48-pixel scene fills one patch (its cell). A logistic regression on the standardized route output
+of the objects of `--fit-scenes` textured train-split scenes (seeds 0+), Adam at 0.05 for 300 steps, L2 1e-3,
+torch seed 0; scored on the objects of `--scenes` held-out scenes per style (seeds 5,000,000+), split by pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from generalist.checkpoint import load_model
+from generalist.datasets.scenes import COLOURS, HELD_OUT_PAIRS, SHAPES, generate_scene
+from generalist.model import PatchEncoder
+from generalist.tokenizers.images import images_to_patches
+
+EVAL_SEED = 5_000_000
+STYLES = ("plain", "varied", "unseen")
+
+
+def route_features(
+    block: PatchEncoder, seeds: range, split: str, style: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per object of the scenes: both routes' outputs (n, 2, d), its colour and shape indices, held-out pair."""
+    routes, colours, shapes, held = [], [], [], []
+    for seed in seeds:
+        scene = generate_scene(seed, split, style, 48)
+        patches, _, _ = images_to_patches(scene.image, channels=3)
+        with torch.no_grad():
+            output, _ = block.routes(torch.from_numpy(patches))
+        cells = [o.cell for o in scene.objects]
+        routes.append(output[cells].float().numpy())
+        colours += [list(COLOURS).index(o.colour) for o in scene.objects]
+        shapes += [SHAPES.index(o.shape) for o in scene.objects]
+        held += [(o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects]
+    return np.concatenate(routes), np.array(colours), np.array(shapes), np.array(held)
+
+
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A logistic regression of `y` on standardized `x`; the function giving its predicted classes."""
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    inputs = torch.tensor((x - mean) / std, dtype=torch.float32)
+    probe = torch.nn.Linear(x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(probe(inputs), torch.tensor(y)) + 1e-3 * probe.weight.square().sum()
+        loss.backward()
+        optimizer.step()
+    return lambda z: probe(torch.tensor((z - mean) / std, dtype=torch.float32)).argmax(1).numpy()
+
+
+def main() -> None:
+    """Fit both probes and print, per style, each route's accuracy on held-out and on trained pairs."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--fit-scenes", type=int, default=400)
+    parser.add_argument("--scenes", type=int, default=200)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    model, _ = load_model(args.checkpoint)
+    block = model.embed.caption_patches or model.embed.patches
+    x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured")
+    shape_probe, colour_probe = fit_probe(x[:, 0], shapes, len(SHAPES)), fit_probe(x[:, 1], colours, len(COLOURS))
+    print("| held-out scenes | shape route -> shape: held-out / trained pairs | colour route -> colour: held-out / "
+          "trained pairs |\n| --- | ---: | ---: |")
+    for style in STYLES:
+        x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style)
+        right = [shape_probe(x[:, 0]) == shapes, colour_probe(x[:, 1]) == colours]
+        cells = " | ".join(f"{r[held].mean():.1%} / {r[~held].mean():.1%}" for r in right)
+        print(f"| {style} | {cells} |")
+
+
+if __name__ == "__main__":
+    main()
