@@ -181,6 +181,10 @@ class TrainConfig:
     block reads them too), so that captions and Atari frames each read what suits them (model.py)"""
     caption_mask_background: str = "median"
     """`mask_background` of the caption images' own block (with `caption_patch_input`)"""
+    route_norm: bool = False
+    """with mask+colour, each of the two routes layer-normalized before they are summed: trained, the shape
+    route's output grew to 67 times the colour route's and the colour went unread (`lang-swap-objects-s1`,
+    docs/RESULTS.md) (model.py)"""
     patch_stride: int | None = None
     """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
     patch as a (16/stride)^2 grid, finer at a smaller stride and dearer (model.py)"""

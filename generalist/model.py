@@ -26,6 +26,11 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   alone, "mask+colour" lost the colour (training shrank the linear colour map until every object read purple);
   with the colour words weighted, shuffled and a quarter of the rows read by the colour route alone, it is the
   language preset's recipe (config.py, `LANGUAGE_PATCHES`).
+- `route_norm` layer-normalizes (no learned scale) each of the two routes of "mask+colour" before they are
+  summed. Trained, the shape route's output grows far past the colour route's (mean norms 108.8 against 1.6 on
+  a run that named nearly every object "white", though a linear probe of its colour route alone named the
+  colour 100% right: docs/RESULTS.md, issue 20): the colour is in the token, too small to be read beside the
+  shape. Normalized, each route enters at the same scale whatever training does to it.
 - `mask_background` says what the mask measures a pixel from. "median", one colour per patch (the border's
   median), keeps an object that crosses the patch's border (Atari's paddles) but fails on a background of two
   colours: on stripes and checks one of them reads as foreground, and a linear probe of a trained shape route
@@ -155,6 +160,9 @@ class ModelConfig:
     second block, `patch_input`'s reads them too (see the module docstring)."""
     caption_mask_background: str = "median"
     """`mask_background` of that second block."""
+    route_norm: bool = False
+    """With "mask+colour" (either block), each route's output layer-normalized before the two are summed, so
+    neither drowns the other (see the module docstring)."""
     value_frequencies: int = 0
     """Add to each continuous-value token's id embedding a learned linear map of smooth features of its bin's
     centre u in [-1, 1]: u, and the sine and cosine of pi 2^j u for j < value_frequencies (0: the id table
@@ -189,6 +197,9 @@ class ModelConfig:
         if self.caption_mask_background not in MASK_BACKGROUNDS:
             raise ValueError(f"caption_mask_background must be one of {MASK_BACKGROUNDS}, "
                              f"got {self.caption_mask_background!r}")
+        if self.route_norm and "mask+colour" not in (self.patch_input, self.caption_patch_input):
+            raise ValueError(f"route_norm scales the two routes of 'mask+colour': no block reads that (patch_input "
+                             f"{self.patch_input!r}, caption_patch_input {self.caption_patch_input!r})")
         if not 0 <= self.value_frequencies <= 10:
             raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
                              f"got {self.value_frequencies}")
@@ -396,6 +407,7 @@ class PatchEncoder(nn.Module):
         # background and foreground mean colours, beside the mask's shape
         self.colour = (nn.Linear(2 * config.image_channels, config.d_model)
                        if config.patch_input == "mask+colour" else None)
+        self.route_norm = config.route_norm and self.colour is not None
         self.stem = nn.Conv2d(stem_channels, c, kernel_size=s, stride=s)
         self.norm1 = nn.GroupNorm(g, c)
         self.conv1 = nn.Conv2d(c, c, kernel_size=3, padding=1)
@@ -412,7 +424,8 @@ class PatchEncoder(nn.Module):
         centred_mask = centred(mask)
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
-        return self.block(centred_mask.to(patches.dtype)) + self._colour_route(pixels, background, mask, patches.dtype)
+        return self._scaled(self.block(centred_mask.to(patches.dtype))) + self._colour_route(
+            pixels, background, mask, patches.dtype)
 
     def routes(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """With `patch_input="mask+colour"`, the two parts of `forward`'s output apart (n, 2, d): what the mask's
@@ -423,7 +436,7 @@ class PatchEncoder(nn.Module):
                              f"{self.patch_input!r}")
         pixels = patches.float()
         background, mask, peak = self._mask(pixels)
-        shape = self.block(centred(mask).to(patches.dtype))
+        shape = self._scaled(self.block(centred(mask).to(patches.dtype)))
         colour = self._colour_route(pixels, background, mask, patches.dtype)
         return torch.stack([shape, colour.to(shape.dtype)], dim=1), peak >= OBJECT_CONTRAST
 
@@ -439,7 +452,11 @@ class PatchEncoder(nn.Module):
         weight = mask / mask.sum(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # (n, 1, p, p)
         foreground = (pixels * weight).sum(dim=(2, 3))  # (n, C)
         colours = torch.cat([background, foreground], dim=1) / PIXEL_SCALE  # about [-1, 1]
-        return self.colour(colours.to(dtype))
+        return self._scaled(self.colour(colours.to(dtype)))
+
+    def _scaled(self, route: torch.Tensor) -> torch.Tensor:
+        # With `route_norm`, a route (n, d) at unit scale per patch: neither route can drown the other.
+        return F.layer_norm(route, route.shape[-1:]) if self.route_norm else route
 
     def block(self, x: torch.Tensor) -> torch.Tensor:
         """The strided stem, the residual block and the projection, on the stem's input channels."""

@@ -276,6 +276,35 @@ def test_patches_read_by_one_route_alone_lose_what_the_other_route_reads():
     assert model.embed.patches.stem.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("route_norm", [False, True])
+def test_route_norm_keeps_a_shrunk_colour_route_as_loud_as_the_shape(route_norm):
+    # Training shrank the colour route to 1/67 of the shape route's norm and the colour went unread
+    # (docs/RESULTS.md): normalized, the colour moves the patch's embedding as much at any scale of its map.
+    torch.manual_seed(0)
+    encoder = PatchEncoder(dataclasses.replace(CONFIG, patch_input="mask+colour", route_norm=route_norm)).eval()
+    square, _ = _square_and_circle()
+    patches = _object_patches([square], [(220, 45, 45), (55, 95, 235)])
+    with torch.no_grad():
+        routes, _ = encoder.routes(patches)
+        torch.testing.assert_close(encoder(patches), routes.sum(dim=1), rtol=0, atol=1e-5)
+        recoloured = float((encoder(patches)[0] - encoder(patches)[1]).norm())
+        encoder.colour.weight.mul_(0.05)  # what training did to it, short of where layer norm's epsilon counts
+        encoder.colour.bias.mul_(0.05)
+        shrunk = float((encoder(patches)[0] - encoder(patches)[1]).norm())
+    if route_norm:
+        d = routes.shape[-1]
+        torch.testing.assert_close(routes.norm(dim=-1), torch.full(routes.shape[:2], d**0.5), rtol=1e-3, atol=0)
+        assert shrunk == pytest.approx(recoloured, rel=2e-2)
+    else:
+        assert shrunk == pytest.approx(recoloured * 0.05, rel=2e-2)
+
+
+def test_route_norm_needs_a_block_that_reads_mask_and_colour():
+    with pytest.raises(ValueError, match="route_norm scales the two routes of 'mask\\+colour'"):
+        dataclasses.replace(CONFIG, patch_input="pixels+mask", route_norm=True)
+    dataclasses.replace(CONFIG, patch_input="pixels+mask", caption_patch_input="mask+colour", route_norm=True)
+
+
 def test_a_swapped_route_comes_from_another_object_and_empty_patches_give_none():
     # Three images of four patches, an object in the first patch of each, the rest flat background: a one-route
     # patch flagged to swap reads the other route of another object, an empty one keeps its route alone.
