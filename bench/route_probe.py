@@ -9,6 +9,8 @@ transformer does not read it). docs/RESULTS.md, "The swap on seed 1".
 Each object of a 48-pixel scene fills one patch (its cell). A logistic regression on the standardized route output
 of the objects of `--fit-scenes` textured train-split scenes (seeds 0+), Adam at 0.05 for 300 steps, L2 1e-3,
 torch seed 0; scored on the objects of `--scenes` held-out scenes per style (seeds 5,000,000+), split by pair.
+Beside them, the mean norm of each route's output on those objects: a route far smaller than the other is in the
+token but may be too faint for the transformer to read (`ModelConfig.route_norm`).
 """
 
 from __future__ import annotations
@@ -73,12 +75,13 @@ def main() -> None:
     x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured")
     shape_probe, colour_probe = fit_probe(x[:, 0], shapes, len(SHAPES)), fit_probe(x[:, 1], colours, len(COLOURS))
     print("| held-out scenes | shape route -> shape: held-out / trained pairs | colour route -> colour: held-out / "
-          "trained pairs |\n| --- | ---: | ---: |")
+          "trained pairs | mean norm of the objects' shape / colour route |\n| --- | ---: | ---: | ---: |")
     for style in STYLES:
         x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style)
         right = [shape_probe(x[:, 0]) == shapes, colour_probe(x[:, 1]) == colours]
         cells = " | ".join(f"{r[held].mean():.1%} / {r[~held].mean():.1%}" for r in right)
-        print(f"| {style} | {cells} |")
+        norms = np.linalg.norm(x, axis=2).mean(0)
+        print(f"| {style} | {cells} | {norms[0]:.2f} / {norms[1]:.2f} |")
 
 
 if __name__ == "__main__":
