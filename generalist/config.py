@@ -183,7 +183,7 @@ class TrainConfig:
     """`mask_background` of the caption images' own block (with `caption_patch_input`)"""
     route_norm: bool = False
     """with mask+colour, each of the two routes layer-normalized before they are summed: trained, the shape
-    route's output grew to 67 times the colour route's and the colour went unread (`lang-swap-objects-s1`,
+    route's output grew to 68 times the colour route's and the colour went unread (`lang-swap-objects-s1`,
     docs/RESULTS.md) (model.py)"""
     patch_stride: int | None = None
     """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
@@ -264,9 +264,9 @@ class TrainConfig:
     the other route from another such patch of the batch instead of dropping it (`batch.drop_patch_routes`;
     `model.OBJECT_CONTRAST` says which hold one): a colour then meets shapes it was never drawn with, and its word
     must be named all the same; the other route's words get no loss, nor the size words where the shape route is
-    another object's. Measured beside the `language` preset's recipe (docs/RESULTS.md, `lang-swap-objects`): the
-    held-out pairs' shapes 69.5 → 91.5% (seed 0) and 92.8% (seed 1), but the colour 95 → 85% (seed 0) and not
-    read at all on seed 1 (10.5%, everything "white"; `lang-swap-objects-s1`): not in the preset. A first version
+    another object's. Measured beside the `language` preset's recipe (docs/RESULTS.md, `lang-swap-objects`, two
+    seeds): the held-out pairs' shapes 69.5 → 91.5% (seed 0) and 92.4 → 92.8% (seed 1), the colour 95 → 85% and
+    74 → 10.5% (seed 1 named everything "white"; `lang-swap-objects-s1`): not in the preset. A first version
     that swapped empty patches too and kept the size words' loss was worse (`lang-swap`: colour 83 → 72%)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin

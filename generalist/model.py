@@ -27,7 +27,7 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   with the colour words weighted, shuffled and a quarter of the rows read by the colour route alone, it is the
   language preset's recipe (config.py, `LANGUAGE_PATCHES`).
 - `route_norm` layer-normalizes (no learned scale) each of the two routes of "mask+colour" before they are
-  summed. Trained, the shape route's output grows far past the colour route's (mean norms 108.8 against 1.6 on
+  summed. Trained, the shape route's output grows far past the colour route's (mean norms 109.0 against 1.6 on
   a run that named nearly every object "white", though a linear probe of its colour route alone named the
   colour 100% right: docs/RESULTS.md, issue 20): the colour is in the token, too small to be read beside the
   shape. Normalized, each route enters at the same scale whatever training does to it.

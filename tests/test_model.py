@@ -278,7 +278,7 @@ def test_patches_read_by_one_route_alone_lose_what_the_other_route_reads():
 
 @pytest.mark.parametrize("route_norm", [False, True])
 def test_route_norm_keeps_a_shrunk_colour_route_as_loud_as_the_shape(route_norm):
-    # Training shrank the colour route to 1/67 of the shape route's norm and the colour went unread
+    # Training shrank the colour route to 1/68 of the shape route's norm and the colour went unread
     # (docs/RESULTS.md): normalized, the colour moves the patch's embedding as much at any scale of its map.
     torch.manual_seed(0)
     encoder = PatchEncoder(dataclasses.replace(CONFIG, patch_input="mask+colour", route_norm=route_norm)).eval()
