@@ -29,7 +29,7 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
 - `route_norm` layer-normalizes (no learned scale) each of the two routes of "mask+colour" before they are
   summed. Trained, the shape route's output grows far past the colour route's (mean norms 109.0 against 1.6 on
   a run that named nearly every object "white", though a linear probe of its colour route alone named the
-  colour 100% right: docs/RESULTS.md, issue 20): the colour is in the token, too small to be read beside the
+  colour 99-100% right: docs/RESULTS.md, issue 20): the colour is in the token, too small to be read beside the
   shape. Normalized, each route enters at the same scale whatever training does to it.
 - `mask_background` says what the mask measures a pixel from. "median", one colour per patch (the border's
   median), keeps an object that crosses the patch's border (Atari's paddles) but fails on a background of two
