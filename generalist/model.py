@@ -424,7 +424,7 @@ class PatchEncoder(nn.Module):
         centred_mask = centred(mask)
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
-        return self._scaled(self.block(centred_mask.to(patches.dtype))) + self._colour_route(
+        return self._shape_route(centred_mask, patches.dtype) + self._colour_route(
             pixels, background, mask, patches.dtype)
 
     def routes(self, patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -436,7 +436,7 @@ class PatchEncoder(nn.Module):
                              f"{self.patch_input!r}")
         pixels = patches.float()
         background, mask, peak = self._mask(pixels)
-        shape = self._scaled(self.block(centred(mask).to(patches.dtype)))
+        shape = self._shape_route(centred(mask), patches.dtype)
         colour = self._colour_route(pixels, background, mask, patches.dtype)
         return torch.stack([shape, colour.to(shape.dtype)], dim=1), peak >= OBJECT_CONTRAST
 
@@ -445,6 +445,9 @@ class PatchEncoder(nn.Module):
         background = border_colour(pixels)
         distance = foreground_distance(pixels, background, self.mask_background)
         return background, scaled_mask(distance), distance.amax(dim=(1, 2, 3))
+
+    def _shape_route(self, centred_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self._scaled(self.block(centred_mask.to(dtype)))
 
     def _colour_route(
         self, pixels: torch.Tensor, background: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
