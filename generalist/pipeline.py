@@ -285,7 +285,7 @@ def evaluate_captions_stage(
     by_style = {"plain": scores} if styles else {}
     by_style.update({style: evaluate_captions(model, tokenizer, scenes, seed, style=style, size=scene_size)[0]
                      for style in styles})
-    truths = [generate_scene(seed + i, "heldout").caption for i in range(min(scenes, 8))]
+    truths = [generate_scene(seed + i, "heldout", size=scene_size).caption for i in range(min(scenes, 8))]
     samples = skimage_samples()[:8]
     captions = caption_images(model, tokenizer, [sample.image for sample in samples])
     return CaptionReport(

@@ -303,7 +303,8 @@ def write_report(
         f"- Checkpoint: `{results.checkpoint}`: step {results.step:,}, {results.tokens:,} tokens, "
         f"{results.train_minutes:.1f} minutes of training",
         f"- Model `{config.train.model}`; mixture {', '.join(f'{k}={v:g}' for k, v in config.train.weights.items())}",
-        "- Time per stage (minutes): " + ", ".join(f"{k} {v:.1f}" for k, v in results.stage_minutes.items()),
+        "- Time per stage of this invocation (minutes; a resumed training's total is on the checkpoint line): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in results.stage_minutes.items()),
         "",
         "## Training",
         "",
