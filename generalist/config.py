@@ -185,6 +185,10 @@ class TrainConfig:
     """with mask+colour, each of the two routes layer-normalized before they are summed: trained, the shape
     route's output grew to 68 times the colour route's and the colour went unread (`lang-swap-objects-s1`,
     docs/RESULTS.md) (model.py)"""
+    route_tokens: bool = False
+    """with mask+colour reading the captions, each caption patch as two tokens, the shape route alone then the
+    colour route alone: summed, even at equal scale (`route_norm`), a held-out pair's colour was named from its
+    shape (`lang-norm-s1`, docs/RESULTS.md) (model.py)"""
     patch_stride: int | None = None
     """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
     patch as a (16/stride)^2 grid, finer at a smaller stride and dearer (model.py)"""

@@ -31,6 +31,11 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   a run that named nearly every object "white", though a linear probe of its colour route alone named the
   colour 99-100% right: docs/RESULTS.md, issue 20): the colour is in the token, too small to be read beside the
   shape. Normalized, each route enters at the same scale whatever training does to it.
+- `route_tokens` gives each caption patch two tokens (the tokenizer repeats it: `TokenLayout.caption_route_tokens`),
+  the first read by the shape route alone, the second by the colour route alone, both at the patch's position.
+  Summed in one token, the routes were read as a pair: with `route_norm` both were linearly decodable from their
+  routes (99-100%) and the captioner still named a held-out pair's colour as training's pair with that shape
+  (docs/RESULTS.md, issue 20). Apart, the colour word can be read from a token that holds no shape.
 - `mask_background` says what the mask measures a pixel from. "median", one colour per patch (the border's
   median), keeps an object that crosses the patch's border (Atari's paddles) but fails on a background of two
   colours: on stripes and checks one of them reads as foreground, and a linear probe of a trained shape route
@@ -163,6 +168,9 @@ class ModelConfig:
     route_norm: bool = False
     """With "mask+colour" (either block), each route's output layer-normalized before the two are summed, so
     neither drowns the other (see the module docstring)."""
+    route_tokens: bool = False
+    """With a "mask+colour" block reading the captions, each caption patch as two tokens, its shape route then its
+    colour route (see the module docstring)."""
     value_frequencies: int = 0
     """Add to each continuous-value token's id embedding a learned linear map of smooth features of its bin's
     centre u in [-1, 1]: u, and the sine and cosine of pi 2^j u for j < value_frequencies (0: the id table
@@ -200,6 +208,9 @@ class ModelConfig:
         if self.route_norm and "mask+colour" not in (self.patch_input, self.caption_patch_input):
             raise ValueError(f"route_norm scales the two routes of 'mask+colour': no block reads that (patch_input "
                              f"{self.patch_input!r}, caption_patch_input {self.caption_patch_input!r})")
+        if self.route_tokens and (self.caption_patch_input or self.patch_input) != "mask+colour":
+            raise ValueError(f"route_tokens reads the two routes of 'mask+colour' apart: the captions' block reads "
+                             f"{self.caption_patch_input or self.patch_input!r}")
         if not 0 <= self.value_frequencies <= 10:
             raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
                              f"got {self.value_frequencies}")
@@ -213,7 +224,7 @@ class ModelConfig:
     def layout(self) -> TokenLayout:
         """The token id layout this model reads and writes."""
         return TokenLayout(self.text_vocab_size, self.image_channels, self.frame_stack, self.frame_colour,
-                           self.frame_size)
+                           self.frame_size, self.route_tokens)
 
     @property
     def head_width(self) -> int:
@@ -468,8 +479,8 @@ class PatchEncoder(nn.Module):
         return self.proj(F.gelu(self.norm_out(x)).flatten(1))  # (n, d)
 
 
-def image_means(embeddings: torch.Tensor, batch_index: torch.Tensor, token_index: torch.Tensor) -> torch.Tensor:
-    """Per patch (n, d), the mean embedding of the patches of its image: a run of consecutive patch tokens.
+def image_index(batch_index: torch.Tensor, token_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per patch (n,), the index of its image among the batch's and its place among that image's patches.
 
     Every image's patches are contiguous in its sequence (a timestep's image ends at the separator or the next
     observation part, a caption's at its text), so a new image starts wherever the row changes or the token
@@ -478,10 +489,20 @@ def image_means(embeddings: torch.Tensor, batch_index: torch.Tensor, token_index
     starts = torch.ones_like(batch_index, dtype=torch.bool)
     starts[1:] = (batch_index[1:] != batch_index[:-1]) | (token_index[1:] != token_index[:-1] + 1)
     image = torch.cumsum(starts.long(), 0) - 1  # (n,)
-    n_images = int(image[-1]) + 1
-    sums = embeddings.new_zeros(n_images, embeddings.shape[1]).index_add_(0, image, embeddings)
-    counts = torch.bincount(image, minlength=n_images).to(embeddings.dtype)
-    return (sums / counts[:, None])[image]
+    first = starts.nonzero(as_tuple=True)[0]  # each image's first patch
+    return image, torch.arange(len(image), device=image.device) - first[image]
+
+
+def image_means(embeddings: torch.Tensor, batch_index: torch.Tensor, token_index: torch.Tensor,
+                route: torch.Tensor | None = None) -> torch.Tensor:
+    """Per patch (n, d), the mean embedding of the patches of its image (of those of its image with the same
+    `route` (n,) bool, where given): a run of consecutive patch tokens (`image_index`)."""
+    image, _ = image_index(batch_index, token_index)
+    group = image if route is None else 2 * image + route.long()
+    n_groups = int(group.max()) + 1
+    sums = embeddings.new_zeros(n_groups, embeddings.shape[1]).index_add_(0, group, embeddings)
+    counts = torch.bincount(group, minlength=n_groups).to(embeddings.dtype).clamp_min(1)
+    return (sums / counts[:, None])[group]
 
 
 def bin_features(bins: torch.Tensor, n_frequencies: int) -> torch.Tensor:
@@ -509,6 +530,7 @@ class TokenEmbedding(nn.Module):
         self.local_position = nn.Embedding(config.max_local_positions, config.d_model)
         self.action = nn.Parameter(torch.zeros(config.d_model))  # one position shared by every action token
         self.centre_patches = config.centre_patches
+        self.route_tokens = config.route_tokens
         self.continuous_offset = config.layout.continuous_offset
         self.values = nn.Linear(1 + 2 * config.value_frequencies, config.d_model) if config.value_frequencies else None
 
@@ -525,31 +547,47 @@ class TokenEmbedding(nn.Module):
         return x.index_put(where, added, accumulate=True)
 
     def patch_content(self, batch: Batch) -> torch.Tensor:
-        """What each patch's pixels add to its token (n, d), before its position: centred per image if set."""
-        one_route = batch.patch_colour_only | batch.patch_shape_only
+        """What each patch's pixels add to its token (n, d), before its position: centred per image (per route of
+        an image, with `route_tokens`) if set."""
+        colour_only, shape_only = self.patch_routes(batch)
+        one_route = colour_only | shape_only
         if not bool(one_route.any()):
             content = self.block_content(batch.patches, batch.patch_in_episode)
         else:
             rest, routed = (~one_route).nonzero(as_tuple=True)[0], one_route.nonzero(as_tuple=True)[0]
-            content = self.one_route_content(batch, routed)  # every patch, in order, when none is left
+            # every patch, in order, when none is left
+            content = self.one_route_content(batch.patches[routed], colour_only[routed],
+                                             batch.patch_route_swap[routed])
             if len(rest):
                 both = self.block_content(batch.patches[rest], batch.patch_in_episode[rest]).to(content.dtype)
                 content = torch.cat([both, content])[torch.cat([rest, routed]).argsort()]
         if self.centre_patches:
-            content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index)
+            content = content - image_means(content, batch.patch_batch_index, batch.patch_token_index,
+                                            colour_only if self.route_tokens else None)
         return content
 
-    def one_route_content(self, batch: Batch, routed: torch.Tensor) -> torch.Tensor:
-        """The patches `routed` (m,) of captions, flagged to keep one route (m, d): that route alone, plus, where
-        `patch_route_swap` is set and the patch holds an object, the other route of another such patch of its
-        kind that holds one (a random cycle through them: an object's colour meets another object's shape)."""
+    def patch_routes(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which patches (n,) bool read the colour route alone, which the shape route alone: those the batch flags,
+        and with `route_tokens` the caption patches' tokens, each patch's first its shape, its second its colour."""
+        colour_only, shape_only = batch.patch_colour_only, batch.patch_shape_only
+        if not self.route_tokens:
+            return colour_only, shape_only
+        split = ~batch.patch_in_episode & ~(colour_only | shape_only)
+        second = image_index(batch.patch_batch_index, batch.patch_token_index)[1] % 2 == 1
+        return colour_only | (split & second), shape_only | (split & ~second)
+
+    def one_route_content(self, patches: torch.Tensor, colour_only: torch.Tensor,
+                          route_swap: torch.Tensor) -> torch.Tensor:
+        """Caption patches (m, C, p, p) that keep one route (m, d): the colour route where `colour_only`, else the
+        shape route, plus, where `route_swap` is set and the patch holds an object, the other route of another
+        such patch of its kind that holds one (a random cycle through them: an object's colour meets another
+        object's shape)."""
         captions = self.patches if self.caption_patches is None else self.caption_patches
-        routes, holds_object = on_padded_rows(captions.routes, batch.patches[routed])  # (m, 2, d), (m,)
-        colour_only = batch.patch_colour_only[routed]
+        routes, holds_object = on_padded_rows(captions.routes, patches)  # (m, 2, d), (m,)
         kept = torch.where(colour_only[:, None], routes[:, 1], routes[:, 0])
         other = torch.where(colour_only[:, None], routes[:, 0], routes[:, 1])
-        swapped = batch.patch_route_swap[routed] & holds_object
-        donor = torch.arange(len(routed), device=routed.device)
+        swapped = route_swap & holds_object
+        donor = torch.arange(len(patches), device=patches.device)
         for kind in (colour_only, ~colour_only):
             members = (swapped & kind).nonzero(as_tuple=True)[0]
             order = members[torch.randperm(len(members), device=members.device)]

@@ -174,7 +174,7 @@ def model_config(config: TrainConfig, text_vocab_size: int) -> ModelConfig:
         centre_patches=config.centre_patches,
         patch_input=config.patch_input, mask_background=config.mask_background,
         caption_patch_input=config.caption_patch_input, caption_mask_background=config.caption_mask_background,
-        route_norm=config.route_norm, value_frequencies=config.value_frequencies,
+        route_norm=config.route_norm, route_tokens=config.route_tokens, value_frequencies=config.value_frequencies,
         image_channels=max(3, frame_channels(config.frame_stack, config.frame_colour)), **patch_stride,
     )
 

@@ -21,6 +21,7 @@ from generalist.model import (
     gato_1_18b,
     gato_79m,
     gato_364m,
+    image_index,
     image_means,
     on_padded_rows,
     padded_size,
@@ -303,6 +304,47 @@ def test_route_norm_needs_a_block_that_reads_mask_and_colour():
     with pytest.raises(ValueError, match="route_norm scales the two routes of 'mask\\+colour'"):
         dataclasses.replace(CONFIG, patch_input="pixels+mask", route_norm=True)
     dataclasses.replace(CONFIG, patch_input="pixels+mask", caption_patch_input="mask+colour", route_norm=True)
+
+
+@pytest.mark.parametrize("centre", [False, True])
+def test_route_tokens_read_each_caption_patch_by_its_shape_then_by_its_colour(centre):
+    # Summed in one token the two routes were read as a pair (docs/RESULTS.md): apart, each caption patch's
+    # first token holds its shape route alone, its second its colour route alone (each centred over its own
+    # route's tokens of the image); an episode's patches keep one token with both.
+    torch.manual_seed(0)
+    config = dataclasses.replace(CONFIG, patch_input="mask+colour", route_tokens=True, centre_patches=centre)
+    model = _model(config).eval()
+    square, circle = _square_and_circle()
+    image = np.full((32, 32, 3), 28, dtype=np.uint8)
+    image[:16, :16][square] = (220, 45, 45)
+    image[16:, 16:][circle] = (55, 95, 235)
+    caption = tokenize_caption(image, TEXT.encode("a caption"), config.layout)
+    plain = tokenize_caption(image, TEXT.encode("a caption"), dataclasses.replace(CONFIG).layout)
+    assert len(caption.patches) == 2 * len(plain.patches) == 8
+    np.testing.assert_array_equal(caption.patches[::2], plain.patches)
+    np.testing.assert_array_equal(caption.patches[1::2], plain.patches)
+    np.testing.assert_array_equal(caption.patch_rows[1::2], plain.patch_rows)
+    batch = collate([_episode(np.random.default_rng(0), 1, image=(32, 32, 3)), caption], config.layout)
+    with torch.no_grad():
+        content = model.embed.patch_content(batch)
+        episode = batch.patch_in_episode
+        routes, _ = model.embed.patches.routes(batch.patches[~episode][::2])  # (4, 2, d): each patch once
+        both = model.embed.patches(batch.patches[episode])
+    expected = routes - routes.mean(dim=0) if centre else routes
+    on_caption = content[~episode]
+    torch.testing.assert_close(on_caption[::2], expected[:, 0], rtol=0, atol=1e-5)
+    torch.testing.assert_close(on_caption[1::2], expected[:, 1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(content[episode], both - both.mean(dim=0) if centre else both, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="route_tokens reads the two routes of 'mask\\+colour' apart"):
+        dataclasses.replace(CONFIG, patch_input="pixels+mask", route_tokens=True)
+    dataclasses.replace(CONFIG, patch_input="pixels", caption_patch_input="mask+colour", route_tokens=True)
+
+
+def test_image_index_gives_each_patch_its_image_and_place():
+    rows = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    tokens = torch.tensor([1, 2, 3, 9, 0, 1, 2])
+    image, place = image_index(rows, tokens)
+    assert image.tolist() == [0, 0, 0, 1, 2, 2, 2] and place.tolist() == [0, 1, 2, 0, 0, 1, 2]
 
 
 def test_a_swapped_route_comes_from_another_object_and_empty_patches_give_none():

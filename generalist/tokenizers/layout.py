@@ -30,13 +30,15 @@ TABLE_MULTIPLE = 64
 class TokenLayout:
     """Every id offset of the shared token table, derived from the text vocabulary size, and the shape of an
     image token: the channels of its patches, and how many consecutive frames (in which colour, at which size:
-    0 is as recorded) one timestep of a control task's image stacks (`stack_frames`)."""
+    0 is as recorded) one timestep of a control task's image stacks (`stack_frames`); and whether a caption's
+    patch is two tokens (`caption_route_tokens`: the model reads its shape, then its colour, at the two)."""
 
     text_vocab_size: int
     image_channels: int = 3
     frame_stack: int = 1
     frame_colour: str = "rgb"
     frame_size: int = 0
+    caption_route_tokens: bool = False
 
     def __post_init__(self) -> None:
         if self.text_vocab_size < 1:

@@ -466,12 +466,15 @@ def tokenize_text(ids: npt.ArrayLike, layout: TokenLayout) -> TokenizedSequence:
 def tokenize_caption(
     image: npt.ArrayLike, caption_ids: npt.ArrayLike, layout: TokenLayout, image_channels: int | None = None
 ) -> TokenizedSequence:
-    """An image's patches then its caption's text ids (loss on the caption only)."""
+    """An image's patches then its caption's text ids (loss on the caption only); each patch twice in a row with
+    `layout.caption_route_tokens` (the model reads one route at each)."""
     image_channels = image_channels or layout.image_channels
     patches, n_rows, n_cols = images_to_patches(image, image_channels, name="caption image")
     if patches.ndim != 4:
         raise ValueError(f"caption image: expected one (H, W, {image_channels}) image")
     rows, cols = patch_intervals(n_rows, n_cols)
+    if layout.caption_route_tokens:
+        patches, rows, cols = (np.repeat(a, 2, axis=0) for a in (patches, rows, cols))
     image_segment = _Segment(
         TokenKind.IMAGE, np.full(len(patches), layout.patch_id, np.int64), np.array([len(patches)], np.int64)
     )
