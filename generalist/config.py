@@ -184,7 +184,7 @@ class TrainConfig:
     route_norm: bool = False
     """with mask+colour, each of the two routes layer-normalized before they are summed: trained, the shape
     route's output grew to 68 times the colour route's and the colour went unread (`lang-swap-objects-s1`,
-    docs/RESULTS.md) (model.py)"""
+    docs/RESULTS.md); measured at one scale, the colour still went unread: not adopted (`lang-norm-s1`) (model.py)"""
     route_tokens: bool = False
     """with mask+colour reading the captions, each caption patch as two tokens, the shape route alone then the
     colour route alone: summed, even at equal scale (`route_norm`), a held-out pair's colour was named from its

@@ -30,7 +30,9 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   summed. Trained, the shape route's output grows far past the colour route's (mean norms 109.0 against 1.6 on
   a run that named nearly every object "white", though a linear probe of its colour route alone named the
   colour 99-100% right: docs/RESULTS.md, issue 20): the colour is in the token, too small to be read beside the
-  shape. Normalized, each route enters at the same scale whatever training does to it.
+  shape. Normalized, each route enters at the same scale whatever training does to it. Measured on seed 1: the
+  held-out pairs' colour still named from their shape, and their shape lost too (exact captions 40.5 → 24.5%):
+  not the cause, not adopted.
 - `route_tokens` gives each caption patch two tokens (the tokenizer repeats it: `TokenLayout.caption_route_tokens`),
   the first read by the shape route alone, the second by the colour route alone, both at the patch's position.
   Summed in one token, the routes were read as a pair: with `route_norm` both were linearly decodable from their
