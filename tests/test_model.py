@@ -319,7 +319,7 @@ def test_route_tokens_read_each_caption_patch_by_its_shape_then_by_its_colour(ce
     image[:16, :16][square] = (220, 45, 45)
     image[16:, 16:][circle] = (55, 95, 235)
     caption = tokenize_caption(image, TEXT.encode("a caption"), config.layout)
-    plain = tokenize_caption(image, TEXT.encode("a caption"), dataclasses.replace(CONFIG).layout)
+    plain = tokenize_caption(image, TEXT.encode("a caption"), CONFIG.layout)
     assert len(caption.patches) == 2 * len(plain.patches) == 8
     np.testing.assert_array_equal(caption.patches[::2], plain.patches)
     np.testing.assert_array_equal(caption.patches[1::2], plain.patches)
