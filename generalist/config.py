@@ -188,7 +188,8 @@ class TrainConfig:
     route_tokens: bool = False
     """with mask+colour reading the captions, each caption patch as two tokens, the shape route alone then the
     colour route alone: summed, even at equal scale (`route_norm`), a held-out pair's colour was named from its
-    shape (`lang-norm-s1`, docs/RESULTS.md) (model.py)"""
+    shape (`lang-norm-s1`, docs/RESULTS.md); measured apart, the held-out pairs' colour read (98.7%) and the shape
+    lost (16.7%): not adopted as it stands (`lang-rtok-s1`) (model.py)"""
     patch_stride: int | None = None
     """stride of the patch block's first convolution (None: the model preset's): the block reads each 16x16
     patch as a (16/stride)^2 grid, finer at a smaller stride and dearer (model.py)"""
