@@ -435,7 +435,8 @@ class PatchEncoder(nn.Module):
         if self.patch_input == "pixels":
             return self.block(patches)
         pixels = patches.float()
-        background, mask, _ = self._mask(pixels)
+        background, distance = self._distance(pixels)
+        mask = scaled_mask(distance)
         centred_mask = centred(mask)
         if self.colour is None:
             return self.block(torch.cat([patches, centred_mask.to(patches.dtype)], dim=1))
@@ -450,16 +451,16 @@ class PatchEncoder(nn.Module):
             raise ValueError(f"only patch_input='mask+colour' has its shape and colour routes apart, not "
                              f"{self.patch_input!r}")
         pixels = patches.float()
-        background, mask, peak = self._mask(pixels)
+        background, distance = self._distance(pixels)
+        mask, peak = scaled_mask(distance), distance.amax(dim=(1, 2, 3))
         shape = self._shape_route(centred(mask), patches.dtype)
         colour = self._colour_route(pixels, background, mask, patches.dtype)
         return torch.stack([shape, colour.to(shape.dtype)], dim=1), peak >= OBJECT_CONTRAST
 
-    def _mask(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        # The border colour (n, C), the foreground mask (n, 1, p, p) and its largest distance before scaling (n,).
+    def _distance(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The border colour (n, C) and each pixel's distance from the background (n, 1, p, p), before scaling.
         background = border_colour(pixels)
-        distance = foreground_distance(pixels, background, self.mask_background)
-        return background, scaled_mask(distance), distance.amax(dim=(1, 2, 3))
+        return background, foreground_distance(pixels, background, self.mask_background)
 
     def _shape_route(self, centred_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return self._scaled(self.block(centred_mask.to(dtype)))
