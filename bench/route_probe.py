@@ -34,18 +34,21 @@ def route_features(
     block: PatchEncoder, seeds: range, split: str, style: str
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per object of the scenes: both routes' outputs (n, 2, d), its colour and shape indices, held-out pair."""
-    routes, colours, shapes, held = [], [], [], []
+    patches, objects = [], []  # every scene's patches, then its objects' patch indices among them
+    colours, shapes, held = [], [], []
+    n_patches = 0
     for seed in seeds:
         scene = generate_scene(seed, split, style, 48)
-        patches, _, _ = images_to_patches(scene.image, channels=3)
-        with torch.no_grad():
-            output, _ = block.routes(torch.from_numpy(patches))
-        cells = [o.cell for o in scene.objects]
-        routes.append(output[cells].float().numpy())
+        scene_patches, _, _ = images_to_patches(scene.image, channels=3)
+        objects += [n_patches + o.cell for o in scene.objects]
+        patches.append(scene_patches)
+        n_patches += len(scene_patches)
         colours += [list(COLOURS).index(o.colour) for o in scene.objects]
         shapes += [SHAPES.index(o.shape) for o in scene.objects]
         held += [(o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects]
-    return np.concatenate(routes), np.array(colours), np.array(shapes), np.array(held)
+    with torch.no_grad():  # one block call (GroupNorm normalizes each patch alone): the same outputs but rounding
+        output, _ = block.routes(torch.from_numpy(np.concatenate(patches)))
+    return output[objects].float().numpy(), np.array(colours), np.array(shapes), np.array(held)
 
 
 def fit_probe(x: np.ndarray, y: np.ndarray, classes: int) -> Callable[[np.ndarray], np.ndarray]:
