@@ -10,7 +10,8 @@ Each object of a 48-pixel scene fills one patch (its cell). A logistic regressio
 of the objects of `--fit-scenes` textured train-split scenes (seeds 0+), Adam at 0.05 for 300 steps, L2 1e-3,
 torch seed 0; scored on the objects of `--scenes` held-out scenes per style (seeds 5,000,000+), split by pair.
 Beside them, the mean norm of each route's output on those objects: a route far smaller than the other is in the
-token but may be too faint for the transformer to read (`ModelConfig.route_norm`).
+token but may be too faint for the transformer to read (`ModelConfig.route_norm`). `--fresh` probes the block
+freshly initialized instead: what a route held before training, against what training left in it.
 """
 
 from __future__ import annotations
@@ -71,10 +72,16 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--fit-scenes", type=int, default=400)
     parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--fresh", action="store_true",
+                        help="probe the checkpoint's block freshly initialized (torch seed 0): what it held untrained")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, _ = load_model(args.checkpoint)
     block = model.embed.caption_patches or model.embed.patches
+    if args.fresh:
+        for module in block.modules():
+            if module is not block and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
     x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured")
     shape_probe, colour_probe = fit_probe(x[:, 0], shapes, len(SHAPES)), fit_probe(x[:, 1], colours, len(COLOURS))
     print("| held-out scenes | shape route -> shape: held-out / trained pairs | colour route -> colour: held-out / "
