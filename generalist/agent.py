@@ -197,6 +197,7 @@ def _loose_tokens(ids: torch.Tensor, kind: TokenKind) -> Batch:
         patch_shape_only=torch.zeros(0, dtype=torch.bool, device=ids.device),
         patch_in_episode=torch.zeros(0, dtype=torch.bool, device=ids.device),
         patch_route_swap=torch.zeros(0, dtype=torch.bool, device=ids.device),
+        patch_colour_swap=torch.zeros(0, dtype=torch.bool, device=ids.device),
     )
 
 

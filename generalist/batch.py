@@ -38,6 +38,7 @@ class Batch:
     patch_shape_only: torch.Tensor  # (N,) bool, patches read by the mask's shape alone (`drop_patch_routes`)
     patch_in_episode: torch.Tensor  # (N,) bool, patches of an episode's observation (else of a caption's image)
     patch_route_swap: torch.Tensor  # (N,) bool, one-route patches that read the other route of another object
+    patch_colour_swap: torch.Tensor  # (N,) bool, caption patches whose colour token is another object's colour
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -120,6 +121,7 @@ def collate(
         patch_shape_only=torch.zeros(len(patch_token_index), dtype=torch.bool),
         patch_in_episode=torch.from_numpy(in_episode),
         patch_route_swap=torch.zeros(len(patch_token_index), dtype=torch.bool),
+        patch_colour_swap=torch.zeros(len(patch_token_index), dtype=torch.bool),
     )
 
 
@@ -286,3 +288,27 @@ def drop_patch_routes(
     if swap:
         dropped.patch_route_swap = dropped.patch_colour_only | dropped.patch_shape_only
     return dropped, without_shape, without_colour
+
+
+def swap_colour_tokens(
+    batch: Batch, swapped_tasks: torch.Tensor, probability: float, generator: torch.Generator | None = None,
+) -> tuple[Batch, torch.Tensor]:
+    """The batch with each row whose task `swapped_tasks` (tasks,) bool marks flagged with `probability` to read
+    its caption patches' colour tokens as other objects' colours (`patch_colour_swap`); and those rows (B,) bool.
+
+    With `route_tokens` a caption patch is a shape token and a colour token. The model learns a trained pair's
+    shape from its colour token as well as from its shape token, and a held-out pair's colour token then pulls
+    its shape towards the trained pairs' (docs/RESULTS.md, `lang-rtok-nodrop`). In a flagged row each colour
+    token of a patch that holds an object carries the colour of another such patch of the batch (the model picks
+    the donors: `model.OBJECT_CONTRAST` says which hold one), so its shape token meets colours it was never drawn
+    with, held-out pairs' too, and the shape word must be read from the shape token alone. The row's colour words
+    no longer match the image: the caller gives them no loss.
+    """
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(f"the colour swap is a share of rows in [0, 1], got {probability}")
+    rows = batch.ids.shape[0]
+    chance = torch.rand(rows, generator=generator, device=batch.ids.device)
+    swapped_rows = rows_of_tasks(batch, swapped_tasks) & (chance < probability)
+    swapped = copy(batch)
+    swapped.patch_colour_swap = swapped_rows[batch.patch_batch_index] & ~batch.patch_in_episode
+    return swapped, swapped_rows

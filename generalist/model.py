@@ -500,6 +500,16 @@ def image_index(batch_index: torch.Tensor, token_index: torch.Tensor) -> tuple[t
     return image, torch.arange(len(image), device=image.device) - first[image]
 
 
+def random_cycle(members: torch.Tensor) -> torch.Tensor:
+    """(m,) bool to (m,) indices: each member to another member, along one random cycle through them all (a lone
+    member to itself), every other index to itself."""
+    donor = torch.arange(len(members), device=members.device)
+    chosen = members.nonzero(as_tuple=True)[0]
+    order = chosen[torch.randperm(len(chosen), device=members.device)]
+    donor[order] = order.roll(1)
+    return donor
+
+
 def image_means(embeddings: torch.Tensor, batch_index: torch.Tensor, token_index: torch.Tensor,
                 route: torch.Tensor | None = None) -> torch.Tensor:
     """Per patch (n, d), the mean embedding of the patches of its image (of those of its image with the same
@@ -564,7 +574,7 @@ class TokenEmbedding(nn.Module):
             rest, routed = (~one_route).nonzero(as_tuple=True)[0], one_route.nonzero(as_tuple=True)[0]
             # every patch, in order, when none is left
             content = self.one_route_content(batch.patches[routed], colour_only[routed],
-                                             batch.patch_route_swap[routed])
+                                             batch.patch_route_swap[routed], batch.patch_colour_swap[routed])
             if len(rest):
                 both = self.block_content(batch.patches[rest], batch.patch_in_episode[rest]).to(content.dtype)
                 content = torch.cat([both, content])[torch.cat([rest, routed]).argsort()]
@@ -583,23 +593,24 @@ class TokenEmbedding(nn.Module):
         second = image_index(batch.patch_batch_index, batch.patch_token_index)[1] % 2 == 1
         return colour_only | (split & second), shape_only | (split & ~second)
 
-    def one_route_content(self, patches: torch.Tensor, colour_only: torch.Tensor,
-                          route_swap: torch.Tensor) -> torch.Tensor:
+    def one_route_content(self, patches: torch.Tensor, colour_only: torch.Tensor, route_swap: torch.Tensor,
+                          colour_swap: torch.Tensor) -> torch.Tensor:
         """Caption patches (m, C, p, p) that keep one route (m, d): the colour route where `colour_only`, else the
         shape route, plus, where `route_swap` is set and the patch holds an object, the other route of another
         such patch of its kind that holds one (a random cycle through them: an object's colour meets another
-        object's shape)."""
+        object's shape). Where `colour_swap` is set on a colour-only patch that holds an object (a colour token,
+        with `route_tokens`), its colour route is another such patch's instead of its own."""
         captions = self.patches if self.caption_patches is None else self.caption_patches
         routes, holds_object = on_padded_rows(captions.routes, patches)  # (m, 2, d), (m,)
         kept = torch.where(colour_only[:, None], routes[:, 1], routes[:, 0])
         other = torch.where(colour_only[:, None], routes[:, 0], routes[:, 1])
         swapped = route_swap & holds_object
-        donor = torch.arange(len(patches), device=patches.device)
-        for kind in (colour_only, ~colour_only):
-            members = (swapped & kind).nonzero(as_tuple=True)[0]
-            order = members[torch.randperm(len(members), device=members.device)]
-            donor[order] = order.roll(1)  # a random cycle: each reads another's route (itself when alone)
-        return kept + torch.where(swapped[:, None], other[donor], torch.zeros_like(other))
+        donor = torch.where(colour_only, random_cycle(swapped & colour_only), random_cycle(swapped & ~colour_only))
+        content = kept + torch.where(swapped[:, None], other[donor], torch.zeros_like(other))
+        recoloured = colour_swap & colour_only & holds_object
+        if not bool(recoloured.any()):
+            return content
+        return torch.where(recoloured[:, None], routes[random_cycle(recoloured), 1], content)
 
     def block_content(self, patches: torch.Tensor, in_episode: torch.Tensor) -> torch.Tensor:
         """Patches (n, C, p, p) through their block (n, d): an episode's (`in_episode`) through `patches`, a

@@ -45,6 +45,7 @@ from generalist.batch import (
     drop_patch_routes,
     shuffle_action_inputs,
     shuffle_word_inputs,
+    swap_colour_tokens,
     word_weights,
 )
 from generalist.checkpoint import (
@@ -236,6 +237,10 @@ def _optimizer_step(
                     if share:  # a route never dropped has no rows to weigh
                         unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, weight), 1.0)
                         weights = unread if weights is None else weights * unread
+                if config.colour_swap:  # the swapped rows' colour words name colours their tokens do not carry
+                    inputs, recoloured = swap_colour_tokens(inputs, scene_tasks, config.colour_swap)
+                    unread = torch.where(recoloured[:, None], word_weights(batch, colour_ids, scene_tasks, 0.0), 1.0)
+                    weights = unread if weights is None else weights * unread
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([
@@ -343,6 +348,12 @@ def check_config(config: TrainConfig) -> None:
     if config.route_swap and not (config.shape_dropout or config.colour_dropout):
         raise ValueError("route_swap reads the dropped route from another patch: give shape_dropout or "
                          "colour_dropout the rows it does so in")
+    if not 0.0 <= config.colour_swap <= 1.0:
+        raise ValueError(f"colour_swap is a share of caption sequences in [0, 1], got {config.colour_swap}")
+    if config.colour_swap and not config.route_tokens:
+        raise ValueError("colour_swap swaps the caption patches' colour tokens: it needs route_tokens")
+    if config.colour_swap and (config.shape_dropout or config.colour_dropout):
+        raise ValueError("colour_swap and the route dropouts each choose rows of their own: give one or the other")
     if (config.shape_dropout or config.colour_dropout) and captions_read != "mask+colour":
         raise ValueError(f"shape_dropout and colour_dropout need the captions read as 'mask+colour' (two routes "
                          f"apart; patch_input, or caption_patch_input), got {captions_read!r}")
@@ -448,7 +459,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
                      if weight != 1.0]
     shuffled_words = [(*caption_word_inputs(mixture.tasks, tokenizer, "colour"), config.colour_shuffle)
                       ] if config.colour_shuffle else []
-    route_words = _route_words(mixture.tasks, tokenizer) if config.shape_dropout or config.colour_dropout else None
+    route_words = (_route_words(mixture.tasks, tokenizer)
+                   if config.shape_dropout or config.colour_dropout or config.colour_swap else None)
     log = None
     if where.is_main:
         config.run_dir.mkdir(parents=True, exist_ok=True)
@@ -554,7 +566,7 @@ def _route_words(
     tasks: Sequence[str], tokenizer: TextTokenizer,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Which of `tasks` are caption scenes, and the text ids of their shape, colour and size words: what
-    `drop_patch_routes`' rows leave unread."""
+    `drop_patch_routes`' and `swap_colour_tokens`' rows leave unread."""
     shape_ids, scene_tasks = caption_word_targets(tasks, tokenizer, "shape")
     colour_ids, _ = caption_word_targets(tasks, tokenizer, "colour")
     size_ids, _ = caption_word_targets(tasks, tokenizer, "size")

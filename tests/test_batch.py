@@ -11,6 +11,7 @@ from generalist.batch import (
     drop_patch_routes,
     shuffle_action_inputs,
     shuffle_word_inputs,
+    swap_colour_tokens,
     word_weights,
 )
 from generalist.tokenizers import (
@@ -282,3 +283,18 @@ def test_a_swap_flags_exactly_the_one_route_patches_of_the_same_rows_as_dropping
     one_route = swapped.patch_colour_only | swapped.patch_shape_only
     assert one_route.any() and torch.equal(swapped.patch_route_swap, one_route)
     assert not one_route[many.patch_batch_index >= 100].any()  # rows of a task not chosen keep both routes
+
+
+def test_a_colour_swap_flags_the_caption_patches_of_a_share_of_the_chosen_tasks_rows():
+    caption = tokenize_caption(np.zeros((32, 32, 3), np.uint8), np.array([9, 10]), LAYOUT)  # 4 patches
+    many = collate([caption] * 400, LAYOUT, tasks=[1] * 200 + [0] * 200)
+    assert not many.patch_colour_swap.any()  # nothing swapped unless asked
+    swapped, rows = swap_colour_tokens(many, torch.tensor([False, True]), 0.25, torch.Generator().manual_seed(0))
+    assert torch.equal(swapped.patch_colour_swap, rows[many.patch_batch_index])
+    assert not rows[200:].any() and 0.19 < rows[:200].float().mean().item() < 0.31  # the chosen task's rows only
+    assert not many.patch_colour_swap.any() and torch.equal(swapped.patches, many.patches)  # the batch unchanged
+    every, rows = swap_colour_tokens(many, torch.tensor([False, True]), 1.0)
+    assert rows[:200].all() and every.patch_colour_swap.sum() == 200 * 4
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="colour swap is a share"):
+            swap_colour_tokens(many, torch.tensor([False, True]), share)

@@ -340,6 +340,40 @@ def test_route_tokens_read_each_caption_patch_by_its_shape_then_by_its_colour(ce
     dataclasses.replace(CONFIG, patch_input="pixels", caption_patch_input="mask+colour", route_tokens=True)
 
 
+def test_a_swapped_colour_token_carries_another_objects_colour_and_the_shape_token_its_own_shape():
+    # Three images of four patches, an object in the first patch of each: with `route_tokens` and the colour swap
+    # everywhere, each object's colour token is another object's colour route, its shape token and every empty
+    # patch's tokens their own.
+    config = dataclasses.replace(CONFIG, patch_input="mask+colour", mask_background="nearest", route_tokens=True)
+    model = _model(config).eval()
+    square, circle = _square_and_circle()
+    bar = np.zeros((16, 16), bool)
+    bar[3:13, 6:10] = True
+    images = np.full((3, 32, 32, 3), 28, dtype=np.uint8)
+    for image, mask, colour in zip(images, (square, circle, bar), ((220, 45, 45), (55, 95, 235), (240, 240, 240)),
+                                   strict=True):
+        image[:16, :16][mask] = colour
+    batch = collate([tokenize_caption(image, TEXT.encode("a caption"), config.layout) for image in images],
+                    config.layout)
+    swapped = dataclasses.replace(batch, patch_colour_swap=batch.patch_batch_index >= 0)
+    with torch.no_grad():
+        routes, holds_object = model.embed.patches.routes(batch.patches[::2])  # (12, 2, d): each patch once
+        assert holds_object.tolist() == [True, False, False, False] * 3
+        torch.testing.assert_close(model.embed.patch_content(batch)[1::2], routes[:, 1], rtol=0, atol=1e-5)
+        donors = []
+        for seed in range(4):
+            torch.manual_seed(seed)
+            content = model.embed.patch_content(swapped)
+            torch.testing.assert_close(content[::2], routes[:, 0], rtol=0, atol=1e-5)  # every shape token its own
+            colour = content[1::2]
+            torch.testing.assert_close(colour[~holds_object], routes[~holds_object, 1], rtol=0, atol=1e-5)
+            for patch in (0, 4, 8):
+                matches = [d for d in (0, 4, 8) if torch.allclose(colour[patch], routes[d, 1], atol=1e-5)]
+                assert len(matches) == 1 and matches[0] != patch
+                donors.append(matches[0])
+        assert set(donors) == {0, 4, 8}  # every object gives
+
+
 def test_image_index_gives_each_patch_its_image_and_place():
     rows = torch.tensor([0, 0, 0, 0, 1, 1, 1])
     tokens = torch.tensor([1, 2, 3, 9, 0, 1, 2])

@@ -428,6 +428,31 @@ def test_shape_dropout_reads_scene_rows_by_colour_alone_and_weighs_their_shape_w
 
 
 @pytest.mark.slow
+def test_a_colour_swap_recolours_the_scene_rows_tokens_and_leaves_their_colour_words_unscored(tmp_path, monkeypatch):
+    _, taken = _watch_route_dropout(monkeypatch)
+    base = replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", route_tokens=True, batch_size=4)
+    train(replace(base, run_dir=tmp_path / "swapped", colour_swap=1.0))
+    (batch, weights), = taken
+    scene_rows = (batch.kinds == TokenKind.IMAGE).any(dim=1)
+    assert scene_rows.any() and torch.equal(batch.patch_colour_swap, scene_rows[batch.patch_batch_index])
+    tokenizer = TextTokenizer.default()
+    colour_ids, _ = caption_word_targets(["scenes"], tokenizer, "colour")
+    shape_ids, _ = caption_word_targets(["scenes"], tokenizer, "shape")
+    unread = batch.loss_mask & torch.isin(batch.targets, colour_ids) & scene_rows[:, None]
+    assert unread.any() and (weights[unread] == 0).all() and (weights[~unread] == 1).all()
+    read = batch.loss_mask & torch.isin(batch.targets, shape_ids)
+    assert read.any()  # the shape words scored: the shape token must name them
+    train(replace(base, run_dir=tmp_path / "plain"))
+    batch, weights = taken[-1]
+    assert not batch.patch_colour_swap.any() and weights is None
+    for bad, match in (({"colour_swap": 1.5}, "colour_swap is a share"),
+                       ({"colour_swap": 0.5, "route_tokens": False}, "it needs route_tokens"),
+                       ({"colour_swap": 0.5, "shape_dropout": 0.25}, "one or the other")):
+        with pytest.raises(ValueError, match=match):
+            train(replace(base, run_dir=tmp_path / "bad", **bad))
+
+
+@pytest.mark.slow
 def test_colour_dropout_reads_scene_rows_by_shape_alone_and_gives_their_colour_words_no_loss(tmp_path, monkeypatch):
     seen, taken = _watch_route_dropout(monkeypatch)
     train(replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", batch_size=4,
