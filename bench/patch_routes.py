@@ -86,5 +86,6 @@ def main() -> None:
 
             print(f"| {name} | {median_seconds(step, args.repeats, warmup=2) * 1e3:.0f} |", flush=True)
 
+
 if __name__ == "__main__":
     main()
