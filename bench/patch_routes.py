@@ -40,7 +40,7 @@ def cases(batch: Batch) -> dict[str, Batch]:
     colour_only = quarter_of_rows(batch)
     found = {"no row dropped": batch,
              "a quarter of the rows by the colour route": dataclasses.replace(batch, patch_colour_only=colour_only)}
-    if "patch_route_swap" in _flags(batch):
+    if "patch_route_swap" in _field_names(batch):
         found["the same rows, routes swapped"] = dataclasses.replace(
             batch, patch_colour_only=colour_only, patch_route_swap=colour_only)
     return found
@@ -49,7 +49,7 @@ def cases(batch: Batch) -> dict[str, Batch]:
 def route_token_cases(batch: Batch) -> dict[str, Batch]:
     """Two tokens a patch: the batch as it is, and with a quarter of its rows' colour tokens swapped."""
     found = {"two tokens a patch": batch}
-    if "patch_colour_swap" in _flags(batch):
+    if "patch_colour_swap" in _field_names(batch):
         found["two tokens, a quarter of the rows' colour tokens swapped"] = dataclasses.replace(
             batch, patch_colour_swap=quarter_of_rows(batch))
     return found
@@ -60,8 +60,8 @@ def quarter_of_rows(batch: Batch) -> torch.Tensor:
     return (torch.arange(batch.ids.shape[0]) % 4 == 0)[batch.patch_batch_index]
 
 
-def _flags(batch: Batch) -> set[str]:
-    return {f.name for f in dataclasses.fields(batch)}
+def _field_names(instance: object) -> set[str]:
+    return {f.name for f in dataclasses.fields(instance)}
 
 
 def main() -> None:
@@ -74,7 +74,7 @@ def main() -> None:
     settings = {"patch_input": "mask+colour", "mask_background": "nearest", "centre_patches": True}
     config = preset("tiny", **settings)
     readings = [(Generalist(config).train(), caption_batch(args.images, config.layout), cases)]
-    if "route_tokens" in {f.name for f in dataclasses.fields(config)}:
+    if "route_tokens" in _field_names(config):
         two = preset("tiny", **settings, route_tokens=True)
         readings.append((Generalist(two).train(), caption_batch(args.images, two.layout), route_token_cases))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(readings[0][1].patches)} patches")

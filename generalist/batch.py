@@ -307,6 +307,8 @@ def swap_colour_tokens(
     if not 0.0 <= probability <= 1.0:
         raise ValueError(f"the colour swap is a share of rows in [0, 1], got {probability}")
     rows = batch.ids.shape[0]
+    if probability == 0:  # no draw: the random stream of a run without the swap stays as it was
+        return batch, torch.zeros(rows, dtype=torch.bool, device=batch.ids.device)
     chance = torch.rand(rows, generator=generator, device=batch.ids.device)
     swapped_rows = rows_of_tasks(batch, swapped_tasks) & (chance < probability)
     swapped = copy(batch)

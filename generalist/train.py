@@ -228,19 +228,18 @@ def _optimizer_step(
                 scene_tasks, shape_ids, colour_ids, size_ids = route_words
                 inputs, without_shape, without_colour = drop_patch_routes(
                     inputs, scene_tasks, config.shape_dropout, config.colour_dropout, None, config.route_swap)
+                inputs, recoloured = swap_colour_tokens(inputs, scene_tasks, config.colour_swap)
                 for share, rows, word_ids, weight in (
                     (config.shape_dropout, without_shape, shape_ids, config.dropped_shape_weight),
                     (config.colour_dropout, without_colour, colour_ids, 0.0),
                     # a swapped shape route is another object's mask: its size too
                     (config.shape_dropout if config.route_swap else 0.0, without_shape, size_ids, 0.0),
+                    # the recoloured rows' colour words name colours their tokens do not carry
+                    (config.colour_swap, recoloured, colour_ids, 0.0),
                 ):
-                    if share:  # a route never dropped has no rows to weigh
+                    if share:  # a route never dropped or swapped has no rows to weigh
                         unread = torch.where(rows[:, None], word_weights(batch, word_ids, scene_tasks, weight), 1.0)
                         weights = unread if weights is None else weights * unread
-                if config.colour_swap:  # the swapped rows' colour words name colours their tokens do not carry
-                    inputs, recoloured = swap_colour_tokens(inputs, scene_tasks, config.colour_swap)
-                    unread = torch.where(recoloured[:, None], word_weights(batch, colour_ids, scene_tasks, 0.0), 1.0)
-                    weights = unread if weights is None else weights * unread
             output = wrapped(inputs, batch.targets, weights, config.action_sigma)
             (output.loss / config.accumulation).backward()
         totals += torch.tensor([

@@ -293,6 +293,8 @@ def test_a_colour_swap_flags_the_caption_patches_of_a_share_of_the_chosen_tasks_
     assert torch.equal(swapped.patch_colour_swap, rows[many.patch_batch_index])
     assert not rows[200:].any() and 0.19 < rows[:200].float().mean().item() < 0.31  # the chosen task's rows only
     assert not many.patch_colour_swap.any() and torch.equal(swapped.patches, many.patches)  # the batch unchanged
+    none, rows = swap_colour_tokens(many, torch.tensor([False, True]), 0.0)
+    assert not rows.any() and not none.patch_colour_swap.any()
     every, rows = swap_colour_tokens(many, torch.tensor([False, True]), 1.0)
     assert rows[:200].all() and every.patch_colour_swap.sum() == 200 * 4
     for share in (-0.1, 1.5):
