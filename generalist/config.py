@@ -282,6 +282,13 @@ class TrainConfig:
     held-out pairs' shapes named as a trained pair's, 86.1% against 97.8%: `lang-rtok-nodrop`, docs/RESULTS.md).
     Measured at 0.25 (`lang-cswap`): every shape held back, at chance halfway, since a caption's colour word finds
     its object by the colour token; at the end exact captions 79.5 -> 64.0%: not in the preset"""
+    colour_recombine: float = 0.0
+    """with `route_tokens` and 48-pixel scenes, share of the caption scenes whose colour tokens read other objects'
+    patches (a random permutation of the scene's colours among its objects), each object then captioned with the
+    colour its token shows (`scenes.recolour_objects`): every shape token meets every colour token, the held-out
+    pairs' too, in captions that agree with them, while no image draws a held-out pair (they are held out of the
+    images, as `scene_text` holds them out of no text). Against `colour_swap`, which left the colour words as
+    drawn and unscored them, and lost the shapes (`lang-cswap`)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

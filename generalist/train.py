@@ -351,6 +351,13 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"colour_swap is a share of caption sequences in [0, 1], got {config.colour_swap}")
     if config.colour_swap and not config.route_tokens:
         raise ValueError("colour_swap swaps the caption patches' colour tokens: it needs route_tokens")
+    if not 0.0 <= config.colour_recombine <= 1.0:
+        raise ValueError(f"colour_recombine is a share of caption scenes in [0, 1], got {config.colour_recombine}")
+    if config.colour_recombine and not (config.route_tokens and config.scene_size == 48):
+        raise ValueError("colour_recombine moves colour tokens between a scene's objects: it needs route_tokens and "
+                         f"48-pixel scenes (one cell a patch), got scene_size {config.scene_size}")
+    if config.colour_recombine and config.colour_swap:
+        raise ValueError("colour_recombine and colour_swap each move colour tokens: give one or the other")
     if config.colour_swap and (config.shape_dropout or config.colour_dropout):
         raise ValueError("colour_swap and the route dropouts each choose rows of their own: give one or the other")
     if (config.shape_dropout or config.colour_dropout) and captions_read != "mask+colour":
@@ -445,7 +452,7 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
     sources = build_sources(list(config.weights), config.data_dir, layout, tokenizer, config.prompt_probability,
                             learner_data_dir=config.learner_data_dir, learner_share=config.learner_share,
                             learner_reads_executed=not config.learner_reads_labels, scene_size=config.scene_size,
-                            caption_order=config.caption_order)
+                            caption_order=config.caption_order, colour_recombine=config.colour_recombine)
     mixture = Mixture(
         sources,
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),

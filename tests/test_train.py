@@ -579,3 +579,30 @@ def test_a_run_trains_with_a_text_tokenizer_of_its_own_and_keeps_it(tmp_path):
     assert tokenizer.vocab_size == 700 != TextTokenizer.default().vocab_size
     assert model.config.text_vocab_size == 700
     assert tokenizer.encode("hello there").tolist() == TextTokenizer.load(path).encode("hello there").tolist()
+
+
+@pytest.mark.parametrize(("settings", "match"), [
+    ({"colour_recombine": 1.5}, "colour_recombine is a share"),
+    ({"colour_recombine": 0.5, "route_tokens": False}, "needs route_tokens and 48-pixel scenes"),
+    ({"colour_recombine": 0.5, "scene_size": 64}, "got scene_size 64"),
+    ({"colour_recombine": 0.5, "colour_swap": 0.25}, "one or the other"),
+])
+def test_colour_recombination_settings_that_cannot_hold_are_refused(settings, match):
+    base = replace(TINY, patch_input="mask+colour", route_tokens=True, scene_size=48)
+    train_module.check_config(replace(base, colour_recombine=0.5))  # the setting as meant
+    with pytest.raises(ValueError, match=match):
+        train_module.check_config(replace(base, **settings))
+
+
+@pytest.mark.slow
+def test_recombined_scenes_train_a_step_with_colour_tokens_read_from_other_patches(tmp_path, monkeypatch):
+    _, taken = _watch_route_dropout(monkeypatch)
+    base = replace(TINY, steps=1, checkpoint_every=1, patch_input="mask+colour", route_tokens=True, scene_size=48,
+                   weights={"textured_scenes": 1.0}, batch_size=8)
+    train(replace(base, run_dir=tmp_path / "recombined", colour_recombine=1.0))
+    train(replace(base, run_dir=tmp_path / "plain"))
+    (recombined, weights), (plain, _) = taken
+    moved = (recombined.patches[1::2] != recombined.patches[0::2]).flatten(1).any(1)  # (patches,)
+    assert moved.any() and not moved.all()  # some colour tokens read another object's patch; empty ones their own
+    assert torch.equal(plain.patches[1::2], plain.patches[0::2])  # without it, every token its own patch
+    assert weights is None  # the captions name what the tokens show: every word scored

@@ -39,10 +39,13 @@ from generalist.datasets.minari_source import MinariEpisodes
 from generalist.datasets.scenes import (
     CELL_PHRASES,
     COLOURS,
+    GRID,
     IMAGE_SIZE,
     SHAPES,
     SIZES,
+    caption_of,
     generate_scene,
+    recolour_objects,
     text_only_caption,
 )
 from generalist.datasets.storage import EpisodeDataset
@@ -264,12 +267,32 @@ class SceneCaptionSource:
     style: str = "plain"  # `scenes.STYLES`: plain is the dark background only; varied, textured and gray vary it
     size: int = IMAGE_SIZE  # pixels per side (`SCENE_SIZES`)
     order: str = "colour-first"  # the captions' word order (`scenes.CAPTION_ORDERS`)
+    # Share of scenes whose colour tokens read other objects' patches, captioned with those colours
+    # (`scenes.recolour_objects`); 48-pixel scenes (one cell a patch) and two tokens a patch only.
+    colour_recombine: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.colour_recombine <= 1.0:
+            raise ValueError(f"colour_recombine is a share of scenes in [0, 1], got {self.colour_recombine}")
+        if self.colour_recombine and not (self.layout.caption_route_tokens and self.size == 48):
+            raise ValueError("colour_recombine moves colour tokens between the objects' patches: it needs two tokens "
+                             f"a caption patch (route_tokens) and 48-pixel scenes, one cell a patch (got {self.size})")
+        if self.colour_recombine and self.style == "gray":
+            raise ValueError("colour_recombine: gray scenes' captions name no colour")
 
     def sample(self, rng: np.random.Generator, shard: Shard, max_tokens: int) -> TokenizedSequence:
         """One scene: its patches, then its caption and end-of-sequence."""
         seed = int(rng.integers(2**40)) * shard.count + shard.index
         scene = generate_scene(seed, "train", self.style, self.size, self.order)
-        return _caption_sequence(scene.image, scene.caption, self.tokenizer, self.layout, max_tokens)
+        caption, colour_from = scene.caption, None
+        if self.colour_recombine and rng.random() < self.colour_recombine:  # no draw at 0: the stream unchanged
+            moved = recolour_objects(scene.objects, rng)
+            if moved is not None:
+                objects, source = moved
+                caption = caption_of(objects, order=self.order)
+                colour_from = np.arange(GRID * GRID)  # one patch a cell, in raster order
+                colour_from[[obj.cell for obj in objects]] = [objects[k].cell for k in source]
+        return _caption_sequence(scene.image, caption, self.tokenizer, self.layout, max_tokens, colour_from)
 
 
 @dataclass
@@ -311,10 +334,11 @@ class CaptionListSource:
 
 
 def _caption_sequence(
-    image: np.ndarray, caption: str, tokenizer: TextTokenizer, layout: TokenLayout, max_tokens: int
+    image: np.ndarray, caption: str, tokenizer: TextTokenizer, layout: TokenLayout, max_tokens: int,
+    colour_from: np.ndarray | None = None,
 ) -> TokenizedSequence:
     ids = np.append(tokenizer.encode(caption), tokenizer.eos_id)
-    sequence = tokenize_caption(image, ids, layout)
+    sequence = tokenize_caption(image, ids, layout, colour_from=colour_from)
     if len(sequence) > max_tokens:
         raise ValueError(f"a caption sequence of {len(sequence)} tokens does not fit the length {max_tokens}")
     return sequence
@@ -579,13 +603,15 @@ def build_sources(
     learner_reads_executed: bool = True,
     scene_size: int = IMAGE_SIZE,
     caption_order: str = "colour-first",
+    colour_recombine: float = 0.0,
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
     A control task also recorded under `learner_data_dir` (driven by a trained agent, labelled by the expert:
     `learner_recordings`) draws `learner_share` of its windows from all those recordings together; those windows
     read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels. Caption
-    scenes are drawn `scene_size` pixels square and captioned in `caption_order`.
+    scenes are drawn `scene_size` pixels square and captioned in `caption_order`, a share `colour_recombine` of
+    them with their colours moved between their objects (`SceneCaptionSource`).
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
@@ -593,7 +619,7 @@ def build_sources(
     for task in tasks:
         if task in SCENE_TASK_STYLES:
             sources[task] = SceneCaptionSource(tokenizer, layout, style=SCENE_TASK_STYLES[task], size=scene_size,
-                                               order=caption_order)
+                                               order=caption_order, colour_recombine=colour_recombine)
         elif task == "scene_text":
             sources[task] = SceneTextSource(tokenizer, layout)
         elif task == "emoji":

@@ -463,18 +463,38 @@ def tokenize_text(ids: npt.ArrayLike, layout: TokenLayout) -> TokenizedSequence:
     return _from_segments(1, [segment], patches, episodic=False)
 
 
+def _patch_sources(colour_from: npt.ArrayLike | None, n_patches: int) -> np.ndarray:
+    """`colour_from` checked as one patch index (0..n-1) per patch; every patch its own when None."""
+    if colour_from is None:
+        return np.arange(n_patches)
+    sources = np.asarray(colour_from)
+    if sources.shape != (n_patches,) or not np.issubdtype(sources.dtype, np.integer):
+        raise ValueError(f"colour_from: expected {n_patches} integer patch indices, got {sources.dtype} "
+                         f"{sources.shape}")
+    if sources.size and (sources.min() < 0 or sources.max() >= n_patches):
+        raise ValueError(f"colour_from: patch indices must lie in 0..{n_patches - 1}")
+    return sources
+
+
 def tokenize_caption(
-    image: npt.ArrayLike, caption_ids: npt.ArrayLike, layout: TokenLayout, image_channels: int | None = None
+    image: npt.ArrayLike, caption_ids: npt.ArrayLike, layout: TokenLayout, image_channels: int | None = None,
+    colour_from: npt.ArrayLike | None = None,
 ) -> TokenizedSequence:
     """An image's patches then its caption's text ids (loss on the caption only); each patch twice in a row with
-    `layout.caption_route_tokens` (the model reads one route at each)."""
+    `layout.caption_route_tokens` (the model reads one route at each, the shape's then the colour's), the second
+    the pixels of the patch `colour_from` names (raster order; default its own: a scene's colours moved between
+    its objects, `scenes.recolour_objects`)."""
     image_channels = image_channels or layout.image_channels
     patches, n_rows, n_cols = images_to_patches(image, image_channels, name="caption image")
     if patches.ndim != 4:
         raise ValueError(f"caption image: expected one (H, W, {image_channels}) image")
     rows, cols = patch_intervals(n_rows, n_cols)
     if layout.caption_route_tokens:
-        patches, rows, cols = (np.repeat(a, 2, axis=0) for a in (patches, rows, cols))
+        colour_patches = patches[_patch_sources(colour_from, len(patches))]
+        patches = np.stack([patches, colour_patches], axis=1).reshape(-1, *patches.shape[1:])
+        rows, cols = np.repeat(rows, 2, axis=0), np.repeat(cols, 2, axis=0)
+    elif colour_from is not None:
+        raise ValueError("colour_from names the patches colour tokens read: it needs layout.caption_route_tokens")
     image_segment = _Segment(
         TokenKind.IMAGE, np.full(len(patches), layout.patch_id, np.int64), np.array([len(patches)], np.int64)
     )

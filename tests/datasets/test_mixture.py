@@ -297,3 +297,43 @@ def test_caption_word_inputs_are_the_colour_words_when_each_is_one_piece_and_ref
     assert sorted(ids.tolist()) == sorted(int(whole.encode(f"a {colour}")[1]) for colour in COLOURS)
     with pytest.raises(ValueError, match="yellow"):  # the shipped tokenizer splits "yellow" and "purple"
         caption_word_inputs(["scenes"], TOKENIZER, "colour")
+
+
+def test_recombined_scenes_caption_the_colours_their_colour_tokens_read():
+    layout = TokenLayout(TOKENIZER.vocab_size, caption_route_tokens=True)
+    plain = SceneCaptionSource(TOKENIZER, layout, style="textured", size=48)
+    moved = SceneCaptionSource(TOKENIZER, layout, style="textured", size=48, colour_recombine=1.0)
+    shard = Shard(0, 1)
+    recoloured = 0
+    for seed in range(40):
+        before = plain.sample(np.random.default_rng(seed), shard, 512)
+        after = moved.sample(np.random.default_rng(seed), shard, 512)  # the same scene: its seed is drawn first
+        np.testing.assert_array_equal(after.patches[0::2], before.patches[0::2])  # the shape tokens' pixels
+        said_before = parse_caption(TOKENIZER.decode(before.ids[before.kinds == TokenKind.TEXT][:-1]))
+        said_after = parse_caption(TOKENIZER.decode(after.ids[after.kinds == TokenKind.TEXT][:-1]))
+        assert [(o.size, o.shape, o.cell) for o in said_after] == [(o.size, o.shape, o.cell) for o in said_before]
+        if said_after == said_before:
+            assert len({o.colour for o in said_before}) == 1  # one colour: nothing to move
+            np.testing.assert_array_equal(after.patches, before.patches)
+            continue
+        recoloured += 1
+        colour_patches = before.patches[0::2]
+        for obj in said_after:  # its colour token reads the patch of the object whose colour its caption names
+            donor = [o.cell for o in said_before if o.colour == obj.colour]
+            assert any(np.array_equal(after.patches[2 * obj.cell + 1], colour_patches[cell]) for cell in donor)
+    assert recoloured > 10
+    assert plain.sample(np.random.default_rng(0), shard, 512).ids.tolist() == SceneCaptionSource(
+        TOKENIZER, layout, style="textured", size=48, colour_recombine=0.0).sample(
+        np.random.default_rng(0), shard, 512).ids.tolist()
+
+
+@pytest.mark.parametrize(("route_tokens", "kwargs", "match"), [
+    (True, {"colour_recombine": 1.5, "size": 48}, "share of scenes"),
+    (True, {"colour_recombine": 0.5, "size": 64}, "48-pixel scenes"),
+    (False, {"colour_recombine": 0.5, "size": 48}, "two tokens"),
+    (True, {"colour_recombine": 0.5, "size": 48, "style": "gray"}, "name no colour"),
+])
+def test_bad_colour_recombination_is_refused(route_tokens, kwargs, match):
+    layout = TokenLayout(TOKENIZER.vocab_size, caption_route_tokens=route_tokens)
+    with pytest.raises(ValueError, match=match):
+        SceneCaptionSource(TOKENIZER, layout, **kwargs)

@@ -14,6 +14,7 @@ from generalist.datasets.scenes import (
     generate_scene,
     grammar_sentences,
     parse_caption,
+    recolour_objects,
     text_only_caption,
 )
 
@@ -136,3 +137,24 @@ def test_shape_first_captions_draw_the_same_image_and_parse_to_the_same_objects(
     assert parse_caption(mixed) is None
     with pytest.raises(ValueError, match="caption order"):
         generate_scene(0, order="colour-last")
+
+
+def test_recoloured_objects_keep_all_but_their_colours_which_come_from_one_another():
+    rng = np.random.default_rng(0)
+    pairs = set()
+    moved = 0
+    for seed in range(200):
+        objects = generate_scene(seed, "train", "textured", 48).objects
+        result = recolour_objects(objects, rng)
+        if len({o.colour for o in objects}) < 2:
+            assert result is None  # nothing to move
+            continue
+        recoloured, source = result
+        moved += 1
+        assert sorted(source.tolist()) == list(range(len(objects)))  # a permutation of the objects
+        assert [o.colour for o in recoloured] == [objects[k].colour for k in source]
+        assert any(new.colour != old.colour for new, old in zip(recoloured, objects, strict=True))
+        for new, old in zip(recoloured, objects, strict=True):
+            assert (new.shape, new.size, new.cell, new.centre) == (old.shape, old.size, old.cell, old.centre)
+        pairs |= {(o.colour, o.shape) for o in recoloured}
+    assert moved > 50 and pairs & HELD_OUT_PAIRS  # the tokens meet held-out pairs; no image draws one

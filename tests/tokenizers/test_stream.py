@@ -181,6 +181,27 @@ def test_caption_is_patches_then_text_with_loss_on_text():
     assert len(seq.timestep_starts()) == 0
 
 
+def test_two_tokens_a_caption_patch_read_its_pixels_then_the_pixels_colour_from_names():
+    image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)  # four patches, each different
+    caption = TEXT.encode("a red circle")
+    layout = TokenLayout(TEXT.vocab_size, caption_route_tokens=True)
+    own = tokenize_caption(image, caption, layout)
+    assert own.kinds.tolist() == [K.IMAGE] * 8 + [K.TEXT] * len(caption)
+    np.testing.assert_array_equal(own.patches[0::2], own.patches[1::2])  # each patch twice
+    moved = tokenize_caption(image, caption, layout, colour_from=[2, 1, 0, 3])
+    np.testing.assert_array_equal(moved.patches[0::2], own.patches[0::2])  # the shape tokens keep their own
+    np.testing.assert_array_equal(moved.patches[1::2], own.patches[0::2][[2, 1, 0, 3]])
+    np.testing.assert_array_equal(moved.patch_rows, own.patch_rows)  # every token stays at its patch's place
+    np.testing.assert_array_equal(tokenize_caption(image, caption, layout, colour_from=np.arange(4)).patches,
+                                  own.patches)
+    for bad, match in (([0, 1, 2], "4 integer patch indices"), ([0, 1, 2, 4], r"lie in 0\.\.3"),
+                       ([0.0, 1.0, 2.0, 3.0], "integer patch indices")):
+        with pytest.raises(ValueError, match=match):
+            tokenize_caption(image, caption, layout, colour_from=bad)
+    with pytest.raises(ValueError, match="needs layout.caption_route_tokens"):
+        tokenize_caption(image, caption, LAYOUT, colour_from=[0, 1, 2, 3])
+
+
 def test_slice_keeps_the_patches_inside_it():
     episode = _random_episode(np.random.default_rng(2), n_steps=4, n_cont=2, n_disc=0, image=True)
     seq = tokenize_episode(episode, np.zeros(4, int), DISCRETE_6, LAYOUT)

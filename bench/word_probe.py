@@ -1,0 +1,123 @@
+"""A teacher-forced probe of a captioner's colour and shape words: read with the true caption before each word, is
+the word right, and does the shape still come out right when the colour word before it is another colour?
+
+Run from the repository root: `python -m bench.word_probe CHECKPOINT` (a run directory or a checkpoint of a
+model trained on colour-first scene captions). A probe, not a timing. It tells a shape lost to the caption's
+language (the colour word decides it: right after the object's own colour word, wrong after "purple", which
+training pairs with every shape) from a shape lost in the image's reading (the same after either word).
+docs/RESULTS.md, issue 20.
+
+Each of `--scenes` plain held-out 48-pixel scenes (seeds 5,000,000+) is read once with its true caption and once
+with every colour word of its caption's input replaced by `--other` ("white" for the objects of that colour);
+at each colour and shape word the model's most likely word among that attribute's words is scored, per object,
+split by held-out and trained colour-shape pair. Wrong shapes of held-out pairs are counted by the shape said.
+
+`--mask` reads the same checkpoint with its image tokens' attention cut at evaluation (the model was not trained
+so): "colour-alone", each patch's colour token sees only itself, so it cannot carry its own patch's shape to the
+caption; "patches-alone", every image token sees only itself. If the held-out pairs' shapes rise when the colour
+token is cut off, the caption read the shape through it, mixed with the colour.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import numpy as np
+import torch
+
+import generalist.model
+from generalist.batch import collate
+from generalist.checkpoint import load_model
+from generalist.datasets.scenes import COLOURS, HELD_OUT_PAIRS, SHAPES, generate_scene
+from generalist.model import padded_size
+from generalist.tokenizers.stream import tokenize_caption
+
+EVAL_SEED = 5_000_000
+
+
+def word_ids(tokenizer, words) -> np.ndarray:
+    """Each word's id as the caption's one piece for it (" red" after a space); a ValueError if it splits."""
+    ids = [tokenizer.encode(f"a {word}")[1:] for word in words]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"each of {tuple(words)} must be one piece of the text model")
+    return np.array([int(i[0]) for i in ids])
+
+
+class _MaskedAttention:
+    """`torch.nn.functional` with `scaled_dot_product_attention` given a fixed mask instead of a causal one."""
+
+    def __init__(self, mask: torch.Tensor) -> None:
+        self.mask = mask
+
+    def __getattr__(self, name: str):
+        return getattr(torch.nn.functional, name)
+
+    def scaled_dot_product_attention(self, q, k, v, is_causal=False, dropout_p=0.0, attn_mask=None):
+        mask = self.mask[: q.shape[2], : k.shape[2]]
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def image_mask(n_tokens: int, n_image: int, mode: str) -> torch.Tensor:
+    """A (t, t) boolean attention mask: causal, with the image tokens (the first `n_image`, two a patch) cut."""
+    mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
+    alone = torch.arange(n_image)
+    if mode == "colour-alone":
+        alone = alone[1::2]
+    if mode != "causal":
+        mask[alone] = False
+        mask[alone, alone] = True
+    return mask
+
+
+def main() -> None:
+    """Print the colour and shape words' teacher-forced accuracy by pair, with the true and another colour word."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--other", default="purple", choices=list(COLOURS))
+    parser.add_argument("--mask", default="causal", choices=("causal", "colour-alone", "patches-alone"))
+    args = parser.parse_args()
+    model, tokenizer = load_model(args.checkpoint)
+    model.eval()
+    if args.mask != "causal" and not model.config.layout.caption_route_tokens:
+        raise ValueError("--mask needs a model with two tokens a caption patch (route_tokens)")
+    layout = model.config.layout
+    colour_ids, shape_ids = word_ids(tokenizer, COLOURS), word_ids(tokenizer, SHAPES)
+    stand_in = {c: args.other if c != args.other else "white" for c in COLOURS}
+    right = {(mode, pair): np.zeros(3, int) for mode in ("own", "other") for pair in ("held-out", "trained")}
+    said_instead: Counter[str] = Counter()
+    for seed in range(EVAL_SEED, EVAL_SEED + args.scenes):
+        scene = generate_scene(seed, "heldout", "plain", 48)
+        for mode in ("own", "other"):
+            ids = np.append(tokenizer.encode(scene.caption), tokenizer.eos_id)
+            colour_at = np.flatnonzero(np.isin(ids, colour_ids))
+            shape_at = np.flatnonzero(np.isin(ids, shape_ids))
+            if len(colour_at) != len(scene.objects) or len(shape_at) != len(scene.objects):
+                raise ValueError(f"scene {seed}: caption {scene.caption!r} does not give one word per object")
+            if mode == "other":
+                ids[colour_at] = [colour_ids[list(COLOURS).index(stand_in[o.colour])] for o in scene.objects]
+            sequence = tokenize_caption(scene.image, ids, layout)
+            text_start = len(sequence) - len(ids)
+            generalist.model.F = _MaskedAttention(image_mask(padded_size(len(sequence)), text_start, args.mask))
+            with torch.no_grad():
+                logits = model.logits(collate([sequence], layout))[0].float()
+            generalist.model.F = torch.nn.functional
+            colour_said = logits[text_start + colour_at - 1][:, colour_ids].argmax(1).numpy()
+            shape_said = logits[text_start + shape_at - 1][:, shape_ids].argmax(1).numpy()
+            for k, obj in enumerate(scene.objects):
+                pair = "held-out" if (obj.colour, obj.shape) in HELD_OUT_PAIRS else "trained"
+                shape_right = SHAPES[shape_said[k]] == obj.shape
+                right[mode, pair] += (list(COLOURS)[colour_said[k]] == obj.colour, shape_right, 1)
+                if mode == "own" and pair == "held-out" and not shape_right:
+                    said_instead[f"{obj.colour} {obj.shape} -> {SHAPES[shape_said[k]]}"] += 1
+    print("| colour words in the input | pair | objects | colour right | shape right |\n"
+          "| --- | --- | ---: | ---: | ---: |")
+    for (mode, pair), (colour, shape, n) in right.items():
+        words = "own" if mode == "own" else f"{args.other} (white for {args.other})"
+        print(f"| {words} | {pair} | {n} | {colour / n:.1%} | {shape / n:.1%} |")
+    print("held-out pairs' wrong shapes, own colour word:", dict(said_instead.most_common()))
+
+
+if __name__ == "__main__":
+    main()
