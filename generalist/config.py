@@ -286,9 +286,9 @@ class TrainConfig:
     """with `route_tokens` and 48-pixel scenes, share of the caption scenes whose colour tokens read other objects'
     patches (a random permutation of the scene's colours among its objects), each object then captioned with the
     colour its token shows (`scenes.recolour_objects`): every shape token meets every colour token, the held-out
-    pairs' too, in captions that agree with them, while no image draws a held-out pair (they are held out of the
-    images, as `scene_text` holds them out of no text). Against `colour_swap`, which left the colour words as
-    drawn and unscored them, and lost the shapes (`lang-cswap`)"""
+    pairs' too, in captions that agree with them, while no image draws a held-out pair (held out of the images,
+    not of the captions' words, as with `scene_text`). Unlike `colour_swap`, which left the colour words as drawn
+    and unscored them, and lost the shapes (`lang-cswap`)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

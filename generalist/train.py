@@ -351,11 +351,7 @@ def check_config(config: TrainConfig) -> None:
         raise ValueError(f"colour_swap is a share of caption sequences in [0, 1], got {config.colour_swap}")
     if config.colour_swap and not config.route_tokens:
         raise ValueError("colour_swap swaps the caption patches' colour tokens: it needs route_tokens")
-    if not 0.0 <= config.colour_recombine <= 1.0:
-        raise ValueError(f"colour_recombine is a share of caption scenes in [0, 1], got {config.colour_recombine}")
-    if config.colour_recombine and not (config.route_tokens and config.scene_size == 48):
-        raise ValueError("colour_recombine moves colour tokens between a scene's objects: it needs route_tokens and "
-                         f"48-pixel scenes (one cell a patch), got scene_size {config.scene_size}")
+    # colour_recombine's share, scene size and route tokens: `SceneCaptionSource` refuses what it cannot draw.
     if config.colour_recombine and config.colour_swap:
         raise ValueError("colour_recombine and colour_swap each move colour tokens: give one or the other")
     if config.colour_swap and (config.shape_dropout or config.colour_dropout):
