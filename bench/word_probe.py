@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--other", default="purple", choices=list(COLOURS))
+    parser.add_argument("--batch", type=int, default=50, help="scenes read in one forward")
     parser.add_argument("--mask", default="causal", choices=("causal", "colour-alone", "patches-alone"))
     args = parser.parse_args()
     model, tokenizer = load_model(args.checkpoint)
@@ -87,30 +88,37 @@ def main() -> None:
     stand_in = {c: args.other if c != args.other else "white" for c in COLOURS}
     right = {(mode, pair): np.zeros(3, int) for mode in ("own", "other") for pair in ("held-out", "trained")}
     said_instead: Counter[str] = Counter()
-    for seed in range(EVAL_SEED, EVAL_SEED + args.scenes):
-        scene = generate_scene(seed, "heldout", "plain", 48)
+    for first in range(EVAL_SEED, EVAL_SEED + args.scenes, args.batch):
+        scenes = [generate_scene(seed, "heldout", "plain", 48) for seed in range(first, min(first + args.batch,
+                                                                                             EVAL_SEED + args.scenes))]
+        captions = [np.append(tokenizer.encode(scene.caption), tokenizer.eos_id) for scene in scenes]
+        colour_at = [np.flatnonzero(np.isin(ids, colour_ids)) for ids in captions]
+        shape_at = [np.flatnonzero(np.isin(ids, shape_ids)) for ids in captions]
+        for scene, colours, shapes in zip(scenes, colour_at, shape_at, strict=True):
+            if len(colours) != len(scene.objects) or len(shapes) != len(scene.objects):
+                raise ValueError(f"caption {scene.caption!r} does not give one colour and one shape word an object")
         for mode in ("own", "other"):
-            ids = np.append(tokenizer.encode(scene.caption), tokenizer.eos_id)
-            colour_at = np.flatnonzero(np.isin(ids, colour_ids))
-            shape_at = np.flatnonzero(np.isin(ids, shape_ids))
-            if len(colour_at) != len(scene.objects) or len(shape_at) != len(scene.objects):
-                raise ValueError(f"scene {seed}: caption {scene.caption!r} does not give one word per object")
-            if mode == "other":
-                ids[colour_at] = [colour_ids[list(COLOURS).index(stand_in[o.colour])] for o in scene.objects]
-            sequence = tokenize_caption(scene.image, ids, layout)
-            text_start = len(sequence) - len(ids)
-            generalist.model.F = _MaskedAttention(image_mask(padded_size(len(sequence)), text_start, args.mask))
+            sequences = []
+            for scene, ids, colours in zip(scenes, captions, colour_at, strict=True):
+                read = ids.copy()
+                if mode == "other":
+                    read[colours] = [colour_ids[list(COLOURS).index(stand_in[o.colour])] for o in scene.objects]
+                sequences.append(tokenize_caption(scene.image, read, layout))
+            n_image = len(sequences[0]) - len(captions[0])  # every 48-pixel scene has as many patch tokens
+            batch = collate(sequences, layout)
+            generalist.model.F = _MaskedAttention(image_mask(padded_size(batch.ids.shape[1]), n_image, args.mask))
             with torch.no_grad():
-                logits = model.logits(collate([sequence], layout))[0].float()
+                logits = model.logits(batch).float()  # (b, t, v), right-padded rows
             generalist.model.F = torch.nn.functional
-            colour_said = logits[text_start + colour_at - 1][:, colour_ids].argmax(1).numpy()
-            shape_said = logits[text_start + shape_at - 1][:, shape_ids].argmax(1).numpy()
-            for k, obj in enumerate(scene.objects):
-                pair = "held-out" if (obj.colour, obj.shape) in HELD_OUT_PAIRS else "trained"
-                shape_right = SHAPES[shape_said[k]] == obj.shape
-                right[mode, pair] += (list(COLOURS)[colour_said[k]] == obj.colour, shape_right, 1)
-                if mode == "own" and pair == "held-out" and not shape_right:
-                    said_instead[f"{obj.colour} {obj.shape} -> {SHAPES[shape_said[k]]}"] += 1
+            for row, (scene, colours, shapes) in enumerate(zip(scenes, colour_at, shape_at, strict=True)):
+                colour_said = logits[row, n_image + colours - 1][:, colour_ids].argmax(1).numpy()
+                shape_said = logits[row, n_image + shapes - 1][:, shape_ids].argmax(1).numpy()
+                for k, obj in enumerate(scene.objects):
+                    pair = "held-out" if (obj.colour, obj.shape) in HELD_OUT_PAIRS else "trained"
+                    shape_right = SHAPES[shape_said[k]] == obj.shape
+                    right[mode, pair] += (list(COLOURS)[colour_said[k]] == obj.colour, shape_right, 1)
+                    if mode == "own" and pair == "held-out" and not shape_right:
+                        said_instead[f"{obj.colour} {obj.shape} -> {SHAPES[shape_said[k]]}"] += 1
     print("| colour words in the input | pair | objects | colour right | shape right |\n"
           "| --- | --- | ---: | ---: | ---: |")
     for (mode, pair), (colour, shape, n) in right.items():
