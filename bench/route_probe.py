@@ -11,7 +11,11 @@ of the objects of `--fit-scenes` textured train-split scenes (seeds 0+), Adam at
 torch seed 0; scored on the objects of `--scenes` held-out scenes per style (seeds 5,000,000+), split by pair.
 Beside them, the mean norm of each route's output on those objects: a route far smaller than the other is in the
 token but may be too faint for the transformer to read (`ModelConfig.route_norm`). `--fresh` probes the block
-freshly initialized instead: what a route held before training, against what training left in it.
+freshly initialized instead: what a route held before training, against what training left in it. `--cross`
+probes each route for the other's attribute. A route that holds only its own attribute can guess the other only
+from the pairs training drew: about 1/5 of the trained pairs' colours from the shape (five colours a shape), 1/4
+to 1/3 of their shapes from the colour, and none of the held-out pairs' (the probe never saw them); above that,
+the token carries the other's attribute into the transformer.
 """
 
 from __future__ import annotations
@@ -72,6 +76,9 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--fit-scenes", type=int, default=400)
     parser.add_argument("--scenes", type=int, default=200)
+    parser.add_argument("--cross", action="store_true",
+                        help="probe each route for the other's attribute instead (shape route -> colour, colour route "
+                             "-> shape): what one token leaks of the other's")
     parser.add_argument("--fresh", action="store_true",
                         help="probe the checkpoint's block freshly initialized (torch seed 0): what it held untrained")
     args = parser.parse_args()
@@ -83,12 +90,17 @@ def main() -> None:
             if module is not block and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured")
-    shape_probe, colour_probe = fit_probe(x[:, 0], shapes, len(SHAPES)), fit_probe(x[:, 1], colours, len(COLOURS))
-    print("| held-out scenes | shape route -> shape: held-out / trained pairs | colour route -> colour: held-out / "
-          "trained pairs | mean norm of the objects' shape / colour route |\n| --- | ---: | ---: | ---: |")
+    # Each route's probe and its target: the route's own attribute, or with --cross the other route's.
+    (first, n_first, name_first), (second, n_second, name_second) = (
+        ((colours, len(COLOURS), "colour"), (shapes, len(SHAPES), "shape")) if args.cross
+        else ((shapes, len(SHAPES), "shape"), (colours, len(COLOURS), "colour")))
+    first_probe, second_probe = fit_probe(x[:, 0], first, n_first), fit_probe(x[:, 1], second, n_second)
+    print(f"| held-out scenes | shape route -> {name_first}: held-out / trained pairs | colour route -> {name_second}: "
+          "held-out / trained pairs | mean norm of the objects' shape / colour route |\n| --- | ---: | ---: | ---: |")
     for style in STYLES:
         x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style)
-        right = [shape_probe(x[:, 0]) == shapes, colour_probe(x[:, 1]) == colours]
+        first, second = (colours, shapes) if args.cross else (shapes, colours)
+        right = [first_probe(x[:, 0]) == first, second_probe(x[:, 1]) == second]
         cells = " | ".join(f"{r[held].mean():.1%} / {r[~held].mean():.1%}" for r in right)
         norms = np.linalg.norm(x, axis=2).mean(0)
         print(f"| {style} | {cells} | {norms[0]:.2f} / {norms[1]:.2f} |")
