@@ -16,6 +16,13 @@ split by held-out and trained colour-shape pair. Wrong shapes of held-out pairs 
 so): "colour-alone", each patch's colour token sees only itself, so it cannot carry its own patch's shape to the
 caption; "patches-alone", every image token sees only itself. If the held-out pairs' shapes rise when the colour
 token is cut off, the caption read the shape through it, mixed with the colour.
+
+With two tokens a caption patch, two more readings, the caption as drawn: "colour donor" gives each object's
+colour token the pixels of another object of the same colour and size but another shape, from a train-split plain
+scene (the first of seeds 0+ that draws one: what `--colour-recombine` trains on); "shape donor" gives its shape
+token those of an object of the same shape and size in another colour. If a held-out pair's shape comes out right
+from a donor's token and wrong from its own, the transformer reads more from that token's pixels than the
+attribute it names.
 """
 
 from __future__ import annotations
@@ -29,8 +36,9 @@ import torch
 import generalist.model
 from generalist.batch import collate
 from generalist.checkpoint import load_model
-from generalist.datasets.scenes import COLOURS, HELD_OUT_PAIRS, SHAPES, generate_scene
+from generalist.datasets.scenes import COLOURS, HELD_OUT_PAIRS, SHAPES, SceneObject, generate_scene
 from generalist.model import padded_size
+from generalist.tokenizers.images import images_to_patches
 from generalist.tokenizers.stream import tokenize_caption
 
 EVAL_SEED = 5_000_000
@@ -70,6 +78,23 @@ def image_mask(n_tokens: int, n_image: int, mode: str) -> torch.Tensor:
     return mask
 
 
+def donor_patches(n_scenes: int = 400) -> list[tuple[SceneObject, np.ndarray]]:
+    """Every object of the first train-split plain 48-pixel scenes with its patch (one object a patch, its cell's)."""
+    donors = []
+    for seed in range(n_scenes):
+        scene = generate_scene(seed, "train", "plain", 48)
+        patches, _, _ = images_to_patches(scene.image, channels=3)
+        donors += [(obj, patches[obj.cell]) for obj in scene.objects]
+    return donors
+
+
+def donor_patch(donors: list[tuple[SceneObject, np.ndarray]], obj: SceneObject, keep: str) -> np.ndarray:
+    """The first donor of `obj`'s size and `keep` attribute (colour or shape) that differs in the other."""
+    other = "shape" if keep == "colour" else "colour"
+    return next(patch for donor, patch in donors if donor.size == obj.size
+                and getattr(donor, keep) == getattr(obj, keep) and getattr(donor, other) != getattr(obj, other))
+
+
 def main() -> None:
     """Print the colour and shape words' teacher-forced accuracy by pair, with the true and another colour word."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -86,7 +111,9 @@ def main() -> None:
     layout = model.config.layout
     colour_ids, shape_ids = word_ids(tokenizer, COLOURS), word_ids(tokenizer, SHAPES)
     stand_in = {c: args.other if c != args.other else "white" for c in COLOURS}
-    right = {(mode, pair): np.zeros(3, int) for mode in ("own", "other") for pair in ("held-out", "trained")}
+    modes = ("own", "other", "colour donor", "shape donor") if layout.caption_route_tokens else ("own", "other")
+    donors = donor_patches() if layout.caption_route_tokens else []
+    right = {(mode, pair): np.zeros(3, int) for mode in modes for pair in ("held-out", "trained")}
     said_instead: Counter[str] = Counter()
     for first in range(EVAL_SEED, EVAL_SEED + args.scenes, args.batch):
         scenes = [generate_scene(seed, "heldout", "plain", 48) for seed in range(first, min(first + args.batch,
@@ -97,13 +124,18 @@ def main() -> None:
         for scene, colours, shapes in zip(scenes, colour_at, shape_at, strict=True):
             if len(colours) != len(scene.objects) or len(shapes) != len(scene.objects):
                 raise ValueError(f"caption {scene.caption!r} does not give one colour and one shape word an object")
-        for mode in ("own", "other"):
+        for mode in modes:
             sequences = []
             for scene, ids, colours in zip(scenes, captions, colour_at, strict=True):
                 read = ids.copy()
                 if mode == "other":
                     read[colours] = [colour_ids[list(COLOURS).index(stand_in[o.colour])] for o in scene.objects]
-                sequences.append(tokenize_caption(scene.image, read, layout))
+                sequence = tokenize_caption(scene.image, read, layout)
+                if mode.endswith("donor"):  # each patch's first token is its shape's, its second its colour's
+                    keep = mode.split()[0]
+                    for obj in scene.objects:
+                        sequence.patches[2 * obj.cell + (keep == "colour")] = donor_patch(donors, obj, keep)
+                sequences.append(sequence)
             n_image = len(sequences[0]) - len(captions[0])  # every 48-pixel scene has as many patch tokens
             batch = collate(sequences, layout)
             generalist.model.F = _MaskedAttention(image_mask(padded_size(batch.ids.shape[1]), n_image, args.mask))
@@ -122,7 +154,9 @@ def main() -> None:
     print("| colour words in the input | pair | objects | colour right | shape right |\n"
           "| --- | --- | ---: | ---: | ---: |")
     for (mode, pair), (colour, shape, n) in right.items():
-        words = "own" if mode == "own" else f"{args.other} (white for {args.other})"
+        words = {"own": "own", "other": f"{args.other} (white for {args.other})",
+                 "colour donor": "own; colour tokens from another shape's patch",
+                 "shape donor": "own; shape tokens from another colour's patch"}[mode]
         print(f"| {words} | {pair} | {n} | {colour / n:.1%} | {shape / n:.1%} |")
     print("held-out pairs' wrong shapes, own colour word:", dict(said_instead.most_common()))
 
