@@ -139,9 +139,11 @@ def main() -> None:
             n_image = len(sequences[0]) - len(captions[0])  # every 48-pixel scene has as many patch tokens
             batch = collate(sequences, layout)
             generalist.model.F = _MaskedAttention(image_mask(padded_size(batch.ids.shape[1]), n_image, args.mask))
-            with torch.no_grad():
-                logits = model.logits(batch).float()  # (b, t, v), right-padded rows
-            generalist.model.F = torch.nn.functional
+            try:
+                with torch.no_grad():
+                    logits = model.logits(batch).float()  # (b, t, v), right-padded rows
+            finally:
+                generalist.model.F = torch.nn.functional
             for row, (scene, colours, shapes) in enumerate(zip(scenes, colour_at, shape_at, strict=True)):
                 colour_said = logits[row, n_image + colours - 1][:, colour_ids].argmax(1).numpy()
                 shape_said = logits[row, n_image + shapes - 1][:, shape_ids].argmax(1).numpy()
@@ -151,7 +153,7 @@ def main() -> None:
                     right[mode, pair] += (list(COLOURS)[colour_said[k]] == obj.colour, shape_right, 1)
                     if mode == "own" and pair == "held-out" and not shape_right:
                         said_instead[f"{obj.colour} {obj.shape} -> {SHAPES[shape_said[k]]}"] += 1
-    print("| colour words in the input | pair | objects | colour right | shape right |\n"
+    print("| reading | pair | objects | colour right | shape right |\n"
           "| --- | --- | ---: | ---: | ---: |")
     for (mode, pair), (colour, shape, n) in right.items():
         words = {"own": "own", "other": f"{args.other} (white for {args.other})",
