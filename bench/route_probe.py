@@ -90,17 +90,17 @@ def main() -> None:
             if module is not block and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
     x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured")
-    # Each route's probe and its target: the route's own attribute, or with --cross the other route's.
-    (first, n_first, name_first), (second, n_second, name_second) = (
-        ((colours, len(COLOURS), "colour"), (shapes, len(SHAPES), "shape")) if args.cross
-        else ((shapes, len(SHAPES), "shape"), (colours, len(COLOURS), "colour")))
-    first_probe, second_probe = fit_probe(x[:, 0], first, n_first), fit_probe(x[:, 1], second, n_second)
-    print(f"| held-out scenes | shape route -> {name_first}: held-out / trained pairs | colour route -> {name_second}: "
+    # What the shape route, then the colour route, is probed for: its own attribute, or with --cross the other's.
+    names = ("colour", "shape") if args.cross else ("shape", "colour")
+    classes = {"shape": len(SHAPES), "colour": len(COLOURS)}
+    labels = {"shape": shapes, "colour": colours}
+    probes = [fit_probe(x[:, route], labels[name], classes[name]) for route, name in enumerate(names)]
+    print(f"| held-out scenes | shape route -> {names[0]}: held-out / trained pairs | colour route -> {names[1]}: "
           "held-out / trained pairs | mean norm of the objects' shape / colour route |\n| --- | ---: | ---: | ---: |")
     for style in STYLES:
         x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style)
-        first, second = (colours, shapes) if args.cross else (shapes, colours)
-        right = [first_probe(x[:, 0]) == first, second_probe(x[:, 1]) == second]
+        labels = {"shape": shapes, "colour": colours}
+        right = [probes[route](x[:, route]) == labels[name] for route, name in enumerate(names)]
         cells = " | ".join(f"{r[held].mean():.1%} / {r[~held].mean():.1%}" for r in right)
         norms = np.linalg.norm(x, axis=2).mean(0)
         print(f"| {style} | {cells} | {norms[0]:.2f} / {norms[1]:.2f} |")

@@ -36,6 +36,7 @@ import torch
 import generalist.model
 from generalist.batch import collate
 from generalist.checkpoint import load_model
+from generalist.datasets.mixture import caption_word_pieces
 from generalist.datasets.scenes import COLOURS, HELD_OUT_PAIRS, SHAPES, SceneObject, generate_scene
 from generalist.model import padded_size
 from generalist.tokenizers.images import images_to_patches
@@ -44,12 +45,12 @@ from generalist.tokenizers.stream import tokenize_caption
 EVAL_SEED = 5_000_000
 
 
-def word_ids(tokenizer, words) -> np.ndarray:
-    """Each word's id as the caption's one piece for it (" red" after a space); a ValueError if it splits."""
-    ids = [tokenizer.encode(f"a {word}")[1:] for word in words]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError(f"each of {tuple(words)} must be one piece of the text model")
-    return np.array([int(i[0]) for i in ids])
+def word_ids(tokenizer, attribute: str) -> np.ndarray:
+    """Each word of a caption attribute (`CAPTION_WORDS` order) as its one piece; a ValueError if one splits."""
+    pieces, _ = caption_word_pieces(tokenizer, attribute)
+    if any(len(ids) != 1 for ids in pieces.values()):
+        raise ValueError(f"each {attribute} word must be one piece of the text model: {pieces}")
+    return np.array([ids[0] for ids in pieces.values()])
 
 
 class _MaskedAttention:
@@ -109,7 +110,7 @@ def main() -> None:
     if args.mask != "causal" and not model.config.layout.caption_route_tokens:
         raise ValueError("--mask needs a model with two tokens a caption patch (route_tokens)")
     layout = model.config.layout
-    colour_ids, shape_ids = word_ids(tokenizer, COLOURS), word_ids(tokenizer, SHAPES)
+    colour_ids, shape_ids = word_ids(tokenizer, "colour"), word_ids(tokenizer, "shape")
     stand_in = {c: args.other if c != args.other else "white" for c in COLOURS}
     modes = ("own", "other", "colour donor", "shape donor") if layout.caption_route_tokens else ("own", "other")
     donors = donor_patches() if layout.caption_route_tokens else []

@@ -504,7 +504,7 @@ CAPTION_WORDS = {"size": tuple(SIZES), "colour": tuple(COLOURS), "shape": SHAPES
 """The caption words `caption_word_targets` can mark, per attribute, in the grammar's order."""
 
 
-def _caption_word_pieces(tokenizer: TextTokenizer, attribute: str) -> tuple[dict[str, list[int]], str]:
+def caption_word_pieces(tokenizer: TextTokenizer, attribute: str) -> tuple[dict[str, list[int]], str]:
     """Each word of a caption attribute (size, colour or shape) as the text ids it is written with after "a", and
     every phrase of the grammar written without that attribute."""
     if attribute not in CAPTION_WORDS:
@@ -526,7 +526,7 @@ def caption_word_targets(
     of other caption words (purple's "le" ends "circle"), and a first piece that also occurs in captions without
     that attribute is left out, so that only the attribute's words weigh more.
     """
-    pieces, without = _caption_word_pieces(tokenizer, attribute)
+    pieces, without = caption_word_pieces(tokenizer, attribute)
     first = {word_pieces[0] for word_pieces in pieces.values()}
     ids = sorted(first - set(tokenizer.encode(without).tolist()))
     scene_tasks = torch.tensor([task in SCENE_TASK_STYLES for task in tasks], dtype=torch.bool)
@@ -540,7 +540,7 @@ def caption_word_inputs(
     scenes: the arguments of `batch.shuffle_word_inputs`. Each word must be one piece of the text model, used by
     no other caption word (a swap of first pieces would leave a word's tail behind): a ValueError otherwise."""
     ids, scene_tasks = caption_word_targets(tasks, tokenizer, attribute)
-    pieces, _ = _caption_word_pieces(tokenizer, attribute)
+    pieces, _ = caption_word_pieces(tokenizer, attribute)
     split = [word for word, word_pieces in pieces.items() if len(word_pieces) != 1]
     if split or len(ids) != len(pieces):
         raise ValueError(
