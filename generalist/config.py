@@ -289,6 +289,10 @@ class TrainConfig:
     pairs' too, in captions that agree with them, while no image draws a held-out pair (held out of the images,
     not of the captions' words, as with `scene_text`). Unlike `colour_swap`, which left the colour words as drawn
     and unscored them, and lost the shapes (`lang-cswap`)"""
+    colour_recombine_uniform: bool = False
+    """`colour_recombine` only in scenes whose background is the same everywhere (`scenes.UNIFORM_BACKGROUNDS`:
+    flat, noise): on the others a moved colour token reads its donor's background, so the moved scenes can be told
+    from drawn ones (at 0.5 on every background the held-out pairs' shapes were unchanged, `lang-recombine`)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

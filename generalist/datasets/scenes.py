@@ -78,6 +78,9 @@ STYLES = ("plain", "varied", "unseen", "textured", "gray", "spread")
 SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
 TEXTURED_BACKGROUNDS = ("blotches", "regions")  # the "textured" style's families beside the seen ones
 UNSEEN_BACKGROUNDS = ("stripes", "checkerboard")
+# Backgrounds with the same colours at every place ("plain": the plain style's, or a styled scene's fallback): a
+# patch read at another object's place shows its own background there (`SceneCaptionSource.recombine_uniform`).
+UNIFORM_BACKGROUNDS = ("plain", "flat", "noise")
 RENDER_SIZES = (48, 64, 96, 128)
 # Sizes a scene may be drawn at: 64 (4x4 patches of 16, so that nearly every object straddles two to four patches)
 # or 48 (3x3 patches, one per cell of the grid, each object inside its patch).
@@ -111,12 +114,13 @@ class SceneObject:
 
 @dataclass(frozen=True)
 class Scene:
-    """An image (size, size, 3) uint8 (64 unless drawn at another of `SCENE_SIZES`), its caption and the objects
-    it shows (their centres in that image's pixels)."""
+    """An image (size, size, 3) uint8 (64 unless drawn at another of `SCENE_SIZES`), its caption, the objects
+    it shows (their centres in that image's pixels) and its background's family ("plain" for the plain one)."""
 
     image: np.ndarray
     caption: str
     objects: tuple[SceneObject, ...]
+    background: str = "plain"
 
 
 def _shape_mask(shape: str, centre: tuple[float, float], half: float, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -243,13 +247,14 @@ def generate_scene(
     n_objects = int(rng.integers(1, 4))
     cells = np.sort(rng.choice(GRID * GRID, size=n_objects, replace=False))
     attributes = _pick_attributes(rng, split, n_objects)
+    background = "plain"
     if style == "plain":
         image, objects = _plain_scene(rng, cells, attributes, size)
     else:
-        image, objects = _styled_scene(
+        image, objects, background = _styled_scene(
             rng, cells, attributes, background_families(style), size, gray=style == "gray", spread=style == "spread"
         )
-    return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects)
+    return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects, background)
 
 
 def background_families(style: Style) -> tuple[str, ...]:
@@ -282,7 +287,7 @@ def _plain_scene(
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
     image_size: int, gray: bool = False, spread: bool = False,
-) -> tuple[np.ndarray, tuple[SceneObject, ...]]:
+) -> tuple[np.ndarray, tuple[SceneObject, ...], str]:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
     render = int(rng.choice(RENDER_SIZES))
@@ -299,6 +304,7 @@ def _styled_scene(
         if _contrasts(background, colours):
             break
     else:  # not found in 100 draws (rare): the plain background, which contrasts with every colour
+        family = "plain"
         background = np.broadcast_to(np.array(BACKGROUND, np.float32), (render, render, 3)).copy()
         if gray:
             background = _gray(background)
@@ -316,7 +322,7 @@ def _styled_scene(
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row * shown),
                                                                     float(centre_col * shown))))
     resized = to_rgb_square(image.round().astype(np.uint8), image_size)
-    return resized, tuple(objects)
+    return resized, tuple(objects), family
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:

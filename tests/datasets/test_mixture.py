@@ -21,7 +21,7 @@ from generalist.datasets.mixture import (
     caption_word_targets,
     make_loader,
 )
-from generalist.datasets.scenes import parse_caption
+from generalist.datasets.scenes import UNIFORM_BACKGROUNDS, generate_scene, parse_caption
 from generalist.model import Generalist, preset
 from generalist.tokenizers import ActionSpec, TextTokenizer, TokenKind, TokenLayout
 
@@ -327,8 +327,26 @@ def test_recombined_scenes_caption_the_colours_their_colour_tokens_read():
         np.random.default_rng(0), shard, 512).ids.tolist()
 
 
+def test_recombination_on_uniform_backgrounds_moves_colours_there_only():
+    layout = TokenLayout(TOKENIZER.vocab_size, caption_route_tokens=True)
+    source = SceneCaptionSource(TOKENIZER, layout, style="textured", size=48, colour_recombine=1.0,
+                                recombine_uniform=True)
+    shard = Shard(0, 1)
+    moved_on, kept_on = set(), set()
+    for seed in range(60):
+        scene = generate_scene(int(np.random.default_rng(seed).integers(2**40)), "train", "textured", 48)
+        if len({obj.colour for obj in scene.objects}) < 2:
+            continue  # one colour: nothing to move anywhere
+        sequence = source.sample(np.random.default_rng(seed), shard, 512)
+        moved = not np.array_equal(sequence.patches[0::2], sequence.patches[1::2])
+        (moved_on if moved else kept_on).add(scene.background)
+    assert moved_on and moved_on <= set(UNIFORM_BACKGROUNDS)
+    assert kept_on and not kept_on & set(UNIFORM_BACKGROUNDS)  # every uniform one moved at a share of 1
+
+
 @pytest.mark.parametrize(("route_tokens", "kwargs", "match"), [
     (True, {"colour_recombine": 1.5, "size": 48}, "share of scenes"),
+    (True, {"recombine_uniform": True, "size": 48}, "give it a share"),
     (True, {"colour_recombine": 0.5, "size": 64}, "48-pixel scenes"),
     (False, {"colour_recombine": 0.5, "size": 48}, "two tokens"),
     (True, {"colour_recombine": 0.5, "size": 48, "style": "gray"}, "name no colour"),

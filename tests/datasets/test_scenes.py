@@ -10,6 +10,8 @@ from generalist.datasets.scenes import (
     IMAGE_SIZE,
     SHAPES,
     SIZES,
+    UNIFORM_BACKGROUNDS,
+    background_families,
     caption_of,
     generate_scene,
     grammar_sentences,
@@ -158,3 +160,20 @@ def test_recoloured_objects_keep_all_but_their_colours_which_come_from_one_anoth
             assert (new.shape, new.size, new.cell, new.centre) == (old.shape, old.size, old.cell, old.centre)
         pairs |= {(o.colour, o.shape) for o in recoloured}
     assert moved > 50 and pairs & HELD_OUT_PAIRS  # the tokens meet held-out pairs; no image draws one
+
+
+def test_a_scene_records_its_background_family_and_a_uniform_one_is_the_same_at_every_place():
+    assert generate_scene(0, "train", "plain").background == "plain"
+    drawn = {}
+    for seed in range(60):
+        scene = generate_scene(seed, "train", "textured", 48)
+        assert scene.background in (*background_families("textured"), "plain")
+        drawn.setdefault(scene.background, scene)
+    assert set(drawn) >= {"flat", "noise", "blotches", "regions"}
+    corners = lambda image: image[[0, 0, -1, -1], [0, -1, 0, -1]].astype(float)  # noqa: E731
+    for family, scene in drawn.items():  # no object reaches a corner: the corners are background
+        spread = np.ptp(corners(scene.image), axis=0).max()
+        if family == "flat":
+            assert spread <= 1  # one colour, but for rounding in the resize
+        elif family not in UNIFORM_BACKGROUNDS:
+            assert spread > 10, family  # other families differ from place to place (these seeds)
