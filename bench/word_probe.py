@@ -15,7 +15,9 @@ split by held-out and trained colour-shape pair. Wrong shapes of held-out pairs 
 `--mask` reads the same checkpoint with its image tokens' attention cut at evaluation (the model was not trained
 so): "colour-alone", each patch's colour token sees only itself, so it cannot carry its own patch's shape to the
 caption; "patches-alone", every image token sees only itself. If the held-out pairs' shapes rise when the colour
-token is cut off, the caption read the shape through it, mixed with the colour.
+token is cut off, the caption read the shape through it, mixed with the colour. "colour-unread": no token but
+itself reads a colour token (the colour words then come from the caption's input alone): if the held-out pairs'
+shapes rise, the transformer named them from the colour token and the shape token together.
 
 With two tokens a caption patch, two more readings, the caption as drawn: "colour donor" gives each object's
 colour token the pixels of another object of the same colour and size but another shape, from a train-split plain
@@ -68,12 +70,17 @@ class _MaskedAttention:
 
 
 def image_mask(n_tokens: int, n_image: int, mode: str) -> torch.Tensor:
-    """A (t, t) boolean attention mask: causal, with the image tokens (the first `n_image`, two a patch) cut."""
+    """A (t, t) boolean attention mask: causal, with the image tokens (the first `n_image`, two a patch) cut, or
+    ('colour-unread') the colour tokens read by no other token."""
     mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
     alone = torch.arange(n_image)
     if mode == "colour-alone":
         alone = alone[1::2]
-    if mode != "causal":
+    if mode == "colour-unread":
+        unread = alone[1::2]
+        mask[:, unread] = False
+        mask[unread, unread] = True
+    elif mode != "causal":
         mask[alone] = False
         mask[alone, alone] = True
     return mask
@@ -103,7 +110,8 @@ def main() -> None:
     parser.add_argument("--scenes", type=int, default=200)
     parser.add_argument("--other", default="purple", choices=list(COLOURS))
     parser.add_argument("--batch", type=int, default=50, help="scenes read in one forward")
-    parser.add_argument("--mask", default="causal", choices=("causal", "colour-alone", "patches-alone"))
+    parser.add_argument("--mask", default="causal",
+                        choices=("causal", "colour-alone", "patches-alone", "colour-unread"))
     args = parser.parse_args()
     model, tokenizer = load_model(args.checkpoint)
     model.eval()
