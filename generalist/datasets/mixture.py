@@ -52,6 +52,7 @@ from generalist.datasets.scenes import (
 from generalist.datasets.storage import EpisodeDataset
 from generalist.envs.external import MINARI_PREFIX
 from generalist.tokenizers import (
+    PATCH_SIZE,
     ActionSpec,
     TextTokenizer,
     TokenizedSequence,
@@ -280,7 +281,7 @@ class SceneCaptionSource:
             raise ValueError("recombine_uniform says which scenes colour_recombine moves colours in: give it a share")
         if not 0.0 <= self.colour_recombine <= 1.0:
             raise ValueError(f"colour_recombine is a share of scenes in [0, 1], got {self.colour_recombine}")
-        if self.colour_recombine and not (self.layout.caption_route_tokens and self.size == 48):
+        if self.colour_recombine and not (self.layout.caption_route_tokens and self.size == GRID * PATCH_SIZE):
             raise ValueError("colour_recombine moves colour tokens between the objects' patches: it needs two tokens "
                              f"a caption patch (route_tokens) and 48-pixel scenes, one cell a patch (got {self.size})")
         if self.colour_recombine and self.style == "gray":
