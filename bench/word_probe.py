@@ -73,16 +73,14 @@ def image_mask(n_tokens: int, n_image: int, mode: str) -> torch.Tensor:
     """A (t, t) boolean attention mask: causal, with the image tokens (the first `n_image`, two a patch) cut, or
     ('colour-unread') the colour tokens read by no other token."""
     mask = torch.ones(n_tokens, n_tokens, dtype=torch.bool).tril()
-    alone = torch.arange(n_image)
-    if mode == "colour-alone":
-        alone = alone[1::2]
+    colour_tokens = torch.arange(1, n_image, 2)
     if mode == "colour-unread":
-        unread = alone[1::2]
-        mask[:, unread] = False
-        mask[unread, unread] = True
-    elif mode != "causal":
-        mask[alone] = False
-        mask[alone, alone] = True
+        mask[:, colour_tokens] = False  # no token reads a colour token...
+        mask[colour_tokens, colour_tokens] = True  # ...but itself
+    elif mode in ("colour-alone", "patches-alone"):
+        alone = colour_tokens if mode == "colour-alone" else torch.arange(n_image)
+        mask[alone] = False  # they read no token...
+        mask[alone, alone] = True  # ...but themselves
     return mask
 
 

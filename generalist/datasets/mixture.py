@@ -274,11 +274,12 @@ class SceneCaptionSource:
     colour_recombine: float = 0.0
     # Recombine only scenes whose background is the same everywhere (`scenes.UNIFORM_BACKGROUNDS`): elsewhere a
     # moved colour token's border shows another place's background, and moved scenes can be told from drawn ones.
-    recombine_uniform: bool = False
+    colour_recombine_uniform: bool = False
 
     def __post_init__(self) -> None:
-        if self.recombine_uniform and not self.colour_recombine:
-            raise ValueError("recombine_uniform says which scenes colour_recombine moves colours in: give it a share")
+        if self.colour_recombine_uniform and not self.colour_recombine:
+            raise ValueError("colour_recombine_uniform says which scenes colour_recombine moves colours in: "
+                             "give it a share")
         if not 0.0 <= self.colour_recombine <= 1.0:
             raise ValueError(f"colour_recombine is a share of scenes in [0, 1], got {self.colour_recombine}")
         if self.colour_recombine and not (self.layout.caption_route_tokens and self.size == GRID * PATCH_SIZE):
@@ -292,7 +293,7 @@ class SceneCaptionSource:
         seed = int(rng.integers(2**40)) * shard.count + shard.index
         scene = generate_scene(seed, "train", self.style, self.size, self.order)
         caption, colour_from = scene.caption, None
-        eligible = not self.recombine_uniform or scene.background in UNIFORM_BACKGROUNDS
+        eligible = not self.colour_recombine_uniform or scene.background in UNIFORM_BACKGROUNDS
         if self.colour_recombine and eligible and rng.random() < self.colour_recombine:  # no draw at 0 or ineligible
             moved = recolour_objects(scene.objects, rng)
             if moved is not None:
@@ -612,7 +613,7 @@ def build_sources(
     scene_size: int = IMAGE_SIZE,
     caption_order: str = "colour-first",
     colour_recombine: float = 0.0,
-    recombine_uniform: bool = False,
+    colour_recombine_uniform: bool = False,
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
@@ -621,7 +622,7 @@ def build_sources(
     read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels. Caption
     scenes are drawn `scene_size` pixels square and captioned in `caption_order`, a share `colour_recombine` of
     them with their colours moved between their objects (`SceneCaptionSource`; only on uniform backgrounds with
-    `recombine_uniform`).
+    `colour_recombine_uniform`).
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
@@ -630,7 +631,7 @@ def build_sources(
         if task in SCENE_TASK_STYLES:
             sources[task] = SceneCaptionSource(tokenizer, layout, style=SCENE_TASK_STYLES[task], size=scene_size,
                                                order=caption_order, colour_recombine=colour_recombine,
-                                               recombine_uniform=recombine_uniform)
+                                               colour_recombine_uniform=colour_recombine_uniform)
         elif task == "scene_text":
             sources[task] = SceneTextSource(tokenizer, layout)
         elif task == "emoji":

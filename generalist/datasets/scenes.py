@@ -79,7 +79,8 @@ SEEN_BACKGROUNDS = ("flat", "gradient", "noise")
 TEXTURED_BACKGROUNDS = ("blotches", "regions")  # the "textured" style's families beside the seen ones
 UNSEEN_BACKGROUNDS = ("stripes", "checkerboard")
 # Backgrounds with the same colours at every place ("plain": the plain style's, or a styled scene's fallback): a
-# patch read at another object's place shows its own background there (`SceneCaptionSource.recombine_uniform`).
+# patch read at another object's place shows its own background there
+# (`SceneCaptionSource.colour_recombine_uniform`).
 UNIFORM_BACKGROUNDS = ("plain", "flat", "noise")
 RENDER_SIZES = (48, 64, 96, 128)
 # Sizes a scene may be drawn at: 64 (4x4 patches of 16, so that nearly every object straddles two to four patches)

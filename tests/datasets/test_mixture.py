@@ -330,7 +330,7 @@ def test_recombined_scenes_caption_the_colours_their_colour_tokens_read():
 def test_recombination_on_uniform_backgrounds_moves_colours_there_only():
     layout = TokenLayout(TOKENIZER.vocab_size, caption_route_tokens=True)
     source = SceneCaptionSource(TOKENIZER, layout, style="textured", size=48, colour_recombine=1.0,
-                                recombine_uniform=True)
+                                colour_recombine_uniform=True)
     shard = Shard(0, 1)
     moved_on, kept_on = set(), set()
     for seed in range(60):
@@ -346,7 +346,7 @@ def test_recombination_on_uniform_backgrounds_moves_colours_there_only():
 
 @pytest.mark.parametrize(("route_tokens", "kwargs", "match"), [
     (True, {"colour_recombine": 1.5, "size": 48}, "share of scenes"),
-    (True, {"recombine_uniform": True, "size": 48}, "give it a share"),
+    (True, {"colour_recombine_uniform": True, "size": 48}, "give it a share"),
     (True, {"colour_recombine": 0.5, "size": 64}, "48-pixel scenes"),
     (False, {"colour_recombine": 0.5, "size": 48}, "two tokens"),
     (True, {"colour_recombine": 0.5, "size": 48, "style": "gray"}, "name no colour"),
