@@ -36,9 +36,11 @@ STYLES = ("plain", "varied", "unseen")
 
 
 def route_features(
-    block: PatchEncoder, seeds: range, split: str, style: str
+    block: PatchEncoder, seeds: range, split: str, style: str, centred: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Per object of the scenes: both routes' outputs (n, 2, d), its colour and shape indices, held-out pair."""
+    """Per object of the scenes: both routes' outputs (n, 2, d), less each route's mean over its scene's patches
+    with `centred` (what the transformer reads with `centre_patches`), its colour and shape indices, held-out
+    pair."""
     patches, objects = [], []  # every scene's patches, then its objects' patch indices among them
     colours, shapes, held = [], [], []
     n_patches = 0
@@ -53,6 +55,9 @@ def route_features(
         held += [(o.colour, o.shape) in HELD_OUT_PAIRS for o in scene.objects]
     with torch.no_grad():  # one block call (GroupNorm normalizes each patch alone): the same outputs but rounding
         output, _ = block.routes(torch.from_numpy(np.concatenate(patches)))
+    if centred:  # every scene has the same number of patches
+        scenes = output.view(len(patches), -1, *output.shape[1:])
+        output = (scenes - scenes.mean(dim=1, keepdim=True)).flatten(0, 1)
     return output[objects].float().numpy(), np.array(colours), np.array(shapes), np.array(held)
 
 
@@ -81,6 +86,8 @@ def main() -> None:
                              "-> shape): what one token leaks of the other's")
     parser.add_argument("--fresh", action="store_true",
                         help="probe the checkpoint's block freshly initialized (torch seed 0): what it held untrained")
+    parser.add_argument("--centred", action="store_true",
+                        help="probe each route less its mean over the scene's patches, as `centre_patches` feeds it")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, _ = load_model(args.checkpoint)
@@ -89,7 +96,7 @@ def main() -> None:
         for module in block.modules():
             if module is not block and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured")
+    x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured", args.centred)
     # What the shape route, then the colour route, is probed for: its own attribute, or with --cross the other's.
     names = ("colour", "shape") if args.cross else ("shape", "colour")
     classes = {"shape": len(SHAPES), "colour": len(COLOURS)}
@@ -98,7 +105,8 @@ def main() -> None:
     print(f"| held-out scenes | shape route -> {names[0]}: held-out / trained pairs | colour route -> {names[1]}: "
           "held-out / trained pairs | mean norm of the objects' shape / colour route |\n| --- | ---: | ---: | ---: |")
     for style in STYLES:
-        x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style)
+        x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style,
+                                               args.centred)
         labels = {"shape": shapes, "colour": colours}
         right = [probes[route](x[:, route]) == labels[name] for route, name in enumerate(names)]
         cells = " | ".join(f"{r[held].mean():.1%} / {r[~held].mean():.1%}" for r in right)
