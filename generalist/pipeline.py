@@ -470,8 +470,10 @@ def run_pipeline(config: RunConfig) -> RunResults:
         s = captions.scores
         print(f"captions ({s.n} held-out scenes): exact {s.exact:.1%}, attributes {s.attribute_accuracy:.1%}, "
               f"BLEU-4 {s.bleu4:.1f}")
-    if chat is not None:
-        print(f"chat: held-out perplexity {chat.perplexity:.2f}")
+    if chat is not None:  # per word, each corpus: the figure comparable across tokenizers (issue 20's)
+        corpora = ", ".join(f"{name} {per_word:,.1f}" for name, (_, per_word) in chat.per_corpus.items())
+        print(f"chat: held-out perplexity per word: {corpora}" if corpora else
+              f"chat: held-out perplexity per token {chat.perplexity:.2f}")
     print(f"report: {report}")
     return results
 
