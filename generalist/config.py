@@ -171,7 +171,7 @@ class TrainConfig:
     centre_colour_tokens: bool = True
     """with `centre_patches` and `route_tokens`, centre the caption patches' colour tokens too; False leaves
     them whole, so that an object's colours are not read against its background's (measured: every colour read
-    on unseen backgrounds, the shapes named from the colour; in no preset; model.py)"""
+    on unseen backgrounds, one attribute named from the other; in no preset; model.py)"""
     patch_input: str = "pixels"
     """what the patch block reads: pixels; pixels+mask (a colour-free foreground mask beside them); or
     mask+colour (the mask through the block, the patch's background and foreground colours beside it, so shape

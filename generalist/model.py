@@ -21,8 +21,8 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   patches, which a striped or checked background moves: linear probes of the trained colour route read the
   colour of 99.5% of held-out objects on unseen backgrounds whole and 90.0% centred, the captions 88.2%
   (`bench.route_probe --centred`, docs/RESULTS.md, issue 20). Whole, they gave 99.5% of those colours, but the
-  transformer then named the shapes from the colour (held-out pairs' shapes 92.4 → 43.9%, seed 0): measured,
-  not in any preset.
+  transformer then named one attribute from the other (seed 0 the shapes from the colour, seed 1 the colour
+  from the shape): measured, not in any preset.
 - `patch_input` chooses what the patch block reads. "pixels" is Gato's. "pixels+mask" adds a colour-free
   channel, the patch's foreground mask: each pixel's RGB distance from the median colour of the patch's border
   (mostly background: a scene object stays inside its cell), over the patch's largest distance. A convolution
