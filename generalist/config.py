@@ -300,6 +300,10 @@ class TrainConfig:
     `colour_recombine` 1 (`lang-recombine-uniform`, seeds 0 and 1) the held-out pairs' shapes read as the trained
     pairs' (86.1 -> 92.4%, 83.9 -> 98.7%), exact captions 79.5 -> 84.0% and 71.0 -> 91.0%: the `language`
     preset's setting (`CAPTION_TRAINING`)"""
+    colour_recombine_painted: bool = False
+    """`colour_recombine` by painting each object in its donor's colour in place (`scenes.generate_scene`'s
+    `colour_source`): each colour token reads its own patch and background, so scenes on every background are
+    recombined, not only uniform ones (docs/RESULTS.md, `lang-whole-painted`)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""

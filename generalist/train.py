@@ -449,7 +449,8 @@ def _train(config: TrainConfig, resume: bool, eval_config: EvalConfig | None) ->
                             learner_data_dir=config.learner_data_dir, learner_share=config.learner_share,
                             learner_reads_executed=not config.learner_reads_labels, scene_size=config.scene_size,
                             caption_order=config.caption_order, colour_recombine=config.colour_recombine,
-                            colour_recombine_uniform=config.colour_recombine_uniform)
+                            colour_recombine_uniform=config.colour_recombine_uniform,
+                            colour_recombine_painted=config.colour_recombine_painted)
     mixture = Mixture(
         sources,
         MixtureConfig(config.weights, config.sequence_length, config.batch_size, config.seed),

@@ -275,11 +275,14 @@ class SceneCaptionSource:
     # Recombine only scenes whose background is the same everywhere (`scenes.UNIFORM_BACKGROUNDS`): elsewhere a
     # moved colour token's border shows another place's background, and moved scenes can be told from drawn ones.
     colour_recombine_uniform: bool = False
+    # Recombine by painting each object in its donor's colour in place (`generate_scene(colour_source=)`): each
+    # colour token reads its own patch, its own background, so a scene on any background can be recombined.
+    colour_recombine_painted: bool = False
 
     def __post_init__(self) -> None:
-        if self.colour_recombine_uniform and not self.colour_recombine:
-            raise ValueError("colour_recombine_uniform says which scenes colour_recombine moves colours in: "
-                             "give it a share")
+        if (self.colour_recombine_uniform or self.colour_recombine_painted) and not self.colour_recombine:
+            raise ValueError("colour_recombine_uniform and colour_recombine_painted say how colour_recombine moves "
+                             "colours: give it a share")
         if not 0.0 <= self.colour_recombine <= 1.0:
             raise ValueError(f"colour_recombine is a share of scenes in [0, 1], got {self.colour_recombine}")
         if self.colour_recombine and not (self.layout.caption_route_tokens and self.size == GRID * PATCH_SIZE):
@@ -292,16 +295,20 @@ class SceneCaptionSource:
         """One scene: its patches, then its caption and end-of-sequence."""
         seed = int(rng.integers(2**40)) * shard.count + shard.index
         scene = generate_scene(seed, "train", self.style, self.size, self.order)
-        caption, colour_from = scene.caption, None
+        caption, colour_from, colour_image = scene.caption, None, None
         eligible = not self.colour_recombine_uniform or scene.background in UNIFORM_BACKGROUNDS
         if self.colour_recombine and eligible and rng.random() < self.colour_recombine:  # no draw at 0 or ineligible
             moved = recolour_objects(scene.objects, rng)
             if moved is not None:
                 objects, source = moved
                 caption = caption_of(objects, order=self.order)
-                colour_from = np.arange(GRID * GRID)  # one patch a cell, in raster order
-                colour_from[[obj.cell for obj in objects]] = [objects[k].cell for k in source]
-        return _caption_sequence(scene.image, caption, self.tokenizer, self.layout, max_tokens, colour_from)
+                if self.colour_recombine_painted:
+                    colour_image = generate_scene(seed, "train", self.style, self.size, colour_source=source).image
+                else:
+                    colour_from = np.arange(GRID * GRID)  # one patch a cell, in raster order
+                    colour_from[[obj.cell for obj in objects]] = [objects[k].cell for k in source]
+        return _caption_sequence(scene.image, caption, self.tokenizer, self.layout, max_tokens, colour_from,
+                                 colour_image)
 
 
 @dataclass
@@ -344,10 +351,10 @@ class CaptionListSource:
 
 def _caption_sequence(
     image: np.ndarray, caption: str, tokenizer: TextTokenizer, layout: TokenLayout, max_tokens: int,
-    colour_from: np.ndarray | None = None,
+    colour_from: np.ndarray | None = None, colour_image: np.ndarray | None = None,
 ) -> TokenizedSequence:
     ids = np.append(tokenizer.encode(caption), tokenizer.eos_id)
-    sequence = tokenize_caption(image, ids, layout, colour_from=colour_from)
+    sequence = tokenize_caption(image, ids, layout, colour_from=colour_from, colour_image=colour_image)
     if len(sequence) > max_tokens:
         raise ValueError(f"a caption sequence of {len(sequence)} tokens does not fit the length {max_tokens}")
     return sequence
@@ -614,6 +621,7 @@ def build_sources(
     caption_order: str = "colour-first",
     colour_recombine: float = 0.0,
     colour_recombine_uniform: bool = False,
+    colour_recombine_painted: bool = False,
 ) -> dict[str, SequenceSource]:
     """The source of every named task: recorded episodes under `data_dir/<task>`, or a caption or text corpus.
 
@@ -622,7 +630,7 @@ def build_sources(
     read the actions that ran (`learner_reads_executed`) or the expert's labels, and predict the labels. Caption
     scenes are drawn `scene_size` pixels square and captioned in `caption_order`, a share `colour_recombine` of
     them with their colours moved between their objects (`SceneCaptionSource`; only on uniform backgrounds with
-    `colour_recombine_uniform`).
+    `colour_recombine_uniform`; painted in place with `colour_recombine_painted`).
     """
     if not 0.0 <= learner_share <= 1.0:
         raise ValueError(f"learner_share is a share of windows in [0, 1], got {learner_share}")
@@ -631,7 +639,8 @@ def build_sources(
         if task in SCENE_TASK_STYLES:
             sources[task] = SceneCaptionSource(tokenizer, layout, style=SCENE_TASK_STYLES[task], size=scene_size,
                                                order=caption_order, colour_recombine=colour_recombine,
-                                               colour_recombine_uniform=colour_recombine_uniform)
+                                               colour_recombine_uniform=colour_recombine_uniform,
+                                               colour_recombine_painted=colour_recombine_painted)
         elif task == "scene_text":
             sources[task] = SceneTextSource(tokenizer, layout)
         elif task == "emoji":

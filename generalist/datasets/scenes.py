@@ -36,6 +36,7 @@ score each attribute of each object.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
@@ -229,11 +230,17 @@ def _pick_attributes(rng: np.random.Generator, split: Split, n_objects: int) -> 
 
 def generate_scene(
     seed: int, split: Split = "train", style: Style = "plain", size: int = IMAGE_SIZE,
-    order: CaptionOrder = "colour-first",
+    order: CaptionOrder = "colour-first", colour_source: Sequence[int] | None = None,
 ) -> Scene:
     """The scene of one seed in one split and style (train scenes never hold a held-out colour-shape pair), drawn
     `size` pixels square: the same scene at every size, its objects and cells scaled with it; its caption in
-    `order` (the image does not depend on it)."""
+    `order` (the image does not depend on it).
+
+    With `colour_source` (a permutation of the objects, as `recolour_objects` gives), the same scene, pixel for
+    pixel, but for each object k painted in the colour drawn for object `colour_source[k]` and named by it: what
+    a recombined scene's colour tokens read in place (`SceneCaptionSource.colour_recombine_painted`). Such a
+    painted scene may draw a held-out pair.
+    """
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
     if style not in STYLES:
@@ -248,14 +255,27 @@ def generate_scene(
     n_objects = int(rng.integers(1, 4))
     cells = np.sort(rng.choice(GRID * GRID, size=n_objects, replace=False))
     attributes = _pick_attributes(rng, split, n_objects)
+    painted = _colour_order(colour_source, n_objects)
     background = "plain"
     if style == "plain":
-        image, objects = _plain_scene(rng, cells, attributes, size)
+        image, objects = _plain_scene(rng, cells, attributes, size, painted)
     else:
         image, objects, background = _styled_scene(
-            rng, cells, attributes, background_families(style), size, gray=style == "gray", spread=style == "spread"
+            rng, cells, attributes, background_families(style), size, gray=style == "gray", spread=style == "spread",
+            painted=painted,
         )
     return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects, background)
+
+
+def _colour_order(colour_source: Sequence[int] | None, n_objects: int) -> np.ndarray:
+    """`colour_source` checked as a permutation of the scene's objects; each object its own colour when None."""
+    if colour_source is None:
+        return np.arange(n_objects)
+    order = np.asarray(colour_source)
+    if order.shape != (n_objects,) or sorted(order.tolist()) != list(range(n_objects)):
+        raise ValueError(f"colour_source must be a permutation of the scene's {n_objects} objects, got "
+                         f"{order.tolist()}")
+    return order
 
 
 def background_families(style: Style) -> tuple[str, ...]:
@@ -267,14 +287,16 @@ def background_families(style: Style) -> tuple[str, ...]:
 
 
 def _plain_scene(
-    rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], image_size: int
+    rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], image_size: int,
+    painted: np.ndarray,
 ) -> tuple[np.ndarray, tuple[SceneObject, ...]]:
     scale = image_size / IMAGE_SIZE
     cell_size = image_size / GRID
     image = np.empty((image_size, image_size, 3), np.float32)
     image[:] = np.array(BACKGROUND) + rng.normal(0, 3, 3)
     objects = []
-    for cell, (shape, colour, size) in zip(cells, attributes, strict=True):
+    colour_words = [attributes[k][1] for k in painted]
+    for cell, (shape, _, size), colour in zip(cells, attributes, colour_words, strict=True):
         half = (SIZES[size] + rng.uniform(-0.5, 0.5)) * scale
         slack = max(cell_size / 2 - half - scale, 0.0)  # keep the object inside its cell
         centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
@@ -287,7 +309,7 @@ def _plain_scene(
 
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
-    image_size: int, gray: bool = False, spread: bool = False,
+    image_size: int, gray: bool = False, spread: bool = False, painted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, tuple[SceneObject, ...], str]:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
@@ -313,7 +335,10 @@ def _styled_scene(
     cell_size = IMAGE_SIZE / GRID
     shown = image_size / IMAGE_SIZE  # object centres are given in the pixels of the image returned
     objects = []
-    for cell, (shape, colour, size), rgb in zip(cells, attributes, colours, strict=True):
+    # Painted after every draw: the background (its contrast is with the set of colours) and places stay the same.
+    order = np.arange(len(attributes)) if painted is None else painted
+    painted_attributes = [(shape, attributes[k][1], size) for (shape, _, size), k in zip(attributes, order, strict=True)]
+    for cell, (shape, colour, size), rgb in zip(cells, painted_attributes, [colours[k] for k in order], strict=True):
         half = rng.uniform(*VARIED_SIZES[size])
         slack = max(cell_size / 2 - half - 1, 0.0)
         centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)

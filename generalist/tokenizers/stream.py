@@ -478,23 +478,32 @@ def _patch_sources(colour_from: npt.ArrayLike | None, n_patches: int) -> np.ndar
 
 def tokenize_caption(
     image: npt.ArrayLike, caption_ids: npt.ArrayLike, layout: TokenLayout, image_channels: int | None = None,
-    colour_from: npt.ArrayLike | None = None,
+    colour_from: npt.ArrayLike | None = None, colour_image: npt.ArrayLike | None = None,
 ) -> TokenizedSequence:
     """An image's patches then its caption's text ids (loss on the caption only); each patch twice in a row with
     `layout.caption_route_tokens` (the model reads one route at each, the shape's then the colour's), the second
     the pixels of the patch `colour_from` names (raster order; default its own: a scene's colours moved between
-    its objects, `scenes.recolour_objects`)."""
+    its objects, `scenes.recolour_objects`), or of the same patch of `colour_image` (an image of the same size:
+    the scene with its objects painted in one another's colours, `scenes.generate_scene(colour_source=)`)."""
     image_channels = image_channels or layout.image_channels
     patches, n_rows, n_cols = images_to_patches(image, image_channels, name="caption image")
     if patches.ndim != 4:
         raise ValueError(f"caption image: expected one (H, W, {image_channels}) image")
     rows, cols = patch_intervals(n_rows, n_cols)
+    if colour_from is not None and colour_image is not None:
+        raise ValueError("colour tokens read either other patches (colour_from) or another image (colour_image)")
     if layout.caption_route_tokens:
         colour_patches = patches[_patch_sources(colour_from, len(patches))]
+        if colour_image is not None:
+            colour_patches, *_ = images_to_patches(colour_image, image_channels, name="colour image")
+            if colour_patches.shape != patches.shape:
+                raise ValueError(f"colour image: expected {patches.shape[0]} patches like the caption image's, "
+                                 f"got {colour_patches.shape[0]} of shape {colour_patches.shape[1:]}")
         patches = np.stack([patches, colour_patches], axis=1).reshape(-1, *patches.shape[1:])
         rows, cols = np.repeat(rows, 2, axis=0), np.repeat(cols, 2, axis=0)
-    elif colour_from is not None:
-        raise ValueError("colour_from names the patches colour tokens read: it needs layout.caption_route_tokens")
+    elif colour_from is not None or colour_image is not None:
+        raise ValueError("colour_from and colour_image say what colour tokens read: they need "
+                         "layout.caption_route_tokens")
     image_segment = _Segment(
         TokenKind.IMAGE, np.full(len(patches), layout.patch_id, np.int64), np.array([len(patches)], np.int64)
     )
