@@ -261,8 +261,8 @@ def generate_scene(
         image, objects = _plain_scene(rng, cells, attributes, size, painted)
     else:
         image, objects, background = _styled_scene(
-            rng, cells, attributes, background_families(style), size, gray=style == "gray", spread=style == "spread",
-            painted=painted,
+            rng, cells, attributes, background_families(style), size, painted, gray=style == "gray",
+            spread=style == "spread",
         )
     return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects, background)
 
@@ -309,7 +309,7 @@ def _plain_scene(
 
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
-    image_size: int, gray: bool = False, spread: bool = False, painted: np.ndarray | None = None,
+    image_size: int, painted: np.ndarray, gray: bool = False, spread: bool = False,
 ) -> tuple[np.ndarray, tuple[SceneObject, ...], str]:
     from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
 
@@ -336,9 +336,8 @@ def _styled_scene(
     shown = image_size / IMAGE_SIZE  # object centres are given in the pixels of the image returned
     objects = []
     # Painted after every draw: the background (its contrast is with the set of colours) and places stay the same.
-    order = np.arange(len(attributes)) if painted is None else painted
-    painted_attributes = [(shape, attributes[k][1], size) for (shape, _, size), k in zip(attributes, order, strict=True)]
-    for cell, (shape, colour, size), rgb in zip(cells, painted_attributes, [colours[k] for k in order], strict=True):
+    painted_colours = [(attributes[k][1], colours[k]) for k in painted]
+    for cell, (shape, _, size), (colour, rgb) in zip(cells, attributes, painted_colours, strict=True):
         half = rng.uniform(*VARIED_SIZES[size])
         slack = max(cell_size / 2 - half - 1, 0.0)
         centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)

@@ -502,7 +502,7 @@ def tokenize_caption(
         patches = np.stack([patches, colour_patches], axis=1).reshape(-1, *patches.shape[1:])
         rows, cols = np.repeat(rows, 2, axis=0), np.repeat(cols, 2, axis=0)
     elif colour_from is not None or colour_image is not None:
-        raise ValueError("colour_from and colour_image say what colour tokens read: they need "
+        raise ValueError("colour_from and colour_image name what colour tokens read: each needs "
                          "layout.caption_route_tokens")
     image_segment = _Segment(
         TokenKind.IMAGE, np.full(len(patches), layout.patch_id, np.int64), np.array([len(patches)], np.int64)

@@ -21,9 +21,15 @@ from generalist.datasets.mixture import (
     caption_word_targets,
     make_loader,
 )
-from generalist.datasets.scenes import UNIFORM_BACKGROUNDS, generate_scene, parse_caption
+from generalist.datasets.scenes import (
+    UNIFORM_BACKGROUNDS,
+    caption_of,
+    generate_scene,
+    parse_caption,
+    recolour_objects,
+)
 from generalist.model import Generalist, preset
-from generalist.tokenizers import ActionSpec, TextTokenizer, TokenKind, TokenLayout
+from generalist.tokenizers import ActionSpec, TextTokenizer, TokenKind, TokenLayout, tokenize_caption
 
 TOKENIZER = TextTokenizer.default()
 LAYOUT = TokenLayout(TOKENIZER.vocab_size)
@@ -344,9 +350,42 @@ def test_recombination_on_uniform_backgrounds_moves_colours_there_only():
     assert kept_on and not kept_on & set(UNIFORM_BACKGROUNDS)  # every uniform one moved at a share of 1
 
 
+def test_painted_recombination_reads_each_colour_token_in_place_on_every_background():
+    layout = TokenLayout(TOKENIZER.vocab_size, caption_route_tokens=True)
+    plain = SceneCaptionSource(TOKENIZER, layout, style="textured", size=48)
+    painted = SceneCaptionSource(TOKENIZER, layout, style="textured", size=48, colour_recombine=1.0,
+                                 colour_recombine_painted=True)
+    shard = Shard(0, 1)
+    recoloured_on = set()
+    for seed in range(60):
+        before = plain.sample(np.random.default_rng(seed), shard, 512)
+        after = painted.sample(np.random.default_rng(seed), shard, 512)
+        np.testing.assert_array_equal(after.patches[0::2], before.patches[0::2])  # the shape tokens' pixels
+        # The source's draws, in its order: the scene's seed, the share's draw, the permutation.
+        rng = np.random.default_rng(seed)
+        scene = generate_scene(int(rng.integers(2**40)), "train", "textured", 48)
+        rng.random()
+        moved = recolour_objects(scene.objects, rng)
+        if moved is None:  # one colour: nothing to move
+            np.testing.assert_array_equal(after.patches, before.patches)
+            continue
+        objects, source = moved
+        recoloured_on.add(scene.background)
+        said = parse_caption(TOKENIZER.decode(after.ids[after.kinds == TokenKind.TEXT][:-1]))
+        assert said == parse_caption(caption_of(objects))  # captioned with the colours painted
+        image = generate_scene(int(np.random.default_rng(seed).integers(2**40)), "train", "textured", 48,
+                               colour_source=source).image
+        expected = tokenize_caption(image, np.zeros(1, np.int64), layout).patches[0::2]
+        np.testing.assert_array_equal(after.patches[1::2], expected)  # the painted scene, each patch in place
+        empty = np.setdiff1d(np.arange(9), [obj.cell for obj in objects])
+        np.testing.assert_array_equal(after.patches[1::2][empty], before.patches[0::2][empty])  # its own background
+    assert recoloured_on - set(UNIFORM_BACKGROUNDS)  # textured and gradient scenes are recombined too
+
+
 @pytest.mark.parametrize(("route_tokens", "kwargs", "match"), [
     (True, {"colour_recombine": 1.5, "size": 48}, "share of scenes"),
     (True, {"colour_recombine_uniform": True, "size": 48}, "give it a share"),
+    (True, {"colour_recombine_painted": True, "size": 48}, "give it a share"),
     (True, {"colour_recombine": 0.5, "size": 64}, "48-pixel scenes"),
     (False, {"colour_recombine": 0.5, "size": 48}, "two tokens"),
     (True, {"colour_recombine": 0.5, "size": 48, "style": "gray"}, "name no colour"),

@@ -162,6 +162,38 @@ def test_recoloured_objects_keep_all_but_their_colours_which_come_from_one_anoth
     assert moved > 50 and pairs & HELD_OUT_PAIRS  # the tokens meet held-out pairs; no image draws one
 
 
+@pytest.mark.parametrize("style", ["plain", "textured", "unseen"])
+def test_a_painted_scene_is_the_same_scene_with_its_objects_in_one_anothers_colours(style):
+    rng = np.random.default_rng(0)
+    painted_any = 0
+    for seed in range(30):
+        scene = generate_scene(seed, "train", style, 48)
+        same = generate_scene(seed, "train", style, 48, colour_source=np.arange(len(scene.objects)))
+        np.testing.assert_array_equal(same.image, scene.image)  # the identity paints nothing
+        moved = recolour_objects(scene.objects, rng)
+        if moved is None:
+            continue
+        objects, source = moved
+        painted = generate_scene(seed, "train", style, 48, colour_source=source)
+        assert painted.objects == objects and painted.background == scene.background
+        assert painted.caption == caption_of(objects)
+        changed = (painted.image != scene.image).any(-1)
+        for obj in scene.objects:  # the background, away from every object, is the scene's own
+            row, col = (int(c) for c in obj.centre)
+            changed[max(row - 9, 0):row + 10, max(col - 9, 0):col + 10] = False
+        assert not changed.any()
+        for obj, new in zip(scene.objects, objects, strict=True):  # each object's centre shows its new colour
+            centre = painted.image[int(obj.centre[0]), int(obj.centre[1])].astype(float)
+            nearest = min(COLOURS, key=lambda name: np.linalg.norm(np.array(COLOURS[name]) - centre))
+            assert nearest == new.colour, (seed, obj)
+        painted_any += 1
+    assert painted_any > 10
+    n_objects = len(generate_scene(0, "train", style, 48).objects)
+    for bad in (np.arange(n_objects + 1), np.zeros(n_objects, int) if n_objects > 1 else [1]):
+        with pytest.raises(ValueError, match="permutation of the scene's"):
+            generate_scene(0, "train", style, 48, colour_source=bad)
+
+
 def test_a_scene_records_its_background_family_the_flat_one_one_colour_the_textured_ones_not():
     assert generate_scene(0, "train", "plain").background == "plain"
     drawn = {}

@@ -202,6 +202,24 @@ def test_two_tokens_a_caption_patch_read_its_pixels_then_the_pixels_colour_from_
         tokenize_caption(image, caption, LAYOUT, colour_from=[0, 1, 2, 3])
 
 
+def test_colour_tokens_may_read_the_same_patches_of_another_image():
+    image = np.arange(32 * 32 * 3, dtype=np.uint8).reshape(32, 32, 3)
+    painted = (255 - image).astype(np.uint8)  # the same size, other pixels everywhere
+    caption = TEXT.encode("a red circle")
+    layout = TokenLayout(TEXT.vocab_size, caption_route_tokens=True)
+    own, other = tokenize_caption(image, caption, layout), tokenize_caption(painted, caption, layout)
+    read = tokenize_caption(image, caption, layout, colour_image=painted)
+    np.testing.assert_array_equal(read.patches[0::2], own.patches[0::2])  # the shape tokens read the image
+    np.testing.assert_array_equal(read.patches[1::2], other.patches[0::2])  # the colour tokens the other, in place
+    np.testing.assert_array_equal(read.patch_rows, own.patch_rows)
+    with pytest.raises(ValueError, match="4 patches like the caption image's"):
+        tokenize_caption(image, caption, layout, colour_image=painted[:16])
+    with pytest.raises(ValueError, match="either other patches"):
+        tokenize_caption(image, caption, layout, colour_from=[0, 1, 2, 3], colour_image=painted)
+    with pytest.raises(ValueError, match="needs layout.caption_route_tokens"):
+        tokenize_caption(image, caption, LAYOUT, colour_image=painted)
+
+
 def test_slice_keeps_the_patches_inside_it():
     episode = _random_episode(np.random.default_rng(2), n_steps=4, n_cont=2, n_disc=0, image=True)
     seq = tokenize_episode(episode, np.zeros(4, int), DISCRETE_6, LAYOUT)
