@@ -305,7 +305,7 @@ class TrainConfig:
     `colour_source`): each colour token reads its own patch and background, so scenes on every background are
     recombined, not only uniform ones (61.7% of the textured scenes against 25.2%). With whole colour tokens
     (`centre_colour_tokens` False), measured: seed 0 read both attributes, 99.0% exact, unseen backgrounds' colour
-    98.6% (`lang-whole-painted`); seed 1 named the colour from the shape (34.5% at step 860,
+    98.6% (`lang-whole-painted`); seed 1 named the colour from the shape (colour 53.2%, 23.0% exact,
     `lang-whole-painted-s1`): in no preset (docs/RESULTS.md)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
