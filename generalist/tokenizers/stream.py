@@ -493,8 +493,9 @@ def tokenize_caption(
     if colour_from is not None and colour_image is not None:
         raise ValueError("colour tokens read either other patches (colour_from) or another image (colour_image)")
     if layout.caption_route_tokens:
-        colour_patches = patches[_patch_sources(colour_from, len(patches))]
-        if colour_image is not None:
+        if colour_image is None:
+            colour_patches = patches[_patch_sources(colour_from, len(patches))]
+        else:
             colour_patches, *_ = images_to_patches(colour_image, image_channels, name="colour image")
             if colour_patches.shape != patches.shape:
                 raise ValueError(f"colour image: expected {patches.shape[0]} patches like the caption image's, "
