@@ -275,7 +275,7 @@ class SceneCaptionSource:
     # Recombine only scenes whose background is the same everywhere (`scenes.UNIFORM_BACKGROUNDS`): elsewhere a
     # moved colour token's border shows another place's background, and moved scenes can be told from drawn ones.
     colour_recombine_uniform: bool = False
-    # Recombine by painting each object in its donor's colour in place (`generate_scene(colour_source=)`): each
+    # Recombine by painting each object in its donor's colour in place (`Scene.painted`, the scene repainted): each
     # colour token reads its own patch, its own background, so a scene on any background can be recombined.
     colour_recombine_painted: bool = False
 
@@ -303,7 +303,7 @@ class SceneCaptionSource:
                 objects, source = moved
                 caption = caption_of(objects, order=self.order)
                 if self.colour_recombine_painted:
-                    colour_image = generate_scene(seed, "train", self.style, self.size, colour_source=source).image
+                    colour_image = scene.painted(source)
                 else:
                     colour_from = np.arange(GRID * GRID)  # one patch a cell, in raster order
                     colour_from[[obj.cell for obj in objects]] = [objects[k].cell for k in source]

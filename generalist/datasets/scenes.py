@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -123,6 +123,39 @@ class Scene:
     caption: str
     objects: tuple[SceneObject, ...]
     background: str = "plain"
+    canvas: Canvas | None = field(default=None, repr=False, compare=False)  # what `painted` repaints
+
+    def painted(self, colour_source: Sequence[int]) -> np.ndarray:
+        """The image `generate_scene` draws for this scene's seed with `colour_source`, without drawing it again."""
+        if self.canvas is None:
+            raise ValueError("this scene was built without its canvas: draw it with generate_scene to repaint it")
+        return self.canvas.paint(_colour_order(colour_source, len(self.objects)))
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """A scene's background and its objects' places before they are painted, so the same scene can be painted
+    again with its colours moved among its objects (`Scene.painted`) at the cost of the painting and resize only:
+    the background's draws (redrawn until every colour contrasts) cost most of a scene."""
+
+    background: np.ndarray  # (render, render, 3) float32
+    masks: tuple[np.ndarray, ...]  # each object's pixels, (render, render) bool
+    colours: np.ndarray  # (objects, 3): each object's own colour
+    jitter: np.ndarray  # (objects, 3): noise of each object's place, added to whichever colour is painted there
+    size: int  # pixels per side of the painted image
+    resize: bool  # drawn at another size and resized to `size` as `generalist caption` resizes
+
+    def paint(self, order: np.ndarray) -> np.ndarray:
+        """The (size, size, 3) uint8 image with object k painted in object `order[k]`'s colour."""
+        image = self.background.copy()
+        for k, mask in enumerate(self.masks):
+            image[mask] = np.clip(self.colours[order[k]] + self.jitter[k], 0, 255)
+        image = image.round().astype(np.uint8)
+        if not self.resize:
+            return image
+        from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
+
+        return to_rgb_square(image, self.size)
 
 
 def _shape_mask(shape: str, centre: tuple[float, float], half: float, size: int = IMAGE_SIZE) -> np.ndarray:
@@ -258,13 +291,14 @@ def generate_scene(
     painted = _colour_order(colour_source, n_objects)
     background = "plain"
     if style == "plain":
-        image, objects = _plain_scene(rng, cells, attributes, size, painted)
+        canvas, objects = _plain_scene(rng, cells, attributes, size)
     else:
-        image, objects, background = _styled_scene(
-            rng, cells, attributes, background_families(style), size, painted, gray=style == "gray",
-            spread=style == "spread",
+        canvas, objects, background = _styled_scene(
+            rng, cells, attributes, background_families(style), size, gray=style == "gray", spread=style == "spread",
         )
-    return Scene(image, caption_of(objects, with_colour=style != "gray", order=order), objects, background)
+    objects = tuple(replace(obj, colour=objects[k].colour) for obj, k in zip(objects, painted, strict=True))
+    caption = caption_of(objects, with_colour=style != "gray", order=order)
+    return Scene(canvas.paint(painted), caption, objects, background, canvas)
 
 
 def _colour_order(colour_source: Sequence[int] | None, n_objects: int) -> np.ndarray:
@@ -288,31 +322,29 @@ def background_families(style: Style) -> tuple[str, ...]:
 
 def _plain_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], image_size: int,
-    painted: np.ndarray,
-) -> tuple[np.ndarray, tuple[SceneObject, ...]]:
+) -> tuple[Canvas, tuple[SceneObject, ...]]:
     scale = image_size / IMAGE_SIZE
     cell_size = image_size / GRID
-    image = np.empty((image_size, image_size, 3), np.float32)
-    image[:] = np.array(BACKGROUND) + rng.normal(0, 3, 3)
-    objects = []
-    colour_words = [attributes[k][1] for k in painted]
-    for cell, (shape, _, size), colour in zip(cells, attributes, colour_words, strict=True):
+    background = np.empty((image_size, image_size, 3), np.float32)
+    background[:] = np.array(BACKGROUND) + rng.normal(0, 3, 3)
+    objects, masks, jitter = [], [], []
+    for cell, (shape, colour, size) in zip(cells, attributes, strict=True):
         half = (SIZES[size] + rng.uniform(-0.5, 0.5)) * scale
         slack = max(cell_size / 2 - half - scale, 0.0)  # keep the object inside its cell
         centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
         centre_col = (cell % GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
-        mask = _shape_mask(shape, (centre_row, centre_col), half, image_size)
-        image[mask] = np.clip(np.array(COLOURS[colour]) + rng.normal(0, 6, 3), 0, 255)
+        masks.append(_shape_mask(shape, (centre_row, centre_col), half, image_size))
+        jitter.append(rng.normal(0, 6, 3))
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row), float(centre_col))))
-    return image.round().astype(np.uint8), tuple(objects)
+    colours = np.array([COLOURS[colour] for _, colour, _ in attributes], np.float64)
+    canvas = Canvas(background, tuple(masks), colours, np.array(jitter), image_size, resize=False)
+    return canvas, tuple(objects)
 
 
 def _styled_scene(
     rng: np.random.Generator, cells: np.ndarray, attributes: list[tuple[str, str, str]], families: tuple[str, ...],
-    image_size: int, painted: np.ndarray, gray: bool = False, spread: bool = False,
-) -> tuple[np.ndarray, tuple[SceneObject, ...], str]:
-    from generalist.datasets.captions import to_rgb_square  # skimage's resize, as `generalist caption` uses
-
+    image_size: int, gray: bool = False, spread: bool = False,
+) -> tuple[Canvas, tuple[SceneObject, ...], str]:
     render = int(rng.choice(RENDER_SIZES))
     scale = render / IMAGE_SIZE
     draw_colour = _spread_colour if spread else _jittered_colour
@@ -331,23 +363,20 @@ def _styled_scene(
         background = np.broadcast_to(np.array(BACKGROUND, np.float32), (render, render, 3)).copy()
         if gray:
             background = _gray(background)
-    image = background.astype(np.float32)
     cell_size = IMAGE_SIZE / GRID
     shown = image_size / IMAGE_SIZE  # object centres are given in the pixels of the image returned
-    objects = []
-    # Painted after every draw: the background (its contrast is with the set of colours) and places stay the same.
-    painted_colours = [(attributes[k][1], colours[k]) for k in painted]
-    for cell, (shape, _, size), (colour, rgb) in zip(cells, attributes, painted_colours, strict=True):
+    objects, masks = [], []
+    for cell, (shape, colour, size) in zip(cells, attributes, strict=True):
         half = rng.uniform(*VARIED_SIZES[size])
         slack = max(cell_size / 2 - half - 1, 0.0)
         centre_row = (cell // GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
         centre_col = (cell % GRID + 0.5) * cell_size + rng.uniform(-slack, slack)
-        mask = _shape_mask(shape, (centre_row * scale, centre_col * scale), half * scale, render)
-        image[mask] = rgb
+        masks.append(_shape_mask(shape, (centre_row * scale, centre_col * scale), half * scale, render))
         objects.append(SceneObject(shape, colour, size, int(cell), (float(centre_row * shown),
                                                                     float(centre_col * shown))))
-    resized = to_rgb_square(image.round().astype(np.uint8), image_size)
-    return resized, tuple(objects), family
+    drawn = np.asarray(colours)
+    canvas = Canvas(background.astype(np.float32), tuple(masks), drawn, np.zeros_like(drawn), image_size, resize=True)
+    return canvas, tuple(objects), family
 
 
 def _gray(rgb: np.ndarray) -> np.ndarray:

@@ -1,5 +1,7 @@
 """Procedural scenes: deterministic, captions match the pixels, held-out combinations never in training."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -175,6 +177,7 @@ def test_a_painted_scene_is_the_same_scene_with_its_objects_in_one_anothers_colo
             continue
         objects, source = moved
         painted = generate_scene(seed, "train", style, 48, colour_source=source)
+        np.testing.assert_array_equal(scene.painted(source), painted.image)  # repainted, not drawn again: the same
         assert painted.objects == objects and painted.background == scene.background
         assert painted.caption == caption_of(objects)
         changed = (painted.image != scene.image).any(-1)
@@ -192,6 +195,11 @@ def test_a_painted_scene_is_the_same_scene_with_its_objects_in_one_anothers_colo
     for bad in (np.arange(n_objects + 1), np.zeros(n_objects, int) if n_objects > 1 else [1]):
         with pytest.raises(ValueError, match="permutation of the scene's"):
             generate_scene(0, "train", style, 48, colour_source=bad)
+        with pytest.raises(ValueError, match="permutation of the scene's"):
+            generate_scene(0, "train", style, 48).painted(bad)
+    bare = replace(generate_scene(0, "train", style, 48), canvas=None)
+    with pytest.raises(ValueError, match="without its canvas"):
+        bare.painted(np.arange(len(bare.objects)))
 
 
 def test_a_scene_records_its_background_family_the_flat_one_one_colour_the_textured_ones_not():
