@@ -35,12 +35,10 @@ from collections import Counter
 import numpy as np
 import torch
 
-import generalist.model
 from generalist.batch import collate
 from generalist.checkpoint import load_model
 from generalist.datasets.mixture import caption_word_pieces
 from generalist.datasets.scenes import COLOURS, HELD_OUT_PAIRS, SHAPES, SceneObject, generate_scene
-from generalist.model import padded_size
 from generalist.tokenizers.images import images_to_patches
 from generalist.tokenizers.stream import tokenize_caption
 
@@ -53,20 +51,6 @@ def word_ids(tokenizer, attribute: str) -> np.ndarray:
     if any(len(ids) != 1 for ids in pieces.values()):
         raise ValueError(f"each {attribute} word must be one piece of the text model: {pieces}")
     return np.array([ids[0] for ids in pieces.values()])
-
-
-class _MaskedAttention:
-    """`torch.nn.functional` with `scaled_dot_product_attention` given a fixed mask instead of a causal one."""
-
-    def __init__(self, mask: torch.Tensor) -> None:
-        self.mask = mask
-
-    def __getattr__(self, name: str):
-        return getattr(torch.nn.functional, name)
-
-    def scaled_dot_product_attention(self, q, k, v, is_causal=False, dropout_p=0.0, attn_mask=None):
-        mask = self.mask[: q.shape[2], : k.shape[2]]
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 def image_mask(n_tokens: int, n_image: int, mode: str) -> torch.Tensor:
@@ -145,12 +129,9 @@ def main() -> None:
                 sequences.append(sequence)
             n_image = len(sequences[0]) - len(captions[0])  # every 48-pixel scene has as many patch tokens
             batch = collate(sequences, layout)
-            generalist.model.F = _MaskedAttention(image_mask(padded_size(batch.ids.shape[1]), n_image, args.mask))
-            try:
-                with torch.no_grad():
-                    logits = model.logits(batch).float()  # (b, t, v), right-padded rows
-            finally:
-                generalist.model.F = torch.nn.functional
+            mask = image_mask(batch.ids.shape[1], n_image, args.mask)
+            with torch.no_grad():
+                logits = model.logits(batch, attention_mask=mask).float()  # (b, t, v), right-padded rows
             for row, (scene, colours, shapes) in enumerate(zip(scenes, colour_at, shape_at, strict=True)):
                 colour_said = logits[row, n_image + colours - 1][:, colour_ids].argmax(1).numpy()
                 shape_said = logits[row, n_image + shapes - 1][:, shape_ids].argmax(1).numpy()

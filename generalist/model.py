@@ -721,6 +721,18 @@ class AttentionCache(Protocol):
         ...
 
 
+def _padded_mask(attention_mask: torch.Tensor, t: int, padded: int) -> torch.Tensor:
+    """A (t, t) bool mask grown to the padded length: the padding tokens causal, read by no real token."""
+    if attention_mask.shape != (t, t) or attention_mask.dtype != torch.bool:
+        raise ValueError(f"attention_mask must be a ({t}, {t}) bool tensor for a batch of {t} tokens, got "
+                         f"{tuple(attention_mask.shape)} {attention_mask.dtype}")
+    if not attention_mask.diagonal().all():
+        raise ValueError("attention_mask: every token must read itself (a row that reads nothing has no attention)")
+    mask = torch.ones(padded, padded, dtype=torch.bool, device=attention_mask.device).tril()
+    mask[:t, :t] = attention_mask
+    return mask
+
+
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with rotary positions, through `scaled_dot_product_attention`."""
 
@@ -731,13 +743,16 @@ class CausalSelfAttention(nn.Module):
         self.out = nn.Linear(config.d_model, config.d_model, bias=False)
         self.out_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: AttentionCache | None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, rotation: torch.Tensor, cache: AttentionCache | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.n_head, d // self.n_head).permute(2, 0, 3, 1, 4)  # (b, h, t, k)
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         if cache is None:
             dropout = self.dropout if self.training else 0.0
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, dropout_p=dropout)
         else:
             y = cache.attend(self.layer, q, k, v)
         return self.out_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))  # (b, t, d)
@@ -767,8 +782,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(config.d_model)
         self.feed_forward = GEGLU(config)
 
-    def forward(self, x: torch.Tensor, rotation: torch.Tensor, cache: AttentionCache | None) -> torch.Tensor:
-        x = x + self.attention(self.norm1(x), rotation, cache)
+    def forward(
+        self, x: torch.Tensor, rotation: torch.Tensor, cache: AttentionCache | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x), rotation, cache, mask)
         return x + self.feed_forward(self.norm2(x))
 
 
@@ -850,21 +868,32 @@ class Generalist(nn.Module):
         total = sum(p.numel() for p in self.parameters())
         return total - self.embed.ids.weight.numel() if exclude_embeddings else total
 
-    def hidden(self, batch: Batch, cache: AttentionCache | None = None) -> torch.Tensor:
-        """Final-normed hidden states (b, t, d); with a cache, the batch holds only the tokens after it."""
+    def hidden(
+        self, batch: Batch, cache: AttentionCache | None = None, attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final-normed hidden states (b, t, d); with a cache, the batch holds only the tokens after it.
+
+        `attention_mask` (t, t) bool, True where token i may read token j, replaces the causal mask in every layer:
+        for probes of what a reading needs (`bench.word_probe`), not for training; no cache with it.
+        """
         t = batch.ids.shape[1]
         x = self.embed_dropout(self.embed(batch))  # (b, t, d)
+        mask = None
         if cache is None:
             if t > self.config.context:
                 raise ValueError(f"a batch of {t} tokens is longer than the context of {self.config.context}")
             # Zero tokens after the last: under causal attention no real token reads them (SHAPE_MULTIPLE).
             x = F.pad(x, (0, 0, 0, padded_size(t) - t))
             positions = torch.arange(x.shape[1], device=batch.ids.device)  # (t',)
+            if attention_mask is not None:
+                mask = _padded_mask(attention_mask, t, x.shape[1])
         else:
+            if attention_mask is not None:
+                raise ValueError("attention_mask replaces the causal mask of a whole batch: not with a cache")
             positions = cache.positions  # (b, t)
         rotation = rotary(positions, self.config).unsqueeze(-3)  # (1 or b, 1, t', k/2): broadcast over heads
         for block in self.blocks:
-            x = block(x, rotation, cache)
+            x = block(x, rotation, cache, mask)
         return self.norm(x[:, :t])
 
     def output_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -872,9 +901,11 @@ class Generalist(nn.Module):
         weight = self.embed.ids.weight if self.lm_head is None else self.lm_head.weight
         return F.linear(hidden, weight)
 
-    def logits(self, batch: Batch, cache: AttentionCache | None = None) -> torch.Tensor:
+    def logits(
+        self, batch: Batch, cache: AttentionCache | None = None, attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Next-token logits at every position (b, t, v); for evaluation and tests, not for training."""
-        return self.output_logits(self.hidden(batch, cache))
+        return self.output_logits(self.hidden(batch, cache, attention_mask))
 
     def forward(
         self,

@@ -722,3 +722,42 @@ def test_target_weights_make_the_loss_a_weighted_mean_and_leave_its_parts_alone(
     weighted = model(batch, weights=only_actions)
     torch.testing.assert_close(weighted.loss, plain.action_loss)
     torch.testing.assert_close(weighted.text_loss, plain.text_loss)
+
+
+# ------------------------------------------------------------------------------- attention masks
+
+
+def test_an_attention_mask_replaces_the_causal_one_in_every_layer():
+    model = _model()
+    ids = np.arange(40) + 7
+    batch = collate([tokenize_text(ids, LAYOUT)], LAYOUT)
+    t = batch.ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    with torch.no_grad():
+        plain = model.logits(batch)
+        torch.testing.assert_close(model.logits(batch, attention_mask=causal), plain)
+        alone = causal.clone()
+        alone[-1] = False
+        alone[-1, -1] = True  # the last token reads only itself
+        cut = model.logits(batch, attention_mask=alone)
+        changed = ids.copy()
+        changed[:-1] += 100  # every token before the last another
+        cut_changed = model.logits(collate([tokenize_text(changed, LAYOUT)], LAYOUT), attention_mask=alone)
+    torch.testing.assert_close(cut[:, :-1], plain[:, :-1])  # the other rows still read causally
+    assert not torch.allclose(cut[:, -1], plain[:, -1])  # the cut changes what the last token says...
+    torch.testing.assert_close(cut_changed[:, -1], cut[:, -1])  # ...and it no longer hears the tokens before it
+
+
+def test_a_bad_attention_mask_is_refused():
+    model = _model()
+    batch = collate([tokenize_text(np.arange(10) + 7, LAYOUT)], LAYOUT)
+    t = batch.ids.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool).tril()
+    with pytest.raises(ValueError, match="bool tensor"):
+        model.logits(batch, attention_mask=causal[:-1])
+    with pytest.raises(ValueError, match="bool tensor"):
+        model.logits(batch, attention_mask=causal.float())
+    blind = causal.clone()
+    blind[3, 3] = False
+    with pytest.raises(ValueError, match="must read itself"):
+        model.logits(batch, attention_mask=blind)
