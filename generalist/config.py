@@ -301,8 +301,8 @@ class TrainConfig:
     pairs' (86.1 -> 92.4%, 83.9 -> 98.7%), exact captions 79.5 -> 84.0% and 71.0 -> 91.0%: the `language`
     preset's setting (`CAPTION_TRAINING`)"""
     colour_recombine_painted: bool = False
-    """`colour_recombine` by painting each object in its donor's colour in place (`scenes.generate_scene`'s
-    `colour_source`): each colour token reads its own patch and background, so scenes on every background are
+    """`colour_recombine` by painting each object in its donor's colour in place (`scenes.Scene.painted`: the
+    same scene repainted): each colour token reads its own patch and background, so scenes on every background are
     recombined, not only uniform ones (61.7% of the textured scenes against 25.2%). With whole colour tokens
     (`centre_colour_tokens` False), measured: seed 0 read both attributes, 99.0% exact, unseen backgrounds' colour
     98.6% (`lang-whole-painted`); seed 1 named the colour from the shape (colour 53.2%, 23.0% exact,
