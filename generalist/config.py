@@ -172,6 +172,10 @@ class TrainConfig:
     """with `centre_patches` and `route_tokens`, centre the caption patches' colour tokens too; False leaves
     them whole, so that an object's colours are not read against its background's (measured: every colour read
     on unseen backgrounds, one attribute named from the other; in no preset; model.py)"""
+    colour_centre_gate: bool = False
+    """with centred colour tokens, each subtracts a learned fraction of its image's mean, one per dimension,
+    starting at 1 (centred): the learning starts as the centred tokens' does, and may keep an object's absolute
+    colour where it helps (model.py)"""
     patch_input: str = "pixels"
     """what the patch block reads: pixels; pixels+mask (a colour-free foreground mask beside them); or
     mask+colour (the mask through the block, the patch's background and foreground colours beside it, so shape

@@ -22,7 +22,8 @@ Design choices, and where we depart from Gato (Reed et al., 2022):
   colour of 99.5% of held-out objects on unseen backgrounds whole and 90.0% centred, the captions 88.2%
   (`bench.route_probe --centred`, docs/RESULTS.md, issue 20). Whole, they gave 99.5% of those colours, but the
   transformer then named one attribute from the other (seed 0 the shapes from the colour, seed 1 the colour
-  from the shape): measured, not in any preset.
+  from the shape): measured, not in any preset. `colour_centre_gate` starts centred and learns, per dimension,
+  how much of the image's mean a colour token loses, so that the learning starts as the centred tokens' did.
 - `patch_input` chooses what the patch block reads. "pixels" is Gato's. "pixels+mask" adds a colour-free
   channel, the patch's foreground mask: each pixel's RGB distance from the median colour of the patch's border
   (mostly background: a scene object stays inside its cell), over the patch's largest distance. A convolution
@@ -168,6 +169,9 @@ class ModelConfig:
     centre_colour_tokens: bool = True
     """With `centre_patches` and `route_tokens`, centre the caption patches' colour tokens too, not only their
     shape tokens (see the module docstring)."""
+    colour_centre_gate: bool = False
+    """With centred colour tokens, subtract a learned fraction of their image's mean, one per dimension, starting
+    at 1 (centred), so training may keep an object's absolute colour where it helps (see the module docstring)."""
     patch_input: str = "pixels"
     """What the patch block reads (`PATCH_INPUTS`): the pixels; the pixels and a colour-free foreground mask; or
     the mask through the block and the patch's two mean colours beside it (see the module docstring)."""
@@ -227,6 +231,9 @@ class ModelConfig:
         if self.route_tokens and (self.caption_patch_input or self.patch_input) != "mask+colour":
             raise ValueError(f"route_tokens reads the two routes of 'mask+colour' apart: the captions' block reads "
                              f"{self.caption_patch_input or self.patch_input!r}")
+        if self.colour_centre_gate and not (self.centre_patches and self.route_tokens and self.centre_colour_tokens):
+            raise ValueError("colour_centre_gate scales the centring of the colour tokens: it needs centre_patches, "
+                             "route_tokens and centre_colour_tokens")
         if not 0 <= self.value_frequencies <= 10:
             raise ValueError(f"value_frequencies must lie in 0..10 (at 10 the finest period is 2 bins), "
                              f"got {self.value_frequencies}")
@@ -558,6 +565,7 @@ class TokenEmbedding(nn.Module):
         self.action = nn.Parameter(torch.zeros(config.d_model))  # one position shared by every action token
         self.centre_patches = config.centre_patches
         self.centre_colour_tokens = config.centre_colour_tokens
+        self.colour_centre_gate = nn.Parameter(torch.ones(config.d_model)) if config.colour_centre_gate else None
         self.route_tokens = config.route_tokens
         self.continuous_offset = config.layout.continuous_offset
         self.values = nn.Linear(1 + 2 * config.value_frequencies, config.d_model) if config.value_frequencies else None
@@ -594,6 +602,8 @@ class TokenEmbedding(nn.Module):
                                 colour_only if self.route_tokens else None)
             if self.route_tokens and not self.centre_colour_tokens:
                 means = means * (~colour_only)[:, None].to(means.dtype)
+            elif self.colour_centre_gate is not None:
+                means = torch.where(colour_only[:, None], means * self.colour_centre_gate.to(means.dtype), means)
             content = content - means
         return content
 

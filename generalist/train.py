@@ -173,6 +173,7 @@ def model_config(config: TrainConfig, text_vocab_size: int) -> ModelConfig:
         config.model, text_vocab_size=text_vocab_size, context=config.sequence_length, dropout=config.dropout,
         frame_stack=config.frame_stack, frame_colour=config.frame_colour, frame_size=config.frame_size,
         centre_patches=config.centre_patches, centre_colour_tokens=config.centre_colour_tokens,
+        colour_centre_gate=config.colour_centre_gate,
         patch_input=config.patch_input, mask_background=config.mask_background,
         caption_patch_input=config.caption_patch_input, caption_mask_background=config.caption_mask_background,
         route_norm=config.route_norm, route_tokens=config.route_tokens, value_frequencies=config.value_frequencies,

@@ -342,6 +342,33 @@ def test_route_tokens_read_each_caption_patch_by_its_shape_then_by_its_colour(ce
     dataclasses.replace(CONFIG, patch_input="pixels", caption_patch_input="mask+colour", route_tokens=True)
 
 
+def test_a_colour_centre_gate_subtracts_its_learned_fraction_of_the_mean_from_the_colour_tokens_alone():
+    torch.manual_seed(0)
+    config = dataclasses.replace(CONFIG, patch_input="mask+colour", route_tokens=True, centre_patches=True,
+                                 colour_centre_gate=True)
+    model = _model(config).eval()
+    square, circle = _square_and_circle()
+    image = np.full((32, 32, 3), 28, dtype=np.uint8)
+    image[:16, :16][square] = (220, 45, 45)
+    image[16:, 16:][circle] = (55, 95, 235)
+    batch = collate([tokenize_caption(image, TEXT.encode("a caption"), config.layout)], config.layout)
+    gate = torch.linspace(0.0, 1.0, config.d_model)
+    with torch.no_grad():
+        centred = model.embed.patch_content(batch)  # the gate starts at 1: centred
+        model.embed.colour_centre_gate.copy_(gate)
+        gated = model.embed.patch_content(batch)
+        routes, _ = model.embed.patches.routes(batch.patches[::2])  # (4, 2, d): each patch once
+    means = routes.mean(dim=0)
+    torch.testing.assert_close(centred[1::2], routes[:, 1] - means[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(gated[1::2], routes[:, 1] - gate * means[1], rtol=0, atol=1e-5)
+    torch.testing.assert_close(gated[::2], routes[:, 0] - means[0], rtol=0, atol=1e-5)  # shapes still centred
+    assert model.embed.colour_centre_gate.requires_grad
+    for unfit in ({"centre_patches": False}, {"centre_colour_tokens": False}):
+        with pytest.raises(ValueError, match="colour_centre_gate"):
+            dataclasses.replace(config, **unfit)
+    assert "embed.colour_centre_gate" not in _model().state_dict()  # models without it keep their weights' names
+
+
 def test_a_swapped_colour_token_carries_another_objects_colour_and_the_shape_token_its_own_shape():
     # Three images of four patches, an object in the first patch of each: with `route_tokens` and the colour swap
     # everywhere, each object's colour token is another object's colour route, its shape token and every empty
