@@ -310,7 +310,8 @@ class TrainConfig:
     recombined, not only uniform ones (61.7% of the textured scenes against 25.2%). With whole colour tokens
     (`centre_colour_tokens` False), measured: seed 0 read both attributes, 99.0% exact, unseen backgrounds' colour
     98.6% (`lang-whole-painted`); seed 1 named the colour from the shape (colour 53.2%, 23.0% exact,
-    `lang-whole-painted-s1`): in no preset (docs/RESULTS.md)"""
+    `lang-whole-painted-s1`); with the centred colour tokens no attribute read by step 827 (`lang-painted-centred`,
+    stopped): in no preset (docs/RESULTS.md)"""
     action_sigma: float = 0.0
     """continuous action targets as a Gaussian of this std, in bins (of 1,024 over [-1, 1]), around the exact bin
     ("HL-Gauss": a near miss costs less than a far one); 0 trains the exact bin alone"""
