@@ -181,6 +181,15 @@ def _square_and_circle():
     return square, circle
 
 
+def _red_square_and_blue_circle():
+    """A 32x32 caption image of four patches: a red square top left, a blue circle bottom right."""
+    square, circle = _square_and_circle()
+    image = np.full((32, 32, 3), 28, dtype=np.uint8)
+    image[:16, :16][square] = (220, 45, 45)
+    image[16:, 16:][circle] = (55, 95, 235)
+    return image
+
+
 def test_the_foreground_mask_outlines_an_object_whatever_its_colour():
     square, circle = _square_and_circle()
     patches = _object_patches([square, circle], [(220, 45, 45), (55, 95, 235), (240, 240, 240)])
@@ -316,10 +325,7 @@ def test_route_tokens_read_each_caption_patch_by_its_shape_then_by_its_colour(ce
     config = dataclasses.replace(CONFIG, patch_input="mask+colour", route_tokens=True, centre_patches=centre,
                                  centre_colour_tokens=centre_colour)
     model = _model(config).eval()
-    square, circle = _square_and_circle()
-    image = np.full((32, 32, 3), 28, dtype=np.uint8)
-    image[:16, :16][square] = (220, 45, 45)
-    image[16:, 16:][circle] = (55, 95, 235)
+    image = _red_square_and_blue_circle()
     caption = tokenize_caption(image, TEXT.encode("a caption"), config.layout)
     plain = tokenize_caption(image, TEXT.encode("a caption"), CONFIG.layout)
     assert len(caption.patches) == 2 * len(plain.patches) == 8
@@ -347,10 +353,7 @@ def test_a_colour_centre_gate_subtracts_its_learned_fraction_of_the_mean_from_th
     config = dataclasses.replace(CONFIG, patch_input="mask+colour", route_tokens=True, centre_patches=True,
                                  colour_centre_gate=True)
     model = _model(config).eval()
-    square, circle = _square_and_circle()
-    image = np.full((32, 32, 3), 28, dtype=np.uint8)
-    image[:16, :16][square] = (220, 45, 45)
-    image[16:, 16:][circle] = (55, 95, 235)
+    image = _red_square_and_blue_circle()
     batch = collate([tokenize_caption(image, TEXT.encode("a caption"), config.layout)], config.layout)
     gate = torch.linspace(0.0, 1.0, config.d_model)
     with torch.no_grad():
