@@ -36,11 +36,12 @@ STYLES = ("plain", "varied", "unseen")
 
 
 def route_features(
-    block: PatchEncoder, seeds: range, split: str, style: str, centred: bool = False
+    block: PatchEncoder, seeds: range, split: str, style: str, centred: bool = False,
+    colour_gate: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Per object of the scenes: both routes' outputs (n, 2, d), less each route's mean over its scene's patches
-    with `centred` (what the transformer reads with `centre_patches`), its colour and shape indices, held-out
-    pair."""
+    with `centred` (what the transformer reads with `centre_patches`; the colour route's mean scaled by
+    `colour_gate` (d,) where the model learned one), its colour and shape indices, held-out pair."""
     patches, objects = [], []  # every scene's patches, then its objects' patch indices among them
     colours, shapes, held = [], [], []
     n_patches = 0
@@ -56,8 +57,11 @@ def route_features(
     with torch.no_grad():  # one block call (GroupNorm normalizes each patch alone): the same outputs but rounding
         output, _ = block.routes(torch.from_numpy(np.concatenate(patches)))
     if centred:  # every scene has the same number of patches
-        scenes = output.view(len(patches), -1, *output.shape[1:])
-        output = (scenes - scenes.mean(dim=1, keepdim=True)).flatten(0, 1)
+        scenes = output.view(len(patches), -1, *output.shape[1:])  # (scenes, patches, 2, d)
+        means = scenes.mean(dim=1, keepdim=True)
+        if colour_gate is not None:
+            means = torch.stack([means[:, :, 0], means[:, :, 1] * colour_gate], dim=2)
+        output = (scenes - means).flatten(0, 1)
     return output[objects].float().numpy(), np.array(colours), np.array(shapes), np.array(held)
 
 
@@ -87,7 +91,8 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true",
                         help="probe the checkpoint's block freshly initialized (torch seed 0): what it held untrained")
     parser.add_argument("--centred", action="store_true",
-                        help="probe each route less its mean over the scene's patches, as `centre_patches` feeds it")
+                        help="probe each route less its mean over the scene's patches, as `centre_patches` feeds it "
+                             "(the colour route's scaled by the model's `colour_centre_gate` where it has one)")
     args = parser.parse_args()
     torch.manual_seed(0)
     model, _ = load_model(args.checkpoint)
@@ -96,7 +101,9 @@ def main() -> None:
         for module in block.modules():
             if module is not block and hasattr(module, "reset_parameters"):
                 module.reset_parameters()
-    x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured", args.centred)
+    gate = model.embed.colour_centre_gate
+    gate = None if gate is None else gate.detach()
+    x, colours, shapes, _ = route_features(block, range(args.fit_scenes), "train", "textured", args.centred, gate)
     # What the shape route, then the colour route, is probed for: its own attribute, or with --cross the other's.
     names = ("colour", "shape") if args.cross else ("shape", "colour")
     classes = {"shape": len(SHAPES), "colour": len(COLOURS)}
@@ -106,7 +113,7 @@ def main() -> None:
           "held-out / trained pairs | mean norm of the objects' shape / colour route |\n| --- | ---: | ---: | ---: |")
     for style in STYLES:
         x, colours, shapes, held = route_features(block, range(EVAL_SEED, EVAL_SEED + args.scenes), "heldout", style,
-                                               args.centred)
+                                               args.centred, gate)
         labels = {"shape": shapes, "colour": colours}
         right = [probes[route](x[:, route]) == labels[name] for route, name in enumerate(names)]
         cells = " | ".join(f"{r[held].mean():.1%} / {r[~held].mean():.1%}" for r in right)
