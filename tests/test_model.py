@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from generalist.agent import KVCache
 from generalist.batch import collate, shuffle_action_inputs
 from generalist.model import (
     PATCH_INPUTS,
@@ -791,3 +792,6 @@ def test_a_bad_attention_mask_is_refused():
     blind[3, 3] = False
     with pytest.raises(ValueError, match="must read itself"):
         model.logits(batch, attention_mask=blind)
+    cache = KVCache(CONFIG.n_layer, 1, CONFIG.n_head, CONFIG.d_model // CONFIG.n_head, 64, torch.device("cpu"))
+    with pytest.raises(ValueError, match="not with a cache"):
+        model.logits(batch, cache.write(None, torch.tensor([t]), t), attention_mask=causal)
