@@ -64,6 +64,7 @@ def test_every_preset_passes_the_training_config_checks():
     assert language().train.route_tokens and language().train.shape_dropout == 0.0  # the two tokens' recipe
     assert language().train.colour_recombine == 1.0 and language().train.colour_recombine_uniform
     assert language().train.colour_centre_gate and language().train.centre_colour_tokens  # the gate scales centring
+    assert language().train.shape_weight == language().train.colour_weight == 2.0
 
 
 def test_the_full_preset_trains_every_task_and_the_language_presets_corpora():
@@ -88,8 +89,9 @@ def test_the_full_preset_reads_the_frames_as_the_pong_preset_and_the_captions_as
         (pong_specialist.patch_input, pong_specialist.mask_background)
     assert (generalist.caption_patch_input, generalist.caption_mask_background) == \
         (language_specialist.patch_input, language_specialist.mask_background)
-    caption_settings = ("scene_size", "centre_patches", "colour_weight", "colour_shuffle", "shape_dropout",
-                        "route_tokens", "colour_recombine", "colour_recombine_uniform", "colour_centre_gate")
+    caption_settings = ("scene_size", "centre_patches", "colour_weight", "shape_weight", "colour_shuffle",
+                        "shape_dropout", "route_tokens", "colour_recombine", "colour_recombine_uniform",
+                        "colour_centre_gate")
     assert [getattr(generalist, name) for name in caption_settings] == \
         [getattr(language_specialist, name) for name in caption_settings]
 
