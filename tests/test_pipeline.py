@@ -60,6 +60,7 @@ def test_presets_are_named_functions_and_unknown_presets_are_errors():
 def test_every_preset_passes_the_training_config_checks():
     for preset in RUN_PRESETS.values():
         train_module.check_config(preset().train)  # raises on settings that contradict each other
+        train_module.model_config(preset().train, text_vocab_size=8192)  # and so does the model's config
     assert language().train.patch_input == "mask+colour" and language().train.mask_background == "nearest"
     assert language().train.route_tokens and language().train.shape_dropout == 0.0  # the two tokens' recipe
     assert language().train.colour_recombine == 1.0 and language().train.colour_recombine_uniform
