@@ -12,6 +12,7 @@ from generalist import pipeline
 from generalist import train as train_module
 from generalist.checkpoint import TRAINER_STATE, read_trainer_state, save_model
 from generalist.config import (
+    CAPTION_TRAINING,
     CONTROL_WEIGHTS,
     RUN_PRESETS,
     RecordConfig,
@@ -90,9 +91,7 @@ def test_the_full_preset_reads_the_frames_as_the_pong_preset_and_the_captions_as
         (pong_specialist.patch_input, pong_specialist.mask_background)
     assert (generalist.caption_patch_input, generalist.caption_mask_background) == \
         (language_specialist.patch_input, language_specialist.mask_background)
-    caption_settings = ("scene_size", "centre_patches", "colour_weight", "shape_weight", "colour_shuffle",
-                        "shape_dropout", "route_tokens", "colour_recombine", "colour_recombine_uniform",
-                        "colour_centre_gate")
+    caption_settings = ("centre_patches", "shape_dropout", *CAPTION_TRAINING)  # a setting added there is compared
     assert [getattr(generalist, name) for name in caption_settings] == \
         [getattr(language_specialist, name) for name in caption_settings]
 
