@@ -67,6 +67,7 @@ def test_every_preset_passes_the_training_config_checks():
     assert language().train.colour_recombine == 1.0 and language().train.colour_recombine_uniform
     assert language().train.colour_centre_gate and language().train.centre_colour_tokens  # the gate scales centring
     assert language().train.shape_weight == language().train.colour_weight == 2.0
+    assert (language().train.schedule, language().train.steps) == ("steps", 1299)  # the measured run, repeatable
 
 
 def test_the_full_preset_trains_every_task_and_the_language_presets_corpora():
