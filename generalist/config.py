@@ -629,9 +629,10 @@ LANGUAGE_PATCHES = {"patch_input": "mask+colour", "mask_background": "nearest", 
 
 # The language preset's length in counted steps, not minutes: training is deterministic on one machine type (a
 # clean clone repeated `lang-gate-shape2`'s losses to the last digit), so a counted schedule repeats its measured
-# run there, where a clock schedule's learning rate follows the machine's speed and load: on seed 0 within 3-10%
-# of the counted runs', and those runs read the shapes late twice (`language-preset-v3`, `-v4`: 42.0 and 48.5%
-# exact against 84.0 and 92.0% counted). 1,299 steps take about 58 minutes here; the cap stops a slower machine.
+# run there, where a clock schedule's learning rate follows the machine's speed and load: the two clock runs of
+# seed 0, their learning rates within 3-10% of the counted runs', read the shapes late (`language-preset-v3`, `-v4`:
+# 42.0 and 48.5% exact against 84.0 and 92.0% counted). 1,299 steps take about 58 minutes here; the cap stops a
+# slower machine.
 LANGUAGE_STEPS = {"schedule": "steps", "steps": 1299, "max_minutes": 100.0}
 
 
