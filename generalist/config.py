@@ -631,14 +631,14 @@ LANGUAGE_PATCHES = {"patch_input": "mask+colour", "mask_background": "nearest", 
 # clean clone repeated `lang-gate-shape2`'s losses to the last digit), so a counted schedule repeats its measured
 # run there, where a clock schedule's learning rate follows the machine's speed and load: the two clock runs of
 # seed 0, their learning rates within 3-10% of the counted runs', read the shapes late (`language-preset-v3`, `-v4`:
-# 42.0 and 48.5% exact against 84.0 and 92.0% counted). 1,299 steps take about 58 minutes here; the cap stops a
-# slower machine.
+# 42.0 and 48.5% exact against 84.0 and 92.0% counted). 1,299 steps took 58 minutes here on seed 0; a seed-1 run,
+# alone on the same machine, went at 3.9 s a step (about 85 minutes; not explained). The cap stops a slower one.
 LANGUAGE_STEPS = {"schedule": "steps", "steps": 1299, "max_minutes": 100.0}
 
 
 def language() -> RunConfig:
     """The language-and-vision specialist of issue 20: chit-chat, textured caption scenes (48 pixels) and emoji for
-    1,299 steps (about 58 minutes on a 2-core CPU), with its own 8,192-piece text tokenizer trained on the shipped
+    1,299 steps (58 minutes on a 2-core CPU, seed 0), with its own 8,192-piece text tokenizer trained on the shipped
     corpus and the chit-chat train split; patches read as `LANGUAGE_PATCHES` says."""
     return RunConfig(
         preset="language",
